@@ -1,0 +1,445 @@
+//! The series-state arrangement and the operator that maintains it.
+//!
+//! Per-series state lives in a differential arrangement keyed by customer (value: block index, difference:
+//! [`Block`] — see [`crate::state`] for why the difference *is* the state). The `SeriesModel` operator owns
+//! the arrangement's write side, like differential's own upsert operator: for each epoch, once every log of
+//! the epoch has arrived, it walks the trace's cursor and the epoch's logs (both sorted by customer) in one
+//! merge, runs each customer's model step, and builds one batch of Abelian differences (`new − old` per
+//! changed block) that it inserts into the trace. The trace is compacted to the current epoch and merged
+//! eagerly, so between epochs it holds one consolidated batch: the current state of every series.
+//!
+//! Outputs (all at the epoch's time): the differences of the open-anomaly collection, the evidence behind
+//! them, per-epoch counters, dead letters (duplicate logs), and the cohort-statistics differences that feed
+//! back (broadcast, one epoch later) as the priors of the next epoch.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use differential_dataflow::difference::Semigroup;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::{Builder, Cursor, Description, Span, Trace, TraceReader};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Stream;
+use timely::progress::Antichain;
+
+use crate::keys::{CustomerId, customer_route};
+use crate::model::cohort::{CohortAccumulator, CohortDelta, CohortStats};
+use crate::model::customer::{
+    CustomerMeta, ModelConfig, OpenAnomaly, StepContext, StepOut, Evidence, step_customer,
+};
+use crate::model::Detector;
+use crate::record::{DeadLetter, Log, RejectCode, Rejection};
+use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
+
+/// The trace type of the series-state arrangement.
+pub type StateSpine = ValSpine<CustomerId, u8, u64, Block>;
+type StateBuilder = ValBuilder<CustomerId, u8, u64, Block>;
+/// The arranged series state, for downstream readers (queries, checkpoints).
+pub type StateArrangement<'scope> = Arranged<'scope, TraceAgent<StateSpine>>;
+
+/// One worker's counters for one epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCounts {
+    pub series_scored: u64,
+    pub duplicates: u64,
+    pub customers: u64,
+}
+
+/// A difference of the open-anomaly collection.
+pub type AnomalyDiff = ((CustomerId, OpenAnomaly), u64, isize);
+
+/// The streams the model operator produces.
+pub struct ModelStreams<'scope> {
+    pub state: StateArrangement<'scope>,
+    pub anomalies: Stream<'scope, u64, Vec<AnomalyDiff>>,
+    pub evidence: Stream<'scope, u64, Vec<Evidence>>,
+    pub counts: Stream<'scope, u64, Vec<ModelCounts>>,
+    pub dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    pub cohort: Stream<'scope, u64, Vec<CohortDelta>>,
+}
+
+/// Builds the `SeriesModel` operator. `logs` is exchanged by customer here; `cohort` must already carry
+/// every worker's cohort differences (broadcast) delayed by one epoch.
+pub fn series_model<'scope>(
+    logs: Stream<'scope, u64, Vec<Log>>,
+    cohort: Stream<'scope, u64, Vec<CohortDelta>>,
+    config: ModelConfig,
+    detector: Arc<dyn Detector>,
+) -> ModelStreams<'scope> {
+    let scope = logs.scope();
+    let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope.clone());
+    let info = builder.operator_info();
+    let mut in_logs = builder.new_input(
+        logs,
+        Exchange::new(|l: &Log| customer_route(&l.customer)),
+    );
+    let mut in_cohort = builder.new_input(cohort, Pipeline);
+    let (out_spans, spans) = builder.new_output();
+    let (out_anom, anomalies) = builder.new_output::<Vec<AnomalyDiff>>();
+    let (out_ev, evidence) = builder.new_output::<Vec<Evidence>>();
+    let (out_counts, counts) = builder.new_output::<Vec<ModelCounts>>();
+    let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let (out_cohort, cohort_out) = builder.new_output::<Vec<CohortDelta>>();
+    let mut out_spans = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_spans);
+    let mut out_anom = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_anom);
+    let mut out_ev = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_ev);
+    let mut out_counts = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_counts);
+    let mut out_dead = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_dead);
+    let mut out_cohort = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_cohort);
+
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    let mut trace = StateSpine::new(info.clone(), None, Some(activator));
+    // Merge eagerly: between epochs the trace should be one consolidated batch (one copy of the state, and
+    // one cursor to read).
+    trace.set_exert_logic(Arc::new(|layers: &[(usize, usize, usize)]| {
+        let batches: usize = layers
+            .iter()
+            .filter(|(_, count, len)| *count > 0 && *len > 0)
+            .map(|(_, count, _)| *count)
+            .sum();
+        (batches > 1).then_some(1usize << 40)
+    }));
+    let (mut reader, mut writer) = TraceAgent::new(trace, info, None);
+    let published = reader.clone();
+
+    builder.build(move |caps| {
+        let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
+        let mut stash: BTreeMap<u64, Vec<Log>> = BTreeMap::new();
+        let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
+        let mut stats = CohortStats::new(config.features);
+        let mut acc = CohortAccumulator::new(config.features);
+        let mut next: Option<u64> = None;
+        let mut quiet_run: u64 = 0;
+        let mut upper: u64 = 0;
+        let blocks = blocks_for(config.features);
+        let quiet_limit = (config.alert.critical_ratio * config.silence_epochs as f32).ceil() as u64 + 2;
+        let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
+
+        move |frontiers| {
+            in_logs.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    stash.entry(t).or_default().append(data);
+                }
+            });
+            in_cohort.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    cohort_stash.entry(t).or_default().append(data);
+                }
+            });
+            let Some(held) = caps.as_mut() else { return };
+            let f_logs = frontiers[0].frontier().first().copied();
+            let f_cohort = frontiers[1].frontier().first().copied();
+            let bound = match (f_logs, f_cohort) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            loop {
+                // The next epoch to process: contiguous after the first epoch with data.
+                let e = match next {
+                    Some(e) => e,
+                    None => match stash.keys().next() {
+                        Some(&e) => e,
+                        None => break,
+                    },
+                };
+                if bound.is_some_and(|b| e >= b) {
+                    break;
+                }
+                let logs = stash.remove(&e).unwrap_or_default();
+                if f_logs.is_none() && logs.is_empty() && stash.is_empty() {
+                    // Input exhausted: nothing more will ever change.
+                    next = Some(e);
+                    break;
+                }
+                // Fold in the cohort differences of earlier epochs.
+                let ready: Vec<u64> = cohort_stash.range(..=e).map(|(t, _)| *t).collect();
+                for t in ready {
+                    if let Some(ds) = cohort_stash.remove(&t) {
+                        for d in &ds {
+                            stats.apply(d);
+                        }
+                    }
+                }
+                quiet_run = if logs.is_empty() { quiet_run + 1 } else { 0 };
+                if quiet_run > quiet_limit && !stash.keys().next().is_some_and(|k| *k == e + 1) {
+                    // A long stretch without any log here: nothing changes any more (every customer is
+                    // already reported silent at the highest severity). Skip ahead to the next data.
+                    let jump = stash.keys().next().copied().unwrap_or(e + 1);
+                    let jump = match bound {
+                        Some(b) => jump.min(b),
+                        None => jump,
+                    };
+                    next = Some(jump.max(e + 1));
+                    continue;
+                }
+                let priors = stats.priors();
+                if upper < e {
+                    writer.seal(Antichain::from_elem(e));
+                    upper = e;
+                }
+                let result = worker.run_epoch(e, logs, &mut reader, &priors, &mut acc);
+                // Compact to the next epoch first, so the new batch is merged as soon as it is inserted.
+                reader.set_logical_compaction(Antichain::from_elem(e + 1).borrow());
+                reader.set_physical_compaction(Antichain::from_elem(e + 1).borrow());
+                let desc = Description::new(
+                    Antichain::from_elem(e),
+                    Antichain::from_elem(e + 1),
+                    Antichain::from_elem(0),
+                );
+                let span = Span::new(desc, result.batch);
+                writer.insert(span.clone(), timely::progress::Stamp::from_elem(e));
+                upper = e + 1;
+                writer.exert();
+
+                let cap_at = |i: usize| held[i].delayed(&e);
+                out_spans.activate().session(&cap_at(0)).give(span);
+                let mut anom = result.anomalies;
+                if !anom.is_empty() {
+                    out_anom.activate().session(&cap_at(1)).give_container(&mut anom);
+                }
+                let mut ev = result.evidence;
+                if !ev.is_empty() {
+                    out_ev.activate().session(&cap_at(2)).give_container(&mut ev);
+                }
+                out_counts.activate().session(&cap_at(3)).give(result.counts);
+                let mut dead = result.dead;
+                if !dead.is_empty() {
+                    out_dead.activate().session(&cap_at(4)).give_container(&mut dead);
+                }
+                let mut deltas = Vec::new();
+                acc.drain(&mut deltas);
+                if !deltas.is_empty() {
+                    out_cohort.activate().session(&cap_at(5)).give_container(&mut deltas);
+                }
+                next = Some(e + 1);
+            }
+            // Hold capabilities at the next epoch to process; release them all once the input is done.
+            let finished = f_logs.is_none() && stash.is_empty();
+            if finished {
+                caps = None;
+                writer.seal(Antichain::new());
+                return;
+            }
+            let low = match (next, stash.keys().next(), f_logs) {
+                (Some(n), _, _) => Some(n),
+                (None, Some(&s), f) => Some(f.map_or(s, |f| s.min(f))),
+                (None, None, f) => f,
+            };
+            if let Some(low) = low {
+                for c in held.iter_mut() {
+                    if *c.time() < low {
+                        c.downgrade(&low);
+                    }
+                }
+            }
+        }
+    });
+
+    ModelStreams {
+        state: Arranged {
+            stream: spans,
+            trace: published,
+        },
+        anomalies,
+        evidence,
+        counts,
+        dead,
+        cohort: cohort_out,
+    }
+}
+
+/// What one epoch produced at one worker.
+pub struct EpochResult {
+    pub batch: Option<<StateSpine as TraceReader>::Batch>,
+    pub anomalies: Vec<AnomalyDiff>,
+    pub evidence: Vec<Evidence>,
+    pub counts: ModelCounts,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// The per-epoch work of the operator, separated from the timely plumbing.
+pub struct EpochWorker {
+    config: ModelConfig,
+    detector: Arc<dyn Detector>,
+    blocks: usize,
+    slots: Vec<Slot>,
+    old: Vec<Block>,
+    upds: Vec<((CustomerId, u8), u64, Block)>,
+    /// Approximate number of customers in the trace (capacity hint for the next batch).
+    customers_hint: usize,
+}
+
+impl EpochWorker {
+    pub fn new(config: ModelConfig, detector: Arc<dyn Detector>, blocks: usize) -> Self {
+        EpochWorker {
+            config,
+            detector,
+            blocks,
+            slots: vec![[0u8; SLOT_BYTES]; blocks * BLOCK_SLOTS],
+            old: vec![Block::ZERO; blocks],
+            upds: Vec::with_capacity(4096),
+            customers_hint: 0,
+        }
+    }
+
+    /// Runs epoch `e` over the trace's current state and the epoch's logs.
+    pub fn run_epoch(
+        &mut self,
+        e: u64,
+        mut logs: Vec<Log>,
+        reader: &mut TraceAgent<StateSpine>,
+        priors: &[crate::model::FeaturePrior],
+        acc: &mut CohortAccumulator,
+    ) -> EpochResult {
+        logs.sort_unstable_by(|a, b| {
+            a.customer
+                .cmp(&b.customer)
+                .then(a.ts.cmp(&b.ts))
+                .then(a.pos.cmp(&b.pos))
+        });
+        let batches = reader
+            .batches_through(Antichain::new().borrow())
+            .expect("the series-state trace is readable through its upper frontier");
+        let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
+        let hint = self.customers_hint.max(logs.len());
+        let mut builder = StateBuilder::with_capacity(hint, hint * self.blocks, hint * self.blocks);
+        let ctx = StepContext {
+            config: &self.config,
+            detector: self.detector.as_ref(),
+            priors,
+            epoch: e,
+        };
+        let f_count = self.config.features;
+        let mut out = StepOut::default();
+        let mut counts = ModelCounts::default();
+        let mut dead = Vec::new();
+        let mut li = 0usize;
+        loop {
+            let trace_key = cursor.get_key(&storage).copied();
+            let log_key = logs.get(li).map(|l| l.customer);
+            let customer = match (trace_key, log_key) {
+                (None, None) => break,
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (Some(a), Some(b)) => a.min(b),
+            };
+            for b in self.old.iter_mut() {
+                *b = Block::ZERO;
+            }
+            if trace_key == Some(customer) {
+                while let Some(v) = cursor.get_val(&storage) {
+                    let v = *v as usize;
+                    let mut acc_block = Block::ZERO;
+                    cursor.map_times(&storage, |_t, d| acc_block.plus_equals(d));
+                    if v < self.blocks {
+                        self.old[v] = acc_block;
+                    }
+                    cursor.step_val(&storage);
+                }
+                cursor.step_key(&storage);
+            }
+            let start = li;
+            while li < logs.len() && logs[li].customer == customer {
+                li += 1;
+            }
+            let customer_logs = &logs[start..li];
+            if customer_logs.is_empty() && quiet_customer(&self.old, f_count, e, &self.config) {
+                continue;
+            }
+            counts.customers += 1;
+            for (b, block) in self.old.iter().enumerate() {
+                for s in 0..BLOCK_SLOTS {
+                    self.slots[b * BLOCK_SLOTS + s] = block.slot(s);
+                }
+            }
+            let dups_before = out.duplicates.len();
+            step_customer(
+                &ctx,
+                customer,
+                &mut self.slots[..=f_count],
+                customer_logs,
+                acc,
+                &mut out,
+            );
+            for &i in &out.duplicates[dups_before..] {
+                let l = &customer_logs[i];
+                let mut dl = DeadLetter::new(
+                    l.pos.partition >> 20,
+                    0,
+                    format!(
+                        "customer {} ts {} partition {} offset {}",
+                        l.customer,
+                        l.ts,
+                        l.pos.partition & 0xF_FFFF,
+                        l.pos.offset
+                    )
+                    .as_bytes(),
+                    Rejection::new(
+                        RejectCode::Duplicate,
+                        format!("a log of {} at ts {} was already processed", l.customer, l.ts),
+                    ),
+                );
+                dl.epoch = Some(e);
+                dl.partition = Some(l.pos.partition & 0xF_FFFF);
+                dl.offset = Some(l.pos.offset);
+                dead.push(dl);
+            }
+            for b in 0..self.blocks {
+                let mut new = Block::ZERO;
+                for s in 0..BLOCK_SLOTS {
+                    new.set_slot(s, &self.slots[b * BLOCK_SLOTS + s]);
+                }
+                if new != self.old[b] {
+                    self.upds.push(((customer, b as u8), e, new.minus(&self.old[b])));
+                }
+            }
+            if self.upds.len() >= 4096 {
+                builder.push(&mut self.upds);
+                self.upds.clear();
+            }
+        }
+        builder.push(&mut self.upds);
+        self.upds.clear();
+        drop(cursor);
+        drop(storage);
+        self.customers_hint = counts.customers as usize;
+        counts.series_scored = out.series_scored;
+        counts.duplicates = out.duplicates.len() as u64;
+        let anomalies = out
+            .changes
+            .into_iter()
+            .map(|(k, d)| (k, e, d as isize))
+            .collect();
+        let mut evidence = out.evidence;
+        evidence.sort_by(|a, b| (a.customer, a.feature).cmp(&(b.customer, b.feature)));
+        EpochResult {
+            batch: builder.done().map(Rc::new),
+            anomalies,
+            evidence,
+            counts,
+            dead,
+        }
+    }
+}
+
+/// A customer without logs this epoch whose silence can no longer change (already reported at the highest
+/// severity) needs no work.
+fn quiet_customer(old: &[Block], f_count: usize, e: u64, cfg: &ModelConfig) -> bool {
+    let b = f_count / BLOCK_SLOTS;
+    let s = f_count % BLOCK_SLOTS;
+    let meta = CustomerMeta::decode(&old[b].slot(s));
+    if meta.last_seen == 0 {
+        return true;
+    }
+    let silent_for = (e + 1).saturating_sub(meta.last_seen as u64);
+    let settled = (cfg.alert.critical_ratio * cfg.silence_epochs as f32).ceil() as u64;
+    matches!(meta.silent, Some(a) if a.severity == crate::model::header::Severity::Critical)
+        && silent_for > settled
+}

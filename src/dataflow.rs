@@ -1,0 +1,584 @@
+//! The whole pipeline as one timely dataflow, and `run`, which executes it on a worker/process layout.
+//!
+//! ```text
+//!  FileSource (per worker: its partitions)          ──dead letters, counts──────────────────────┐
+//!     │ logs @ epoch                                                                              │
+//!     ▼ exchange by customer                                                                      │
+//!  SeriesModel ── owns the series-state arrangement (key customer, Abelian block diffs) ──▶ state │
+//!     │   ▲                                                                                       │
+//!     │   └── cohort priors ◀── broadcast ◀── feedback(+1 epoch) ◀── cohort differences           │
+//!     │ open-anomaly differences, evidence, counts, duplicate dead letters                        │
+//!     ▼                                                                                           │
+//!  arrange_by_key (open anomalies, keyed by customer) ── its changes ──▶ Sink (worker 0) ◀────────┘
+//!                                                       JSON lines: changes + summary per epoch
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use differential_dataflow::AsCollection;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, Probe};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::arrangement::{ModelCounts, series_model};
+use crate::keys::CustomerId;
+use crate::model::Detector;
+use crate::model::cohort::CohortDelta;
+use crate::model::customer::{Evidence, ModelConfig, OpenAnomaly};
+use crate::record::{DeadLetter, Log};
+use crate::sinks::{EpochSummary, LineFile, OutputFormat, dead_letter_line, derive_changes};
+use crate::sources::{FileSource, InputFile, SourceCounts, SourceError};
+use crate::spec::Spec;
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("timely could not start: {0}")]
+    Timely(String),
+    #[error("{0}")]
+    Worker(String),
+}
+
+/// Everything a run needs.
+#[derive(Clone)]
+pub struct RunConfig {
+    pub spec: Spec,
+    pub inputs: Vec<InputFile>,
+    pub output: PathBuf,
+    pub dead_letter: Option<PathBuf>,
+    /// Leave out wall-clock fields so output can be compared byte for byte.
+    pub reproducible: bool,
+    pub detector: Arc<dyn Detector>,
+    /// Lines a source reads per activation.
+    pub read_budget: usize,
+    /// Epochs the sources may read ahead of the last completed one.
+    pub max_ahead: u64,
+}
+
+/// Totals of a run, as seen by the worker that wrote the output.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunReport {
+    pub epochs: u64,
+    pub records: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    pub series_scored: u64,
+    pub changes: u64,
+    /// Wall seconds per epoch, in order (time between consecutive epoch completions at the sink).
+    pub epoch_seconds: Vec<f64>,
+    pub wall_seconds: f64,
+}
+
+type Shared<T> = Arc<Mutex<Option<T>>>;
+
+fn record_error(slot: &Shared<String>, msg: String) {
+    tracing::error!("{msg}");
+    if let Ok(mut g) = slot.lock()
+        && g.is_none()
+    {
+        *g = Some(msg);
+    }
+}
+
+/// Runs the pipeline on a timely configuration (threads, or one process of a cluster).
+pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<RunReport, RunError> {
+    // Validate inputs up front (readable, CSV headers map), so usage errors are reported before any work.
+    for input in &cfg.inputs {
+        FileSource::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
+    }
+    // Process 0 writes the output; create the files now so a bad path fails fast.
+    let files: Shared<(LineFile, Option<LineFile>)> = Arc::new(Mutex::new(None));
+    if process == 0 {
+        let out = LineFile::create(&cfg.output).map_err(|source| RunError::Write {
+            path: cfg.output.display().to_string(),
+            source,
+        })?;
+        let dead = match &cfg.dead_letter {
+            Some(p) => Some(LineFile::create(p).map_err(|source| RunError::Write {
+                path: p.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        if let Ok(mut g) = files.lock() {
+            *g = Some((out, dead));
+        }
+    }
+    let errors: Shared<String> = Arc::new(Mutex::new(None));
+    let report: Shared<RunReport> = Arc::new(Mutex::new(None));
+    let started = Instant::now();
+    {
+        let errors = Arc::clone(&errors);
+        let report = Arc::clone(&report);
+        let guards = timely::execute(timely, move |worker| {
+            let index = worker.index();
+            let peers = worker.peers();
+            let source = match FileSource::new(&cfg.spec, cfg.inputs.clone(), index, peers) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    record_error(&errors, e.to_string());
+                    None
+                }
+            };
+            let sink_files = if index == 0 {
+                files.lock().ok().and_then(|mut g| g.take())
+            } else {
+                None
+            };
+            let probe = ProbeHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                build(
+                    scope,
+                    &cfg,
+                    source,
+                    sink_files,
+                    &probe,
+                    Arc::clone(&errors),
+                    Arc::clone(&report),
+                    started,
+                );
+            });
+            while worker.step_or_park(None) {}
+        })
+        .map_err(RunError::Timely)?;
+        for r in guards.join() {
+            if let Err(e) = r {
+                return Err(RunError::Worker(format!("a worker failed: {e}")));
+            }
+        }
+    }
+    if let Some(e) = errors.lock().ok().and_then(|mut g| g.take()) {
+        return Err(RunError::Worker(e));
+    }
+    let mut r = report.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
+    r.wall_seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build<'scope>(
+    scope: Scope<'scope, u64>,
+    cfg: &RunConfig,
+    source: Option<FileSource>,
+    sink_files: Option<(LineFile, Option<LineFile>)>,
+    probe: &ProbeHandle<u64>,
+    errors: Shared<String>,
+    report: Shared<RunReport>,
+    started: Instant,
+) {
+    let (logs, src_dead, src_counts) = file_source(
+        scope.clone(),
+        source,
+        probe.clone(),
+        cfg.read_budget,
+        cfg.max_ahead,
+        Arc::clone(&errors),
+    );
+    let (cohort_handle, cohort_cycle) = scope.feedback::<Vec<CohortDelta>>(1);
+    let model = series_model(
+        logs,
+        cohort_cycle,
+        ModelConfig::from_spec(&cfg.spec),
+        Arc::clone(&cfg.detector),
+    );
+    model.cohort.broadcast().connect_loop(cohort_handle);
+    let counts = model.counts.probe_with(probe);
+    // The open anomalies as a differential collection, arranged by customer; what leaves is its change.
+    let open = model.anomalies.as_collection().arrange_by_key();
+    let changes = open.as_collection(|k: &CustomerId, v: &OpenAnomaly| (*k, *v));
+    let dead = src_dead.concat(model.dead);
+    let format = OutputFormat {
+        features: cfg.spec.features.iter().map(|f| f.name.clone()).collect(),
+        model: cfg.detector.name().to_string(),
+        epoch_len: cfg.spec.epoch.length_seconds as i64,
+        reproducible: cfg.reproducible,
+    };
+    let inputs: Vec<String> = cfg
+        .inputs
+        .iter()
+        .map(|i| i.path.display().to_string())
+        .collect();
+    sink(
+        changes.inner,
+        model.evidence,
+        counts,
+        src_counts,
+        dead,
+        SinkState::new(format, inputs, sink_files, errors, report, started),
+    );
+}
+
+/// The per-worker file source operator: outputs logs, dead letters and per-epoch counts.
+#[allow(clippy::type_complexity)]
+fn file_source<'scope>(
+    scope: Scope<'scope, u64>,
+    source: Option<FileSource>,
+    probe: ProbeHandle<u64>,
+    budget: usize,
+    max_ahead: u64,
+    errors: Shared<String>,
+) -> (
+    Stream<'scope, u64, Vec<Log>>,
+    Stream<'scope, u64, Vec<DeadLetter>>,
+    Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
+) {
+    let mut builder = OperatorBuilder::new("FileSource".to_owned(), scope.clone());
+    let info = builder.operator_info();
+    let (out_logs, logs) = builder.new_output::<Vec<Log>>();
+    let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let (out_counts, counts) = builder.new_output::<Vec<(Option<u64>, SourceCounts)>>();
+    let mut out_logs = OutputBuilder::<_, CapacityContainerBuilder<Vec<Log>>>::from(out_logs);
+    let mut out_dead = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_dead);
+    let mut out_counts =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Option<u64>, SourceCounts)>>>::from(out_counts);
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    builder.build(move |caps| {
+        let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
+        let mut source = source;
+        move |_frontiers| {
+            let (Some(held), Some(src)) = (caps.as_mut(), source.as_mut()) else {
+                caps = None;
+                return;
+            };
+            // Hold capabilities no lower than the source can still emit at (first call: the prescan's
+            // start epochs), so the rest of the dataflow learns where the data begins.
+            if let Some(f) = src.frontier() {
+                for c in held.iter_mut() {
+                    if *c.time() < f && f != u64::MAX {
+                        c.downgrade(&f);
+                    }
+                }
+            }
+            // Flow control: do not read more than `max_ahead` epochs past the last completed one.
+            let completed = probe.with_frontier(|f| f.first().copied());
+            if let (Some(front), Some(done)) = (src.frontier(), completed)
+                && front != u64::MAX
+                && front > done.saturating_add(max_ahead)
+            {
+                activator.activate_after(Duration::from_millis(2));
+                return;
+            }
+            if let Err(e) = src.pump(budget) {
+                record_error(&errors, e.to_string());
+                caps = None;
+                return;
+            }
+            for (e, mut logs) in std::mem::take(&mut src.logs) {
+                out_logs
+                    .activate()
+                    .session(&held[0].delayed(&e))
+                    .give_container(&mut logs);
+            }
+            let now = *held[1].time();
+            let mut by_time: BTreeMap<u64, Vec<DeadLetter>> = BTreeMap::new();
+            for d in src.dead.drain(..) {
+                by_time.entry(d.epoch.unwrap_or(now).max(now)).or_default().push(d);
+            }
+            for (t, mut v) in by_time {
+                out_dead
+                    .activate()
+                    .session(&held[1].delayed(&t))
+                    .give_container(&mut v);
+            }
+            for (k, c) in std::mem::take(&mut src.counts) {
+                let t = k.unwrap_or(now).max(now);
+                out_counts.activate().session(&held[2].delayed(&t)).give((k, c));
+            }
+            match src.frontier() {
+                None => caps = None,
+                Some(f) => {
+                    for c in held.iter_mut() {
+                        if *c.time() < f {
+                            c.downgrade(&f);
+                        }
+                    }
+                    activator.activate();
+                }
+            }
+        }
+    });
+    (logs, dead, counts)
+}
+
+/// One epoch's material at the sink.
+#[derive(Default)]
+struct Bucket {
+    diffs: Vec<((CustomerId, OpenAnomaly), isize)>,
+    evidence: Vec<Evidence>,
+    model: ModelCounts,
+    source: SourceCounts,
+    dead: Vec<DeadLetter>,
+}
+
+/// The sink's state (only worker 0 has files; other workers forward everything to it).
+pub struct SinkState {
+    format: OutputFormat,
+    inputs: Vec<String>,
+    files: Option<(LineFile, Option<LineFile>)>,
+    errors: Shared<String>,
+    report: Shared<RunReport>,
+    buckets: BTreeMap<u64, Bucket>,
+    unattributed: Vec<DeadLetter>,
+    unattributed_count: u64,
+    next: Option<u64>,
+    open: i64,
+    totals: RunReport,
+    last: Instant,
+    line: String,
+}
+
+impl SinkState {
+    fn new(
+        format: OutputFormat,
+        inputs: Vec<String>,
+        files: Option<(LineFile, Option<LineFile>)>,
+        errors: Shared<String>,
+        report: Shared<RunReport>,
+        started: Instant,
+    ) -> Self {
+        SinkState {
+            format,
+            inputs,
+            files,
+            errors,
+            report,
+            buckets: BTreeMap::new(),
+            unattributed: Vec::new(),
+            unattributed_count: 0,
+            next: None,
+            open: 0,
+            totals: RunReport::default(),
+            last: started,
+            line: String::with_capacity(1 << 16),
+        }
+    }
+
+    fn write(&mut self, dead: bool, text: &str) {
+        let Some((out, dl)) = self.files.as_mut() else {
+            return;
+        };
+        let target = if dead { dl.as_mut() } else { Some(out) };
+        if let Some(f) = target
+            && let Err(e) = f.write(text)
+        {
+            let msg = format!("cannot write {}: {e}", f.path());
+            record_error(&self.errors, msg);
+            self.files = None;
+        }
+    }
+
+    /// Writes every epoch below `upto` (exclusive); `None` means the input is exhausted.
+    fn emit_until(&mut self, upto: Option<u64>) {
+        let first = match (self.next, self.buckets.keys().next()) {
+            (Some(n), _) => n,
+            (None, Some(&k)) => k,
+            (None, None) => return,
+        };
+        let last_data = self.buckets.keys().next_back().copied();
+        let end = match upto {
+            Some(u) => u,
+            None => match last_data {
+                Some(l) => l + 1,
+                None => return,
+            },
+        };
+        let mut e = first;
+        while e < end {
+            // Epochs past the last data are written only once the input is exhausted.
+            if upto.is_some() && last_data.is_none_or(|l| e > l) {
+                break;
+            }
+            let b = self.buckets.remove(&e).unwrap_or_default();
+            self.emit_epoch(e, b);
+            e += 1;
+            self.next = Some(e);
+        }
+    }
+
+    fn emit_epoch(&mut self, e: u64, mut b: Bucket) {
+        b.evidence
+            .sort_by(|x, y| (x.customer, x.feature).cmp(&(y.customer, y.feature)));
+        let changes = derive_changes(std::mem::take(&mut b.diffs), &b.evidence);
+        let mut text = std::mem::take(&mut self.line);
+        text.clear();
+        for c in &changes {
+            match c.status {
+                crate::model::alert::Transition::Raised => self.open += 1,
+                crate::model::alert::Transition::Cleared => self.open -= 1,
+                crate::model::alert::Transition::Updated => {}
+            }
+            self.format.change_line(e, c, &mut text);
+        }
+        let summary = EpochSummary {
+            records: b.source.records,
+            late: b.source.late,
+            dead_lettered: b.source.dead + b.model.duplicates,
+            series_scored: b.model.series_scored,
+            changes: changes.len() as u64,
+            open_anomalies: self.open,
+        };
+        let now = Instant::now();
+        let wall = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.format.summary_line(e, &summary, wall, &mut text);
+        self.write(false, &text);
+        if !b.dead.is_empty() {
+            b.dead.sort_by_key(|d| (d.input, d.line, d.offset));
+            text.clear();
+            for d in &b.dead {
+                dead_letter_line(d, &self.inputs, &mut text);
+            }
+            self.write(true, &text);
+        }
+        self.line = text;
+        let t = &mut self.totals;
+        t.epochs += 1;
+        t.records += summary.records;
+        t.late += summary.late;
+        t.dead_lettered += summary.dead_lettered;
+        t.series_scored += summary.series_scored;
+        t.changes += summary.changes;
+        t.epoch_seconds.push(wall);
+    }
+
+    fn finish(&mut self) {
+        self.emit_until(None);
+        let mut text = String::new();
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "{{\"type\":\"end\",\"epochs\":{},\"records\":{},\"late\":{},\"dead_lettered\":{},\
+                 \"dead_lettered_unattributed\":{},\"series_scored\":{},\"changes\":{},\"open_anomalies\":{}}}\n",
+                self.totals.epochs,
+                self.totals.records,
+                self.totals.late,
+                self.totals.dead_lettered + self.unattributed_count,
+                self.unattributed_count,
+                self.totals.series_scored,
+                self.totals.changes,
+                self.open
+            ),
+        );
+        self.write(false, &text);
+        if !self.unattributed.is_empty() {
+            let mut dead = std::mem::take(&mut self.unattributed);
+            dead.sort_by_key(|d| (d.input, d.line, d.offset));
+            text.clear();
+            for d in &dead {
+                dead_letter_line(d, &self.inputs, &mut text);
+            }
+            self.write(true, &text);
+        }
+        if let Some((mut out, dl)) = self.files.take() {
+            let mut results = vec![out.flush().map_err(|e| (out.path().to_string(), e))];
+            if let Some(mut d) = dl {
+                results.push(d.flush().map_err(|e| (d.path().to_string(), e)));
+            }
+            for r in results {
+                if let Err((p, e)) = r {
+                    record_error(&self.errors, format!("cannot write {p}: {e}"));
+                }
+            }
+            self.totals.dead_lettered += self.unattributed_count;
+            if let Ok(mut g) = self.report.lock() {
+                *g = Some(self.totals.clone());
+            }
+        }
+    }
+}
+
+fn sink<'scope>(
+    changes: Stream<'scope, u64, Vec<((CustomerId, OpenAnomaly), u64, isize)>>,
+    evidence: Stream<'scope, u64, Vec<Evidence>>,
+    counts: Stream<'scope, u64, Vec<ModelCounts>>,
+    src_counts: Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
+    dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    mut state: SinkState,
+) {
+    let scope = changes.scope();
+    let mut builder = OperatorBuilder::new("Sink".to_owned(), scope);
+    let mut in_changes = builder.new_input(changes, Exchange::new(|_: &_| 0u64));
+    let mut in_ev = builder.new_input(evidence, Exchange::new(|_: &_| 0u64));
+    let mut in_counts = builder.new_input(counts, Exchange::new(|_: &_| 0u64));
+    let mut in_src = builder.new_input(src_counts, Exchange::new(|_: &_| 0u64));
+    let mut in_dead = builder.new_input(dead, Exchange::new(|_: &_| 0u64));
+    builder.build(move |_caps| {
+        let mut finished = false;
+        move |frontiers| {
+            in_changes.for_each(|_cap, data| {
+                for (k, t, d) in data.drain(..) {
+                    state.buckets.entry(t).or_default().diffs.push((k, d));
+                }
+            });
+            in_ev.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    state.buckets.entry(t).or_default().evidence.append(data);
+                }
+            });
+            in_counts.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                let b = state.buckets.entry(t).or_default();
+                for c in data.drain(..) {
+                    b.model.series_scored += c.series_scored;
+                    b.model.duplicates += c.duplicates;
+                    b.model.customers += c.customers;
+                }
+            });
+            in_src.for_each(|_cap, data| {
+                for (k, c) in data.drain(..) {
+                    match k {
+                        Some(e) => {
+                            let b = state.buckets.entry(e).or_default();
+                            b.source.records += c.records;
+                            b.source.late += c.late;
+                            b.source.dead += c.dead;
+                        }
+                        None => state.unattributed_count += c.dead,
+                    }
+                }
+            });
+            in_dead.for_each(|_cap, data| {
+                for d in data.drain(..) {
+                    match d.epoch {
+                        Some(e) => state.buckets.entry(e).or_default().dead.push(d),
+                        None => state.unattributed.push(d),
+                    }
+                }
+            });
+            if finished {
+                return;
+            }
+            let bound = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
+            match bound {
+                Some(b) => state.emit_until(Some(b)),
+                None => {
+                    state.finish();
+                    finished = true;
+                }
+            }
+        }
+    });
+}
+
+/// The default number of lines a source reads per activation.
+pub const DEFAULT_READ_BUDGET: usize = 65_536;
+/// The default read-ahead, in epochs.
+pub const DEFAULT_MAX_AHEAD: u64 = 1;

@@ -1,0 +1,809 @@
+//! `fleetwatch generate`: a synthetic home Wi-Fi fleet with labelled anomalies, deterministic by seed.
+//!
+//! The fleet is meant to be hard in the ways real fleets are hard, so that detection quality measured on it
+//! means something:
+//!
+//! * **Customer diversity** — every customer draws its own level, noise scale, noise shape (Student-t with 3 to
+//!   30 degrees of freedom: some customers are heavy-tailed), noise memory (AR(1) coefficient up to 0.6), daily
+//!   rhythm amplitude and phase (time zone and habits), and a weekend effect, per feature.
+//! * **Benign disturbances** that must *not* raise alerts: missing logs (single or pairs), reboots (uptime
+//!   resets, clients reconnect, throughput dips), integer-valued features that repeat, nights of zero clients.
+//! * **Anomalies** (labelled): spike, level shift (persistent), drift (ramp, then persistent), variance burst,
+//!   stuck value, dropout (a feature stops reporting), and element-wide outages (every customer under a network
+//!   element goes silent). Magnitudes are drawn relative to the series' own noise, from barely detectable
+//!   upwards — a fixed 3σ threshold would drown in the heavy-tailed customers' false alarms.
+//! * **Customers joining mid-stream** (cold start).
+//!
+//! Outputs in `--out DIR`: `telemetry.jsonl` (a recorded topic, 16 partitions keyed by customer),
+//! `labels.jsonl` (one line per anomaly: customer, feature or `*`, kind, start and end Unix seconds, end
+//! exclusive) and `topology.csv` (customer, element, region).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::keys::{CustomerId, stable_hash};
+use crate::rng::Rng;
+use crate::sources::RecordedHeader;
+
+/// Generator options.
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub customers: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    /// Unix seconds of the first epoch (aligned down to the epoch length).
+    pub start: i64,
+    pub epoch_seconds: i64,
+    pub partitions: u32,
+    /// Expected anomalies per customer per day.
+    pub anomaly_rate: f64,
+    /// Fraction of customers that join mid-stream.
+    pub join_fraction: f64,
+    /// Expected element outages per element per day.
+    pub outage_rate: f64,
+    /// Fraction of messages replaced by malformed ones (for demos of the dead-letter path).
+    pub malformed_rate: f64,
+    /// Worker threads for formatting (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            customers: 1000,
+            epochs: 288,
+            seed: 1,
+            start: 1_793_577_600, // 2026-11-02T00:00:00Z, a Monday
+            epoch_seconds: 300,
+            partitions: 16,
+            anomaly_rate: 0.5,
+            join_fraction: 0.05,
+            outage_rate: 1.0 / 14.0,
+            malformed_rate: 0.0,
+            threads: 0,
+        }
+    }
+}
+
+/// How a feature's values are shaped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// Real-valued, printed with `decimals`, clamped to [lo, hi].
+    Real { lo: f64, hi: f64, decimals: u8 },
+    /// Non-negative integer counts.
+    Count,
+    /// Seconds since boot.
+    Uptime,
+    /// Reboots since install.
+    Reboots,
+}
+
+/// Population model of one feature.
+#[derive(Debug, Clone, Copy)]
+struct FeatureModel {
+    name: &'static str,
+    shape: Shape,
+    /// Level: median and log-normal spread (`log_level`), or normal mean/sd (`!log_level`).
+    level: (f64, f64),
+    log_level: bool,
+    /// Noise sd: relative to the level (`rel_noise`) or absolute; median and log-normal spread.
+    noise: (f64, f64),
+    rel_noise: bool,
+    /// Daily amplitude as a fraction of the level (or absolute if `!rel_noise`): median.
+    daily: f64,
+    /// Does the daily rhythm follow household usage (evening peak, night low)?
+    usage: bool,
+}
+
+const FEATURES: [FeatureModel; 20] = [
+    fm("rssi_dbm", Shape::Real { lo: -95.0, hi: -20.0, decimals: 1 }, (-62.0, 8.0), false, (1.6, 0.5), false, 1.2, false),
+    fm("snr_db", Shape::Real { lo: 0.0, hi: 70.0, decimals: 1 }, (30.0, 7.0), false, (1.4, 0.5), false, 1.0, false),
+    fm("noise_floor_dbm", Shape::Real { lo: -110.0, hi: -60.0, decimals: 1 }, (-92.0, 3.0), false, (0.8, 0.4), false, 0.8, false),
+    fm("phy_rate_tx_mbps", Shape::Real { lo: 1.0, hi: 4800.0, decimals: 1 }, (400.0, 0.5), true, (0.07, 0.5), true, 0.05, false),
+    fm("phy_rate_rx_mbps", Shape::Real { lo: 1.0, hi: 4800.0, decimals: 1 }, (450.0, 0.5), true, (0.07, 0.5), true, 0.05, false),
+    fm("throughput_down_mbps", Shape::Real { lo: 0.0, hi: 5000.0, decimals: 2 }, (40.0, 0.9), true, (0.22, 0.4), true, 0.6, true),
+    fm("throughput_up_mbps", Shape::Real { lo: 0.0, hi: 2000.0, decimals: 2 }, (6.0, 0.9), true, (0.25, 0.4), true, 0.5, true),
+    fm("retrans_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 2 }, (2.0, 0.6), true, (0.25, 0.4), true, 0.2, true),
+    fm("channel_util_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (35.0, 12.0), false, (3.5, 0.4), false, 8.0, true),
+    fm("interference_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (12.0, 0.5), true, (0.18, 0.4), true, 0.15, false),
+    fm("clients_2g", Shape::Count, (2.0, 0.6), true, (0.35, 0.3), true, 0.6, true),
+    fm("clients_5g", Shape::Count, (4.0, 0.6), true, (0.3, 0.3), true, 0.6, true),
+    fm("wan_latency_ms", Shape::Real { lo: 0.5, hi: 5000.0, decimals: 1 }, (18.0, 0.45), true, (0.12, 0.5), true, 0.2, true),
+    fm("wan_loss_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 3 }, (0.2, 0.8), true, (0.4, 0.4), true, 0.3, true),
+    fm("dns_fail_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 2 }, (0.5, 0.7), true, (0.35, 0.4), true, 0.2, true),
+    fm("cpu_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (20.0, 0.4), true, (0.15, 0.4), true, 0.4, true),
+    fm("mem_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (45.0, 10.0), false, (0.7, 0.4), false, 1.0, false),
+    fm("temp_c", Shape::Real { lo: 10.0, hi: 110.0, decimals: 1 }, (48.0, 5.0), false, (0.35, 0.4), false, 1.5, false),
+    fm("uptime_s", Shape::Uptime, (0.0, 0.0), false, (0.0, 0.0), false, 0.0, false),
+    fm("reboot_count", Shape::Reboots, (0.0, 0.0), false, (0.0, 0.0), false, 0.0, false),
+];
+
+#[allow(clippy::too_many_arguments)]
+const fn fm(
+    name: &'static str,
+    shape: Shape,
+    level: (f64, f64),
+    log_level: bool,
+    noise: (f64, f64),
+    rel_noise: bool,
+    daily: f64,
+    usage: bool,
+) -> FeatureModel {
+    FeatureModel {
+        name,
+        shape,
+        level,
+        log_level,
+        noise,
+        rel_noise,
+        daily,
+        usage,
+    }
+}
+
+/// The feature names, in the order of `dataflows/home-wifi.toml`.
+pub fn feature_names() -> Vec<&'static str> {
+    FEATURES.iter().map(|f| f.name).collect()
+}
+
+/// Anomaly kinds the generator injects (the label's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InjectedKind {
+    Spike,
+    LevelShift,
+    Drift,
+    VarianceBurst,
+    StuckValue,
+    Dropout,
+    Outage,
+}
+
+impl InjectedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InjectedKind::Spike => "spike",
+            InjectedKind::LevelShift => "level_shift",
+            InjectedKind::Drift => "drift",
+            InjectedKind::VarianceBurst => "variance_burst",
+            InjectedKind::StuckValue => "stuck_value",
+            InjectedKind::Dropout => "dropout",
+            InjectedKind::Outage => "outage",
+        }
+    }
+}
+
+/// One injected anomaly on one series (`feature = None`: the whole customer).
+#[derive(Debug, Clone, Copy)]
+struct Anomaly {
+    feature: Option<usize>,
+    kind: InjectedKind,
+    start: usize,
+    /// Epochs the label covers.
+    len: usize,
+    /// Epochs the effect lasts in the data (persistent shifts: to the end).
+    effect_len: usize,
+    magnitude: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SeriesParams {
+    level: f64,
+    noise: f64,
+    df: f64,
+    ar: f64,
+    daily: f64,
+    phase: f64,
+    weekend: f64,
+}
+
+/// Per-customer state that persists across epochs.
+struct CustomerState {
+    id: CustomerId,
+    partition: u32,
+    rng: Rng,
+    join: usize,
+    /// Seconds into each epoch at which the customer logs.
+    offset: i64,
+    missing_rate: f64,
+    reboot_rate: f64,
+    params: [SeriesParams; 20],
+    ar_state: [f64; 20],
+    last: [f64; 20],
+    uptime: f64,
+    reboots: u64,
+    /// Epochs left in a reboot's after-effects.
+    rebooting: u8,
+    missing_left: u8,
+    anomalies: Vec<Anomaly>,
+    element: usize,
+}
+
+/// Totals of a generated fleet.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GenerateReport {
+    pub customers: usize,
+    pub epochs: usize,
+    pub messages: u64,
+    pub labels: u64,
+    pub bytes: u64,
+}
+
+fn day_phase(ts: i64) -> f64 {
+    std::f64::consts::TAU * (ts.rem_euclid(86_400) as f64) / 86_400.0
+}
+
+/// Household usage curve over the day, in [−1, 1]: low at night, peak in the evening.
+fn usage_curve(phi: f64) -> f64 {
+    // A blend of harmonics: trough ~04:00, peak ~20:30.
+    let h = phi - std::f64::consts::TAU * (20.5 / 24.0);
+    0.75 * h.cos() + 0.25 * (2.0 * h).cos()
+}
+
+fn draw_params(f: &FeatureModel, rng: &mut Rng) -> SeriesParams {
+    let level = if f.log_level {
+        rng.lognormal(f.level.0, f.level.1)
+    } else {
+        f.level.0 + f.level.1 * rng.normal()
+    };
+    let noise_scale = rng.lognormal(f.noise.0, f.noise.1);
+    let noise = if f.rel_noise {
+        noise_scale * level.abs().max(0.5)
+    } else {
+        noise_scale
+    };
+    let df = [3.0, 4.0, 6.0, 10.0, 30.0][rng.weighted(&[0.15, 0.2, 0.25, 0.2, 0.2])];
+    let ar = rng.range(0.0, 0.6).powi(2) / 0.6;
+    let daily_rel = f.daily * rng.range(0.2, 1.6);
+    let daily = if f.rel_noise || f.log_level {
+        daily_rel * level.abs()
+    } else {
+        daily_rel
+    };
+    SeriesParams {
+        level,
+        noise,
+        df,
+        ar,
+        daily,
+        phase: rng.range(-0.8, 0.8),
+        weekend: rng.range(-0.1, 0.25),
+    }
+}
+
+fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerState {
+    let mut rng = Rng::new(cfg.seed, i as u64 + 1);
+    let text = format!("cust-{i:07}");
+    let id = CustomerId::parse(text.as_bytes(), b"").expect("generated ids are valid customer ids");
+    let partition = (stable_hash(text.as_bytes()) % cfg.partitions as u64) as u32;
+    let join = if rng.chance(cfg.join_fraction) && cfg.epochs > 24 {
+        rng.below(cfg.epochs as u64 * 3 / 4) as usize + 12
+    } else {
+        0
+    };
+    let mut params = [SeriesParams::default(); 20];
+    for (k, f) in FEATURES.iter().enumerate() {
+        params[k] = draw_params(f, &mut rng);
+    }
+    let days = cfg.epochs as f64 * cfg.epoch_seconds as f64 / 86_400.0;
+    let mut anomalies = Vec::new();
+    let n = poisson(&mut rng, cfg.anomaly_rate * days);
+    let active = cfg.epochs.saturating_sub(join);
+    for _ in 0..n {
+        if active < 48 {
+            break;
+        }
+        // Kinds and their durations (epochs).
+        let kind = [
+            InjectedKind::Spike,
+            InjectedKind::LevelShift,
+            InjectedKind::Drift,
+            InjectedKind::VarianceBurst,
+            InjectedKind::StuckValue,
+            InjectedKind::Dropout,
+        ][rng.weighted(&[0.3, 0.18, 0.12, 0.14, 0.13, 0.13])];
+        // Stuck values are injected into real-valued features (integer counts repeat by nature).
+        let candidates: Vec<usize> = (0..18)
+            .filter(|k| kind != InjectedKind::StuckValue || matches!(FEATURES[*k].shape, Shape::Real { .. }))
+            .collect();
+        let feature = candidates[rng.below(candidates.len() as u64) as usize];
+        let (len, effect_len, magnitude) = match kind {
+            InjectedKind::Spike => (1, 1, rng.range(6.0, 14.0)),
+            InjectedKind::LevelShift => (12, usize::MAX, rng.range(3.0, 8.0)),
+            InjectedKind::Drift => {
+                let ramp = 24 + rng.below(48) as usize;
+                (ramp, usize::MAX, rng.range(7.0, 14.0))
+            }
+            InjectedKind::VarianceBurst => {
+                let l = 12 + rng.below(24) as usize;
+                (l, l, rng.range(3.5, 7.0))
+            }
+            InjectedKind::StuckValue => {
+                let l = 12 + rng.below(24) as usize;
+                (l, l, 0.0)
+            }
+            InjectedKind::Dropout => {
+                let l = 6 + rng.below(18) as usize;
+                (l, l, 0.0)
+            }
+            InjectedKind::Outage => (0, 0, 0.0),
+        };
+        // Models need a day of history before the first anomaly, and anomalies of one series must not
+        // overlap (their labels would be ambiguous).
+        let earliest = join + 36;
+        if earliest + len + 2 >= cfg.epochs {
+            continue;
+        }
+        let start = earliest + rng.below((cfg.epochs - earliest - len - 1) as u64) as usize;
+        let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+        let a = Anomaly {
+            feature: Some(feature),
+            kind,
+            start,
+            len,
+            effect_len,
+            magnitude: sign * magnitude,
+        };
+        let clash = anomalies.iter().any(|b: &Anomaly| {
+            b.feature == a.feature
+                && a.start < b.start + b.len.max(b.effect_len.min(cfg.epochs)) + 24
+                && b.start < a.start + a.len.max(a.effect_len.min(cfg.epochs)) + 24
+        });
+        if !clash {
+            anomalies.push(a);
+        }
+    }
+    CustomerState {
+        id,
+        partition,
+        join,
+        offset: 5 + rng.below(cfg.epoch_seconds.max(20) as u64 - 15) as i64,
+        missing_rate: rng.range(0.0, 0.012),
+        reboot_rate: rng.range(0.0, 1.0 / (288.0 * 7.0)),
+        params,
+        ar_state: [0.0; 20],
+        last: [f64::NAN; 20],
+        uptime: rng.range(3_600.0, 3_000_000.0).floor(),
+        reboots: rng.below(20),
+        rebooting: 0,
+        missing_left: 0,
+        anomalies,
+        element: (i / 50).min(elements.saturating_sub(1)),
+        rng,
+    }
+}
+
+fn poisson(rng: &mut Rng, mean: f64) -> usize {
+    let l = (-mean).exp();
+    let mut k = 0;
+    let mut p = 1.0;
+    loop {
+        p *= rng.f64();
+        if p <= l || k > 10_000 {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Appends `v` with `decimals` fixed decimals (fast, no float formatting machinery).
+fn push_fixed(s: &mut String, v: f64, decimals: u8) {
+    let scale = [1.0, 10.0, 100.0, 1000.0][decimals.min(3) as usize];
+    let scaled = (v * scale).round();
+    if !scaled.is_finite() || scaled.abs() > 9.0e15 {
+        let _ = write!(s, "{v}");
+        return;
+    }
+    let mut n = scaled as i64;
+    if n < 0 {
+        s.push('-');
+        n = -n;
+    }
+    let int = n / scale as i64;
+    let frac = n % scale as i64;
+    let _ = write!(s, "{int}");
+    if decimals > 0 {
+        s.push('.');
+        let mut div = scale as i64 / 10;
+        while div > 0 {
+            s.push((b'0' + ((frac / div) % 10) as u8) as char);
+            div /= 10;
+        }
+    }
+}
+
+/// One log's values for one customer at epoch `e` (NaN = missing feature), or `None` when the log is missing.
+fn step(
+    c: &mut CustomerState,
+    e: usize,
+    ts: i64,
+    outage: bool,
+    out: &mut [f64; 20],
+) -> bool {
+    let rng = &mut c.rng;
+    // Draw the log-level events first so the random stream does not depend on what follows.
+    let missing_draw = rng.f64();
+    let pair_draw = rng.f64();
+    let reboot_draw = rng.f64();
+    if e < c.join || outage {
+        return false;
+    }
+    if c.missing_left > 0 {
+        c.missing_left -= 1;
+        return false;
+    }
+    if missing_draw < c.missing_rate {
+        // A missing log, sometimes two in a row.
+        if pair_draw < 0.3 {
+            c.missing_left = 1;
+        }
+        return false;
+    }
+    let phi = day_phase(ts);
+    let weekday = (ts.div_euclid(86_400) + 3).rem_euclid(7); // 0 = Monday
+    let weekend = weekday >= 5;
+    if reboot_draw < c.reboot_rate {
+        c.uptime = c.rng.range(20.0, 120.0).floor();
+        c.reboots += 1;
+        c.rebooting = 2;
+    } else {
+        c.uptime += 300.0;
+    }
+    for k in 0..20 {
+        let f = &FEATURES[k];
+        let p = c.params[k];
+        match f.shape {
+            Shape::Uptime => {
+                out[k] = c.uptime;
+                continue;
+            }
+            Shape::Reboots => {
+                out[k] = c.reboots as f64;
+                continue;
+            }
+            _ => {}
+        }
+        let shape = if f.usage {
+            usage_curve(phi + p.phase)
+        } else {
+            (phi + p.phase).cos()
+        };
+        let mut mean = p.level + p.daily * shape;
+        if weekend && f.usage {
+            mean += p.weekend * p.level.abs();
+        }
+        // Heavy-tailed AR(1) noise.
+        let innovation = c.rng.student_t(p.df) * p.noise;
+        c.ar_state[k] = p.ar * c.ar_state[k] + (1.0 - p.ar * p.ar).sqrt() * innovation;
+        let mut noise = c.ar_state[k];
+        let mut value_override = None;
+        for a in &c.anomalies {
+            if a.feature != Some(k) || e < a.start {
+                continue;
+            }
+            let into = e - a.start;
+            if into >= a.effect_len {
+                continue;
+            }
+            match a.kind {
+                InjectedKind::Spike => mean += a.magnitude * p.noise,
+                InjectedKind::LevelShift => mean += a.magnitude * p.noise,
+                InjectedKind::Drift => {
+                    let frac = ((into + 1) as f64 / a.len as f64).min(1.0);
+                    mean += a.magnitude * p.noise * frac;
+                }
+                InjectedKind::VarianceBurst => noise *= a.magnitude.abs(),
+                InjectedKind::StuckValue => {
+                    if c.last[k].is_finite() {
+                        value_override = Some(c.last[k]);
+                    }
+                }
+                InjectedKind::Dropout => value_override = Some(f64::NAN),
+                InjectedKind::Outage => {}
+            }
+        }
+        if c.rebooting > 0 {
+            // Reboot after-effects: devices reconnect, traffic and CPU are briefly off.
+            match f.name {
+                "clients_2g" | "clients_5g" => mean *= 0.2,
+                "throughput_down_mbps" | "throughput_up_mbps" => mean *= 0.3,
+                "cpu_pct" => mean += 25.0,
+                _ => {}
+            }
+        }
+        let v = match value_override {
+            Some(v) => v,
+            None => {
+                let raw = mean + noise;
+                match f.shape {
+                    Shape::Real { lo, hi, decimals } => {
+                        let scale = [1.0, 10.0, 100.0, 1000.0][decimals.min(3) as usize];
+                        (raw.clamp(lo, hi) * scale).round() / scale
+                    }
+                    Shape::Count => raw.max(0.0).round(),
+                    Shape::Uptime | Shape::Reboots => raw,
+                }
+            }
+        };
+        out[k] = v;
+        if v.is_finite() {
+            c.last[k] = v;
+        }
+    }
+    if c.rebooting > 0 {
+        c.rebooting -= 1;
+    }
+    true
+}
+
+/// Writes a fleet to `out_dir`.
+pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<GenerateReport> {
+    std::fs::create_dir_all(out_dir)?;
+    let epoch_len = cfg.epoch_seconds;
+    let start = cfg.start - cfg.start.rem_euclid(epoch_len);
+    let elements = cfg.customers.div_ceil(50).max(1);
+    let regions = elements.div_ceil(20).max(1);
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        cfg.threads
+    };
+
+    let mut customers: Vec<CustomerState> = (0..cfg.customers)
+        .map(|i| new_customer(cfg, i, elements))
+        .collect();
+
+    // Element outages.
+    let mut outages: Vec<(usize, usize, usize)> = Vec::new(); // (element, start, len)
+    let mut orng = Rng::new(cfg.seed, 0xE1E);
+    let days = cfg.epochs as f64 * epoch_len as f64 / 86_400.0;
+    for el in 0..elements {
+        let n = poisson(&mut orng, cfg.outage_rate * days);
+        for _ in 0..n {
+            let len = 4 + orng.below(20) as usize;
+            if cfg.epochs < 72 + len {
+                continue;
+            }
+            let s = 36 + orng.below((cfg.epochs - 36 - len) as u64) as usize;
+            if !outages.iter().any(|(e, os, ol)| *e == el && s < os + ol + 12 && *os < s + len + 12) {
+                outages.push((el, s, len));
+            }
+        }
+    }
+
+    let mut labels: Vec<(i64, String, String, &'static str, i64)> = Vec::new();
+    for c in &customers {
+        for a in &c.anomalies {
+            let s = start + a.start as i64 * epoch_len;
+            let name = match a.feature {
+                Some(k) => FEATURES[k].name.to_string(),
+                None => "*".to_string(),
+            };
+            labels.push((s, c.id.to_string(), name, a.kind.as_str(), s + a.len as i64 * epoch_len));
+        }
+    }
+    for (el, s, len) in &outages {
+        for c in customers.iter().filter(|c| c.element == *el) {
+            if c.join > *s {
+                continue;
+            }
+            let st = start + *s as i64 * epoch_len;
+            labels.push((st, c.id.to_string(), "*".into(), "outage", st + *len as i64 * epoch_len));
+        }
+    }
+    labels.sort();
+
+    let telemetry = out_dir.join("telemetry.jsonl");
+    let mut w = BufWriter::with_capacity(8 << 20, File::create(&telemetry)?);
+    let header = serde_json::to_string(&RecordedHeader::new("telemetry", cfg.partitions))
+        .map_err(std::io::Error::other)?;
+    writeln!(w, "{header}")?;
+    let mut report = GenerateReport {
+        customers: cfg.customers,
+        epochs: cfg.epochs,
+        ..Default::default()
+    };
+    report.bytes += header.len() as u64 + 1;
+    let mut offsets = vec![0u64; cfg.partitions as usize];
+    let chunk = cfg.customers.div_ceil(threads).max(1);
+    let parts = cfg.partitions as usize;
+    let mut mrng = Rng::new(cfg.seed, 0xBAD);
+
+    for e in 0..cfg.epochs {
+        let epoch_start = start + e as i64 * epoch_len;
+        let down: Vec<usize> = outages
+            .iter()
+            .filter(|(_, s, l)| e >= *s && e < s + l)
+            .map(|(el, _, _)| *el)
+            .collect();
+        // Pass 1 (parallel): values and which customers log.
+        let results: Vec<Vec<(usize, [f64; 20])>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = customers
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(ci, cs)| {
+                    let down = &down;
+                    sc.spawn(move || {
+                        let mut out = Vec::with_capacity(cs.len());
+                        for (j, c) in cs.iter_mut().enumerate() {
+                            let ts = epoch_start + c.offset;
+                            let mut vals = [0f64; 20];
+                            let outage = down.contains(&c.element);
+                            if step(c, e, ts, outage, &mut vals) {
+                                out.push((ci * chunk + j, vals));
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        // Offsets per partition, in customer order within each partition.
+        let mut assigned: Vec<Vec<(usize, u64)>> = vec![Vec::new(); results.len()];
+        for (ti, r) in results.iter().enumerate() {
+            for (ci, _) in r {
+                let p = customers[*ci].partition as usize;
+                assigned[ti].push((p, offsets[p]));
+                offsets[p] += 1;
+            }
+        }
+        // Pass 2 (parallel): format, one buffer per partition per thread.
+        let customers_ref = &customers;
+        let formatted: Vec<Vec<String>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = results
+                .iter()
+                .zip(assigned.iter())
+                .map(|(r, a)| {
+                    sc.spawn(move || {
+                        let mut bufs = vec![String::new(); parts];
+                        for ((ci, vals), (p, off)) in r.iter().zip(a.iter()) {
+                            let c = &customers_ref[*ci];
+                            let ts = epoch_start + c.offset;
+                            format_message(&mut bufs[*p], *p as u32, *off, c.id.as_str(), ts, vals);
+                        }
+                        bufs
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for p in 0..parts {
+            for bufs in &formatted {
+                let b = &bufs[p];
+                if cfg.malformed_rate > 0.0 {
+                    for line in b.lines() {
+                        let l = if mrng.chance(cfg.malformed_rate) {
+                            corrupt(line, &mut mrng)
+                        } else {
+                            line.to_string()
+                        };
+                        w.write_all(l.as_bytes())?;
+                        w.write_all(b"\n")?;
+                        report.bytes += l.len() as u64 + 1;
+                    }
+                } else {
+                    w.write_all(b.as_bytes())?;
+                    report.bytes += b.len() as u64;
+                }
+            }
+        }
+        report.messages += results.iter().map(|r| r.len() as u64).sum::<u64>();
+    }
+    w.flush()?;
+
+    let mut lw = BufWriter::new(File::create(out_dir.join("labels.jsonl"))?);
+    for (s, c, f, k, end) in &labels {
+        writeln!(
+            lw,
+            "{{\"customer\":\"{c}\",\"feature\":\"{f}\",\"kind\":\"{k}\",\"start\":{s},\"end\":{end}}}"
+        )?;
+    }
+    lw.flush()?;
+    report.labels = labels.len() as u64;
+
+    let mut tw = BufWriter::new(File::create(out_dir.join("topology.csv"))?);
+    writeln!(tw, "customer,element,region")?;
+    for c in &customers {
+        writeln!(
+            tw,
+            "{},elem-{:05},region-{:03}",
+            c.id,
+            c.element,
+            c.element * regions / elements.max(1)
+        )?;
+    }
+    tw.flush()?;
+    Ok(report)
+}
+
+fn format_message(s: &mut String, partition: u32, offset: u64, id: &str, ts: i64, vals: &[f64; 20]) {
+    let _ = write!(
+        s,
+        "{{\"partition\":{partition},\"offset\":{offset},\"timestamp\":{},\"key\":\"{id}\",\"value\":{{\"customer_id\":\"{id}\",\"ts\":{ts}",
+        ts * 1000 + 137
+    );
+    for (k, f) in FEATURES.iter().enumerate() {
+        s.push_str(",\"");
+        s.push_str(f.name);
+        s.push_str("\":");
+        let v = vals[k];
+        if !v.is_finite() {
+            s.push_str("null");
+            continue;
+        }
+        match f.shape {
+            Shape::Real { decimals, .. } => push_fixed(s, v, decimals),
+            Shape::Count | Shape::Uptime | Shape::Reboots => push_fixed(s, v, 0),
+        }
+    }
+    s.push_str("}}\n");
+}
+
+/// Breaks a message in one of the ways producers break messages.
+fn corrupt(line: &str, rng: &mut Rng) -> String {
+    match rng.below(6) {
+        0 => line[..line.len() / 2].to_string(),
+        1 => line.replacen("\"rssi_dbm\":", "\"rssi_dbm\":\"n/a\",\"x\":", 1),
+        2 => line.replacen("\"snr_db\":", "\"snr_db\":NaN,\"y\":", 1),
+        3 => line.replacen("\"ts\":", "\"ts\":9", 1),
+        4 => line.replacen("\"customer_id\":\"cust-", "\"customer_id\":\"CUST ", 1),
+        _ => line.replacen("\"cpu_pct\":", "\"cpu_load\":", 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_formatting() {
+        let mut s = String::new();
+        push_fixed(&mut s, -61.25, 1);
+        s.push(' ');
+        push_fixed(&mut s, 0.004, 3);
+        s.push(' ');
+        push_fixed(&mut s, 12.0, 0);
+        s.push(' ');
+        push_fixed(&mut s, -0.04, 1);
+        assert_eq!(s, "-61.3 0.004 12 0.0");
+    }
+
+    #[test]
+    fn deterministic_and_parseable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = GenerateConfig {
+            customers: 30,
+            epochs: 120,
+            seed: 7,
+            anomaly_rate: 4.0,
+            threads: 3,
+            ..Default::default()
+        };
+        let a = generate(&cfg, &dir.path().join("a")).unwrap();
+        let cfg1 = GenerateConfig { threads: 1, ..cfg };
+        generate(&cfg1, &dir.path().join("b")).unwrap();
+        for f in ["telemetry.jsonl", "labels.jsonl", "topology.csv"] {
+            let x = std::fs::read(dir.path().join("a").join(f)).unwrap();
+            let y = std::fs::read(dir.path().join("b").join(f)).unwrap();
+            assert!(x == y, "{f} differs between thread counts");
+        }
+        assert!(a.messages > 30 * 100);
+        assert!(a.labels > 0);
+        let spec = crate::spec::Spec::embedded();
+        let mut p = crate::sources::parse::LogParser::new(&spec);
+        let text = std::fs::read_to_string(dir.path().join("a/telemetry.jsonl")).unwrap();
+        let mut log = crate::record::Log::empty(CustomerId::parse(b"x", b"").unwrap());
+        for line in text.lines().skip(1) {
+            p.parse_recorded(line.as_bytes(), &mut log)
+                .unwrap_or_else(|e| panic!("{line}: {e:?}"));
+        }
+    }
+}

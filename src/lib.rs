@@ -1,0 +1,36 @@
+//! fleetwatch: personalised anomaly detection for every (customer, feature) series of a device fleet, every
+//! epoch, as a timely/differential dataflow.
+//!
+//! The crate is organised one concern per module; `ARCHITECTURE.md` draws the dataflow.
+//!
+//! * [`sources`] — recorded-topic and CSV inputs, parsed partition-parallel ([`sources::parse`]).
+//! * [`epoch`] — event-time epochs and the per-partition lateness policy.
+//! * [`keys`] — customer ids and the routing hash (exchange by customer).
+//! * [`model`] — the per-series model: detectors, calibrated thresholds with hysteresis, cohort priors.
+//! * [`state`] — the 32-byte series slots and the Abelian block difference.
+//! * [`arrangement`] — the operator maintaining the series-state arrangement.
+//! * [`sinks`] — output and dead-letter writers.
+//! * [`dataflow`] — the assembled pipeline and `run`.
+//! * [`cluster`] — `cluster.toml`, multi-process configuration and `launch`.
+//! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub mod arrangement;
+pub mod dataflow;
+pub mod epoch;
+pub mod json;
+pub mod keys;
+pub mod model;
+pub mod record;
+pub mod rng;
+pub mod sinks;
+pub mod sources;
+pub mod spec;
+pub mod state;
+pub mod timefmt;
+pub mod cluster;
+pub mod commands;
+pub mod eval;
+pub mod generate;

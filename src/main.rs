@@ -1,0 +1,248 @@
+//! The `fleetwatch` command line: argument parsing only; the work is in the library.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use fleetwatch::commands::{self, Layout, RunOptions};
+use fleetwatch::generate::GenerateConfig;
+
+/// Personalised anomaly detection for every (customer, feature) series of a device fleet, every epoch.
+#[derive(Parser)]
+#[command(name = "fleetwatch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a small fleet, run the embedded home Wi-Fi spec on it, print the anomaly changes and how
+    /// they score against the injected labels. Needs nothing but this binary.
+    Demo {
+        /// Directory for the generated fleet and the outputs.
+        #[arg(long, default_value = "fleetwatch-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        customers: usize,
+        /// Epochs of 5 minutes (288 = one day).
+        #[arg(long, default_value_t = 576)]
+        epochs: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// How many change lines to print.
+        #[arg(long, default_value_t = 25)]
+        show: usize,
+    },
+    /// Run the pipeline over recorded-topic or CSV files.
+    Run {
+        /// Dataflow spec (TOML). Default: the embedded dataflows/home-wifi.toml.
+        #[arg(long)]
+        dataflow: Option<PathBuf>,
+        /// Input files: recorded topics (JSON lines) or CSV (customer_id,ts,<feature>...). Read in order.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Where the anomaly changes and per-epoch summaries go (JSON lines).
+        #[arg(long)]
+        output: PathBuf,
+        /// Where refused records go, with their reasons (JSON lines).
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// Worker threads (ignored with --cluster).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Cluster file (see cluster.toml); with --process.
+        #[arg(long, requires = "process")]
+        cluster: Option<PathBuf>,
+        /// This process's index in the cluster file.
+        #[arg(long, requires = "cluster")]
+        process: Option<usize>,
+        /// Leave wall-clock fields out of the output, so runs can be compared byte for byte.
+        #[arg(long)]
+        reproducible: bool,
+    },
+    /// Write a synthetic fleet with labelled anomalies (telemetry.jsonl, labels.jsonl, topology.csv).
+    Generate {
+        #[arg(long)]
+        customers: usize,
+        #[arg(long)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// First epoch, RFC 3339 or Unix seconds (default 2026-11-02T00:00:00Z).
+        #[arg(long)]
+        start: Option<String>,
+        /// Expected anomalies per customer per day.
+        #[arg(long, default_value_t = 0.5)]
+        anomaly_rate: f64,
+        /// Fraction of customers that join mid-stream.
+        #[arg(long, default_value_t = 0.05)]
+        join_fraction: f64,
+        /// Fraction of messages to corrupt (exercises the dead-letter path).
+        #[arg(long, default_value_t = 0.0)]
+        malformed_rate: f64,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+    },
+    /// Score an output against labels: event-level precision, recall, F1, delay, false-alert rate.
+    Eval {
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        alerts: PathBuf,
+    },
+    /// Start every process of a cluster file that lives on this host, with the given run arguments.
+    Launch {
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Arguments for `fleetwatch run` (after `--`).
+        #[arg(last = true, required = true)]
+        run_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo {
+            dir,
+            customers,
+            epochs,
+            workers,
+            show,
+        } => {
+            eprintln!(
+                "generating {customers} customers x 20 features x {epochs} epochs into {} ...",
+                dir.display()
+            );
+            let r = commands::demo(&dir, customers, epochs, workers).context("demo failed")?;
+            println!("anomaly changes (first {show} of {}):", r.changes.len());
+            for line in r.changes.iter().take(show) {
+                println!("  {}", commands::pretty_change(line));
+            }
+            println!();
+            println!(
+                "{} epochs, {} logs, {} series scored, {} changes, {} dead-lettered, {:.1} s",
+                r.run.epochs,
+                r.run.records,
+                r.run.series_scored,
+                r.run.changes,
+                r.run.dead_lettered,
+                r.run.wall_seconds
+            );
+            println!(
+                "against the injected labels: precision {:.3}  recall {:.3}  F1 {:.3}  median delay {} epochs  {:.2} false alerts per 1,000 series-days",
+                r.eval.precision,
+                r.eval.recall,
+                r.eval.f1,
+                r.eval
+                    .median_delay_epochs
+                    .map(|d| format!("{d}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.eval.false_alerts_per_1000_series_days
+            );
+            println!(
+                "files: {0}/changes.jsonl, {0}/dead-letters.jsonl, {0}/labels.jsonl",
+                r.dir.display()
+            );
+        }
+        Command::Run {
+            dataflow,
+            input,
+            output,
+            dead_letter,
+            workers,
+            cluster,
+            process,
+            reproducible,
+        } => {
+            let layout = match (cluster, process) {
+                (Some(file), Some(index)) => Layout::Cluster { file, index },
+                (None, None) => Layout::Threads(workers),
+                _ => bail!("--cluster and --process go together"),
+            };
+            let opts = RunOptions {
+                dataflow,
+                inputs: input,
+                output,
+                dead_letter,
+                layout,
+                reproducible,
+            };
+            let report = commands::run(&opts).context("run failed")?;
+            eprintln!(
+                "{} epochs, {} logs ({} late), {} dead-lettered, {} series scored, {} changes in {:.2} s",
+                report.epochs,
+                report.records,
+                report.late,
+                report.dead_lettered,
+                report.series_scored,
+                report.changes,
+                report.wall_seconds
+            );
+        }
+        Command::Generate {
+            customers,
+            epochs,
+            seed,
+            out,
+            start,
+            anomaly_rate,
+            join_fraction,
+            malformed_rate,
+            partitions,
+        } => {
+            let mut cfg = GenerateConfig {
+                customers,
+                epochs,
+                seed,
+                anomaly_rate,
+                join_fraction,
+                malformed_rate,
+                partitions,
+                ..Default::default()
+            };
+            if let Some(s) = start {
+                cfg.start = match s.parse::<i64>() {
+                    Ok(t) => t,
+                    Err(_) => fleetwatch::timefmt::parse_rfc3339(s.as_bytes())
+                        .with_context(|| format!("--start {s:?} is neither Unix seconds nor RFC 3339"))?,
+                };
+            }
+            if partitions == 0 {
+                bail!("--partitions must be at least 1");
+            }
+            let t = std::time::Instant::now();
+            let r = commands::generate(&cfg, &out)?;
+            eprintln!(
+                "wrote {} messages ({:.1} MB) and {} labels for {} customers x {} epochs in {:.2} s",
+                r.messages,
+                r.bytes as f64 / 1e6,
+                r.labels,
+                r.customers,
+                r.epochs,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::Eval { labels, alerts } => {
+            let r = commands::eval(&labels, &alerts)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Launch { cluster, run_args } => {
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            let started = fleetwatch::cluster::launch(&exe, &cluster, &run_args)?;
+            eprintln!("all {} local processes finished", started.len());
+        }
+    }
+    Ok(())
+}

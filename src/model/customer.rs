@@ -1,0 +1,586 @@
+//! One customer's epoch: the framework logic around the detectors.
+//!
+//! Given the customer's slots (one per feature plus a meta slot) and its logs of the epoch (sorted by time),
+//! [`step_customer`] drops duplicate logs, detects reboots, runs every feature's detector, calibrates each
+//! series' threshold, advances each series' alert state machine (including dropouts), reports silence, and
+//! updates the cohort statistics — emitting the *changes* of the open-anomaly collection and their evidence.
+
+use serde::{Deserialize, Serialize};
+
+use super::alert::{self, AlertParams, Transition};
+use super::cohort::CohortAccumulator;
+use super::header::{self, OpenAlert, SeriesSlot, Severity};
+use super::{AnomalyKind, Assessment, Detector, FeaturePrior, Observation, Transform};
+use crate::keys::CustomerId;
+use crate::record::Log;
+use crate::spec::Spec;
+use crate::state::{SLOT_BYTES, Slot, SlotView};
+
+/// The feature index that stands for the whole customer (`"*"` in output).
+pub const CUSTOMER_FEATURE: u16 = u16::MAX;
+
+/// Framework parameters derived once from the spec.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub features: usize,
+    pub transforms: Vec<Transform>,
+    pub reboot_feature: Option<usize>,
+    pub alert: AlertParams,
+    pub silence_epochs: u32,
+    pub reboot_grace: u32,
+    /// Logs in a row without a feature (while the customer reports) before it is a dropout.
+    pub dropout_logs: u8,
+    /// Observations a series needs before it may raise (with a cohort prior).
+    pub min_seen_to_raise: u8,
+    /// Observations a series needs before it may raise when its feature has no cohort prior yet.
+    pub min_seen_without_prior: u8,
+    /// Warm series a cohort prior must summarise before it is trusted.
+    pub min_prior_count: u64,
+    /// Observations a series needs before its absence counts as a dropout.
+    pub warm_for_dropout: u8,
+}
+
+impl ModelConfig {
+    pub fn from_spec(spec: &Spec) -> ModelConfig {
+        ModelConfig {
+            features: spec.features.len(),
+            transforms: spec.features.iter().map(|f| f.transform).collect(),
+            reboot_feature: spec.feature_index(&spec.alerting.reboot_feature),
+            alert: AlertParams::from_spec(&spec.alerting),
+            silence_epochs: spec.alerting.silence_epochs,
+            reboot_grace: spec.alerting.reboot_grace_epochs,
+            dropout_logs: 3,
+            min_seen_to_raise: 3,
+            min_seen_without_prior: 24,
+            min_prior_count: 20,
+            warm_for_dropout: 24,
+        }
+    }
+}
+
+/// A member of the open-anomaly collection (keyed by customer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpenAnomaly {
+    pub feature: u16,
+    pub kind: AnomalyKind,
+    pub severity: Severity,
+}
+
+/// The numbers behind a change, joined to it in the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub customer: CustomerId,
+    pub feature: u16,
+    pub score: f32,
+    pub observed: f32,
+    pub expected: f32,
+    pub lower: f32,
+    pub upper: f32,
+}
+
+/// What one customer's epoch produced.
+#[derive(Default)]
+pub struct StepOut {
+    /// Differences of the open-anomaly collection.
+    pub changes: Vec<((CustomerId, OpenAnomaly), i64)>,
+    pub evidence: Vec<Evidence>,
+    /// Indexes (into the logs given) of duplicate logs.
+    pub duplicates: Vec<usize>,
+    /// Series that got a prediction and score this epoch.
+    pub series_scored: u64,
+}
+
+/// The customer's meta slot.
+///
+/// ```text
+/// 0..4   last_seen   u32  epoch of the last log + 1 (0: never)
+/// 4..8   last_ts     u32  event time of the last log (Unix seconds)
+/// 8..12  reboot      u32  epoch of the last detected reboot + 1 (0: none)
+/// 12     silent      u8   the silence alert (alert byte encoding)
+/// 13     silent_run  u8   clear counter of the silence alert
+/// 14..32 reserved
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CustomerMeta {
+    pub last_seen: u32,
+    pub last_ts: u32,
+    pub reboot: u32,
+    pub silent: Option<OpenAlert>,
+    pub silent_run: u8,
+}
+
+impl CustomerMeta {
+    pub fn decode(s: &Slot) -> CustomerMeta {
+        let mut c = *s;
+        let v = SlotView(&mut c);
+        CustomerMeta {
+            last_seen: v.u32(0),
+            last_ts: v.u32(4),
+            reboot: v.u32(8),
+            silent: header::decode_alert(v.u8(12)),
+            silent_run: v.u8(13),
+        }
+    }
+
+    pub fn encode(&self) -> Slot {
+        let mut s = [0u8; SLOT_BYTES];
+        let mut v = SlotView(&mut s);
+        v.set_u32(0, self.last_seen);
+        v.set_u32(4, self.last_ts);
+        v.set_u32(8, self.reboot);
+        v.set_u8(12, header::encode_alert(self.silent));
+        v.set_u8(13, self.silent_run);
+        s
+    }
+}
+
+fn epoch_u32(e: u64) -> u32 {
+    (e.min(u32::MAX as u64 - 1)) as u32
+}
+
+/// Everything `step_customer` needs besides the customer's own data.
+pub struct StepContext<'a> {
+    pub config: &'a ModelConfig,
+    pub detector: &'a dyn Detector,
+    pub priors: &'a [FeaturePrior],
+    pub epoch: u64,
+}
+
+/// Runs one customer's epoch. `slots` holds `features + 1` slots (the last is the meta slot) and is updated
+/// in place; `old_slots` is their content before the epoch (for cohort differences). `logs` must be sorted by
+/// `(ts, pos)`.
+pub fn step_customer(
+    ctx: &StepContext<'_>,
+    customer: CustomerId,
+    slots: &mut [Slot],
+    logs: &[Log],
+    cohort: &mut CohortAccumulator,
+    out: &mut StepOut,
+) {
+    let cfg = ctx.config;
+    let f_count = cfg.features;
+    let e = ctx.epoch;
+    let old_slots: [Slot; 33] = {
+        let mut o = [[0u8; SLOT_BYTES]; 33];
+        o[..=f_count].copy_from_slice(&slots[..=f_count]);
+        o
+    };
+    let mut meta = CustomerMeta::decode(&slots[f_count]);
+
+    // The best (most surprising, relative to the series' own threshold) assessment per feature this epoch.
+    let mut best: [Option<(Assessment, f32)>; 32] = [None; 32];
+    let mut reported = false;
+    let mut last_ts = meta.last_ts as i64;
+    let mut max_ts = meta.last_ts as i64;
+
+    for (i, log) in logs.iter().enumerate() {
+        if last_ts != 0 && log.ts == last_ts {
+            out.duplicates.push(i);
+            continue;
+        }
+        last_ts = log.ts;
+        max_ts = max_ts.max(log.ts);
+        reported = true;
+        let phase = Observation::daily_phase(log.ts);
+        // The reboot feature goes first so the rest of the log already knows about the reboot.
+        let order = cfg
+            .reboot_feature
+            .into_iter()
+            .chain((0..f_count).filter(|f| Some(*f) != cfg.reboot_feature));
+        for f in order {
+            let v = log.values[f];
+            let mut series = SeriesSlot::decode(&slots[f]);
+            if v.is_nan() {
+                series.miss_run = series.miss_run.saturating_add(1);
+                slots[f] = series.encode();
+                continue;
+            }
+            let gap = if series.seen == 0 {
+                0
+            } else {
+                header::epochs_since(series.last_epoch, e)
+            };
+            let obs = Observation {
+                value: v,
+                ts: log.ts,
+                gap_epochs: gap,
+                seen: series.seen,
+                phase,
+                transform: cfg.transforms[f],
+            };
+            let a = ctx
+                .detector
+                .observe(&mut series.detector, &obs, &ctx.priors[f]);
+            series.seen = series.seen.saturating_add(1);
+            series.last_epoch = e as u16;
+            series.miss_run = 0;
+            if a.reset && Some(f) == cfg.reboot_feature {
+                meta.reboot = epoch_u32(e + 1);
+            }
+            if a.scored {
+                let t = cfg.alert.threshold(series.quantile);
+                if series.alert.is_none() && a.surprise < t {
+                    series.quantile = cfg.alert.update_quantile(series.quantile, a.surprise);
+                } else if series.quantile == 0.0 {
+                    series.quantile = alert::Q0;
+                }
+                let better = match &best[f] {
+                    None => true,
+                    Some((b, bt)) => a.surprise / t > b.surprise / bt,
+                };
+                if better {
+                    best[f] = Some((a, t));
+                }
+            }
+            slots[f] = series.encode();
+        }
+    }
+
+    let in_grace = meta.reboot != 0 && e + 1 - meta.reboot as u64 <= cfg.reboot_grace as u64;
+    if reported {
+        for f in 0..f_count {
+            let mut series = SeriesSlot::decode(&slots[f]);
+            let (score, kind, evidence) = if let Some((a, t)) = best[f] {
+                out.series_scored += 1;
+                let score = a.surprise / t;
+                let ev = Evidence {
+                    customer,
+                    feature: f as u16,
+                    score,
+                    observed: a.observed,
+                    expected: a.expected,
+                    lower: a.expected - t * a.sigma,
+                    upper: a.expected + t * a.sigma,
+                };
+                (score, a.kind, Some(ev))
+            } else if series.miss_run >= cfg.dropout_logs && series.seen >= cfg.warm_for_dropout {
+                let (p, sigma) = ctx
+                    .detector
+                    .predict(&series.detector, max_ts, cfg.transforms[f]);
+                let t = cfg.alert.threshold(series.quantile);
+                let score = series.miss_run as f32 / cfg.dropout_logs as f32;
+                let ev = Evidence {
+                    customer,
+                    feature: f as u16,
+                    score,
+                    observed: f32::NAN,
+                    expected: p,
+                    lower: p - t * sigma,
+                    upper: p + t * sigma,
+                };
+                (score, AnomalyKind::Dropout, Some(ev))
+            } else {
+                (0.0, AnomalyKind::Spike, None)
+            };
+            // Without a cohort prior a young series cannot know its own noise yet: it needs more history.
+            let min_seen = if ctx.priors[f].count >= cfg.min_prior_count {
+                cfg.min_seen_to_raise
+            } else {
+                cfg.min_seen_without_prior
+            };
+            let can_raise = !in_grace
+                && series.seen >= min_seen
+                && (kind != AnomalyKind::Dropout || series.seen >= cfg.warm_for_dropout);
+            let before = series.alert;
+            let (after, run, transition) =
+                alert::step(&cfg.alert, before, series.clear_run, score, kind, can_raise);
+            series.alert = after;
+            series.clear_run = run;
+            if let Some(t) = transition {
+                emit(out, customer, f as u16, before, after, t, evidence, score);
+            }
+            slots[f] = series.encode();
+        }
+    }
+
+    // Silence: the customer as a whole.
+    if reported {
+        if let Some(open) = meta.silent {
+            let silent_for = e + 1 - meta.last_seen.max(1) as u64;
+            emit(
+                out,
+                customer,
+                CUSTOMER_FEATURE,
+                Some(open),
+                None,
+                Transition::Cleared,
+                Some(Evidence {
+                    customer,
+                    feature: CUSTOMER_FEATURE,
+                    score: 0.0,
+                    observed: silent_for as f32,
+                    expected: 1.0,
+                    lower: 0.0,
+                    upper: cfg.silence_epochs as f32,
+                }),
+                0.0,
+            );
+            meta.silent = None;
+            meta.silent_run = 0;
+        }
+        meta.last_seen = epoch_u32(e + 1);
+        meta.last_ts = max_ts.clamp(0, u32::MAX as i64) as u32;
+    } else if meta.last_seen != 0 {
+        let silent_for = e + 1 - meta.last_seen as u64;
+        let score = silent_for as f32 / cfg.silence_epochs as f32;
+        let before = meta.silent;
+        let (after, run, transition) = alert::step(
+            &cfg.alert,
+            before,
+            meta.silent_run,
+            score,
+            AnomalyKind::Silent,
+            true,
+        );
+        meta.silent = after;
+        meta.silent_run = run;
+        if let Some(t) = transition {
+            let ev = Evidence {
+                customer,
+                feature: CUSTOMER_FEATURE,
+                score,
+                observed: silent_for as f32,
+                expected: 1.0,
+                lower: 0.0,
+                upper: cfg.silence_epochs as f32,
+            };
+            emit(out, customer, CUSTOMER_FEATURE, before, after, t, Some(ev), score);
+        }
+    }
+    slots[f_count] = meta.encode();
+    if !reported {
+        return; // no series changed
+    }
+
+    // Cohort statistics: replace each series' old summary by its new one.
+    for f in 0..f_count {
+        let old = SeriesSlot::decode(&old_slots[f]);
+        let new = SeriesSlot::decode(&slots[f]);
+        let t = cfg.transforms[f];
+        let so = ctx.detector.summary(&old.detector, old.seen, t);
+        let sn = ctx.detector.summary(&new.detector, new.seen, t);
+        if so != sn {
+            cohort.replace(f, so.as_ref(), sn.as_ref());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    out: &mut StepOut,
+    customer: CustomerId,
+    feature: u16,
+    before: Option<OpenAlert>,
+    after: Option<OpenAlert>,
+    transition: Transition,
+    evidence: Option<Evidence>,
+    score: f32,
+) {
+    if let Some(b) = before {
+        out.changes.push((
+            (
+                customer,
+                OpenAnomaly {
+                    feature,
+                    kind: b.kind,
+                    severity: b.severity,
+                },
+            ),
+            -1,
+        ));
+    }
+    if let Some(a) = after {
+        out.changes.push((
+            (
+                customer,
+                OpenAnomaly {
+                    feature,
+                    kind: a.kind,
+                    severity: a.severity,
+                },
+            ),
+            1,
+        ));
+    }
+    let _ = transition;
+    out.evidence.push(evidence.unwrap_or(Evidence {
+        customer,
+        feature,
+        score,
+        observed: f32::NAN,
+        expected: f32::NAN,
+        lower: f32::NAN,
+        upper: f32::NAN,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cohort::CohortStats;
+    use crate::model::seasonal::SeasonalRobust;
+    use crate::record::SourcePos;
+
+    fn spec() -> Spec {
+        Spec::parse(
+            "name='t'\n[alerting]\nreboot_feature='up'\nsilence_epochs=3\n[[features]]\nname='a'\n\
+             [[features]]\nname='up'\ntransform='rate'\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn log(c: CustomerId, ts: i64, a: f32, up: f32) -> Log {
+        let mut l = Log::empty(c);
+        l.ts = ts;
+        l.pos = SourcePos {
+            partition: 0,
+            offset: ts as u64,
+        };
+        l.values[0] = a;
+        l.values[1] = up;
+        l
+    }
+
+    struct Harness {
+        cfg: ModelConfig,
+        det: SeasonalRobust,
+        slots: Vec<Slot>,
+        cohort: CohortAccumulator,
+        c: CustomerId,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let s = spec();
+            Harness {
+                cfg: ModelConfig::from_spec(&s),
+                det: SeasonalRobust::default(),
+                slots: vec![[0u8; SLOT_BYTES]; 3],
+                cohort: CohortAccumulator::new(2),
+                c: CustomerId::parse(b"cust-1", b"").unwrap(),
+            }
+        }
+        fn epoch(&mut self, e: u64, logs: &[Log]) -> StepOut {
+            let priors = [FeaturePrior::NONE; 2];
+            let ctx = StepContext {
+                config: &self.cfg,
+                detector: &self.det,
+                priors: &priors,
+                epoch: e,
+            };
+            let mut out = StepOut::default();
+            step_customer(&ctx, self.c, &mut self.slots, logs, &mut self.cohort, &mut out);
+            out
+        }
+    }
+
+    fn statuses(out: &StepOut) -> Vec<(u16, i64)> {
+        out.changes.iter().map(|((_, a), d)| (a.feature, *d)).collect()
+    }
+
+    #[test]
+    fn quiet_series_raise_nothing_then_spike_raises_and_clears() {
+        let mut h = Harness::new();
+        let mut rng = crate::rng::Rng::new(9, 9);
+        let base = 1_700_000_000 - 1_700_000_000 % 300;
+        let mut up = 1000.0;
+        for e in 0..100u64 {
+            up += 300.0;
+            let l = log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up);
+            let out = h.epoch(e, &[l]);
+            assert!(out.changes.is_empty(), "epoch {e}: {:?}", out.changes);
+            assert!(e < 1 || out.series_scored >= 1);
+        }
+        up += 300.0;
+        let out = h.epoch(100, &[log(h.c, base + 100 * 300, 30.0, up)]);
+        assert_eq!(statuses(&out), vec![(0, 1)]);
+        assert!(out.evidence[0].score >= 1.0);
+        assert!(out.evidence[0].observed == 30.0);
+        let mut cleared = false;
+        for e in 101..110u64 {
+            up += 300.0;
+            let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up)]);
+            if statuses(&out) == vec![(0, -1)] {
+                cleared = true;
+                assert!(e >= 103, "clears only after clear_epochs quiet epochs");
+                break;
+            }
+        }
+        assert!(cleared);
+    }
+
+    #[test]
+    fn duplicates_silence_and_reboot_grace() {
+        let mut h = Harness::new();
+        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let mut rng = crate::rng::Rng::new(1, 2);
+        let mut up = 5000.0;
+        for e in 0..50u64 {
+            up += 300.0;
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up)]);
+        }
+        // duplicate: same ts twice in one epoch, and a replay of the last ts
+        let l = log(h.c, base + 50 * 300, 10.0, up + 300.0);
+        let out = h.epoch(50, &[l, l]);
+        assert_eq!(out.duplicates, vec![1]);
+        let out = h.epoch(51, &[l]);
+        assert_eq!(out.duplicates, vec![0]);
+        // silence: epochs 51 (dup only => not reported), 52, 53 without logs: raised once the customer has
+        // been silent for 3 epochs (last seen at 50 → silent_for = e + 1 − 51).
+        let out = h.epoch(52, &[]);
+        assert!(out.changes.is_empty());
+        let out = h.epoch(53, &[]);
+        assert_eq!(statuses(&out), vec![(CUSTOMER_FEATURE, 1)]);
+        // back: cleared at once
+        up += 1200.0;
+        let out = h.epoch(54, &[log(h.c, base + 54 * 300, 10.0, up)]);
+        assert!(statuses(&out).contains(&(CUSTOMER_FEATURE, -1)));
+        // reboot: uptime drops; a spike in the same epoch may not raise (grace)
+        let out = h.epoch(55, &[log(h.c, base + 55 * 300, 40.0, 100.0)]);
+        assert!(out.changes.iter().all(|((_, a), _)| a.feature != 0), "{:?}", out.changes);
+        let meta = CustomerMeta::decode(&h.slots[2]);
+        assert_eq!(meta.reboot, 56);
+    }
+
+    #[test]
+    fn dropout_raises_when_a_warm_feature_stops() {
+        let mut h = Harness::new();
+        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let mut rng = crate::rng::Rng::new(1, 3);
+        let mut up = 5000.0;
+        for e in 0..40u64 {
+            up += 300.0;
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32, up)]);
+        }
+        let mut raised_at = None;
+        for e in 40..50u64 {
+            up += 300.0;
+            let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, f32::NAN, up)]);
+            if out.changes.iter().any(|((_, a), d)| *d == 1 && a.kind == AnomalyKind::Dropout) {
+                raised_at = Some(e);
+                break;
+            }
+        }
+        assert_eq!(raised_at, Some(42), "three missing logs in a row");
+    }
+
+    #[test]
+    fn cohort_contributions_appear_once_warm() {
+        let mut h = Harness::new();
+        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let mut up = 0.0;
+        let mut stats = CohortStats::new(2);
+        for e in 0..30u64 {
+            up += 300.0;
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0, up)]);
+            let mut d = Vec::new();
+            h.cohort.drain(&mut d);
+            for x in &d {
+                stats.apply(x);
+            }
+        }
+        assert_eq!(stats.prior(0).count, 1);
+        assert!((stats.prior(0).level - 10.0).abs() < 1.5);
+    }
+}

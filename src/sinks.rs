@@ -1,0 +1,343 @@
+//! Sinks: the anomaly-change output and the dead-letter output, as JSON lines.
+//!
+//! The output is written by one worker (global worker 0: process 0 in a cluster), which receives the few
+//! changes, their evidence and the per-epoch counters of every worker. Within an epoch, change lines are sorted
+//! by (customer, feature, status) and followed by the epoch's summary line, so the file is byte-identical for
+//! any worker and process layout (with `--reproducible`, which leaves out the wall-clock field).
+//!
+//! ```text
+//! {"type":"change","epoch":5666667,"epoch_start":"2023-11-14T22:15:00Z","customer":"cust-0000042","feature":"rssi_dbm","status":"raised","severity":"warning","kind":"spike","score":1.31,"observed":-83.5,"expected":-61.2,"lower":-78.2,"upper":-44.2,"model":"seasonal-robust"}
+//! {"type":"summary","epoch":5666667,"epoch_start":"2023-11-14T22:15:00Z","records":2000,"late":0,"dead_lettered":1,"series_scored":39990,"changes":3,"open_anomalies":17,"wall_seconds":0.41}
+//! {"type":"end","epochs":288,"records":576000,"late":0,"dead_lettered":3,"dead_lettered_unattributed":0,"changes":912}
+//! ```
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::keys::CustomerId;
+use crate::model::alert::Transition;
+use crate::model::customer::{CUSTOMER_FEATURE, Evidence, OpenAnomaly};
+use crate::record::DeadLetter;
+use crate::timefmt::format_rfc3339;
+
+/// One output line's worth of change, before formatting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub customer: CustomerId,
+    pub feature: u16,
+    pub status: Transition,
+    pub anomaly: OpenAnomaly,
+    pub evidence: Option<Evidence>,
+}
+
+/// Counters of one epoch, summed over workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochSummary {
+    pub records: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    pub series_scored: u64,
+    pub changes: u64,
+    pub open_anomalies: i64,
+}
+
+/// Writes a number as JSON (`null` for NaN/∞), shortest round-trip form.
+pub fn push_num(s: &mut String, v: f32) {
+    if v.is_finite() {
+        let _ = write!(s, "{v}");
+    } else {
+        s.push_str("null");
+    }
+}
+
+/// Writes a JSON string literal.
+pub fn push_str(s: &mut String, v: &str) {
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(s, "\\u{:04x}", c as u32);
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+}
+
+/// Formats the change lines and summary of one epoch.
+pub struct OutputFormat {
+    pub features: Vec<String>,
+    pub model: String,
+    pub epoch_len: i64,
+    pub reproducible: bool,
+}
+
+impl OutputFormat {
+    pub fn feature_name(&self, f: u16) -> &str {
+        if f == CUSTOMER_FEATURE {
+            "*"
+        } else {
+            self.features.get(f as usize).map(|s| s.as_str()).unwrap_or("?")
+        }
+    }
+
+    pub fn change_line(&self, epoch: u64, c: &Change, out: &mut String) {
+        out.push_str("{\"type\":\"change\",\"epoch\":");
+        let _ = write!(out, "{epoch}");
+        out.push_str(",\"epoch_start\":\"");
+        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
+        out.push_str("\",\"customer\":");
+        push_str(out, c.customer.as_str());
+        out.push_str(",\"feature\":");
+        push_str(out, self.feature_name(c.feature));
+        out.push_str(",\"status\":\"");
+        out.push_str(c.status.as_str());
+        out.push_str("\",\"severity\":\"");
+        out.push_str(c.anomaly.severity.as_str());
+        out.push_str("\",\"kind\":\"");
+        out.push_str(c.anomaly.kind.as_str());
+        out.push('"');
+        let ev = c.evidence;
+        for (name, v) in [
+            ("score", ev.map(|e| e.score)),
+            ("observed", ev.map(|e| e.observed)),
+            ("expected", ev.map(|e| e.expected)),
+            ("lower", ev.map(|e| e.lower)),
+            ("upper", ev.map(|e| e.upper)),
+        ] {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            push_num(out, v.unwrap_or(f32::NAN));
+        }
+        out.push_str(",\"model\":");
+        push_str(out, if c.feature == CUSTOMER_FEATURE { "silence" } else { &self.model });
+        out.push_str("}\n");
+    }
+
+    pub fn summary_line(&self, epoch: u64, s: &EpochSummary, wall: f64, out: &mut String) {
+        let _ = write!(
+            out,
+            "{{\"type\":\"summary\",\"epoch\":{epoch},\"epoch_start\":\"{}\",\"records\":{},\"late\":{},\
+             \"dead_lettered\":{},\"series_scored\":{},\"changes\":{},\"open_anomalies\":{}",
+            format_rfc3339(epoch as i64 * self.epoch_len),
+            s.records,
+            s.late,
+            s.dead_lettered,
+            s.series_scored,
+            s.changes,
+            s.open_anomalies
+        );
+        if !self.reproducible {
+            let _ = write!(out, ",\"wall_seconds\":{:.3}", wall);
+        }
+        out.push_str("}\n");
+    }
+}
+
+/// Turns one epoch's consolidated differences of the open-anomaly collection into changes: for each
+/// (customer, feature), an insertion alone is `raised`, a removal alone `cleared`, both `updated`.
+pub fn derive_changes(
+    mut diffs: Vec<((CustomerId, OpenAnomaly), isize)>,
+    evidence: &[Evidence],
+) -> Vec<Change> {
+    diffs.sort();
+    // consolidate
+    let mut consolidated: Vec<((CustomerId, OpenAnomaly), isize)> = Vec::with_capacity(diffs.len());
+    for (k, d) in diffs {
+        match consolidated.last_mut() {
+            Some((lk, ld)) if *lk == k => *ld += d,
+            _ => consolidated.push((k, d)),
+        }
+    }
+    consolidated.retain(|(_, d)| *d != 0);
+    // group by (customer, feature)
+    let mut changes = Vec::new();
+    let mut i = 0;
+    while i < consolidated.len() {
+        let (c, f) = (consolidated[i].0.0, consolidated[i].0.1.feature);
+        let mut added = None;
+        let mut removed = None;
+        while i < consolidated.len() && consolidated[i].0.0 == c && consolidated[i].0.1.feature == f {
+            let (k, d) = &consolidated[i];
+            if *d > 0 {
+                added = Some(k.1);
+            } else {
+                removed = Some(k.1);
+            }
+            i += 1;
+        }
+        let (status, anomaly) = match (added, removed) {
+            (Some(a), None) => (Transition::Raised, a),
+            (None, Some(r)) => (Transition::Cleared, r),
+            (Some(a), Some(_)) => (Transition::Updated, a),
+            (None, None) => continue,
+        };
+        let ev = evidence
+            .binary_search_by(|e| (e.customer, e.feature).cmp(&(c, f)))
+            .ok()
+            .map(|j| evidence[j]);
+        changes.push(Change {
+            customer: c,
+            feature: f,
+            status,
+            anomaly,
+            evidence: ev,
+        });
+    }
+    changes
+}
+
+/// Formats a dead letter.
+pub fn dead_letter_line(d: &DeadLetter, inputs: &[String], out: &mut String) {
+    out.push_str("{\"epoch\":");
+    match d.epoch {
+        Some(e) => {
+            let _ = write!(out, "{e}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"input\":");
+    push_str(
+        out,
+        inputs.get(d.input as usize).map(|s| s.as_str()).unwrap_or("?"),
+    );
+    let _ = write!(out, ",\"line\":{}", d.line);
+    out.push_str(",\"partition\":");
+    match d.partition {
+        Some(p) => {
+            let _ = write!(out, "{p}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"offset\":");
+    match d.offset {
+        Some(o) => {
+            let _ = write!(out, "{o}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"reason\":\"");
+    out.push_str(d.code.as_str());
+    out.push_str("\",\"detail\":");
+    push_str(out, &d.detail);
+    out.push_str(",\"raw\":");
+    push_str(out, &d.raw);
+    out.push_str("}\n");
+}
+
+/// A buffered file writer that reports the path on error.
+pub struct LineFile {
+    path: String,
+    w: BufWriter<File>,
+}
+
+impl LineFile {
+    pub fn create(path: &Path) -> std::io::Result<LineFile> {
+        Ok(LineFile {
+            path: path.display().to_string(),
+            w: BufWriter::with_capacity(1 << 20, File::create(path)?),
+        })
+    }
+
+    pub fn write(&mut self, s: &str) -> std::io::Result<()> {
+        self.w.write_all(s.as_bytes())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AnomalyKind;
+    use crate::model::header::Severity;
+
+    fn id(s: &str) -> CustomerId {
+        CustomerId::parse(s.as_bytes(), b"").unwrap()
+    }
+
+    fn oa(f: u16, s: Severity) -> OpenAnomaly {
+        OpenAnomaly {
+            feature: f,
+            kind: AnomalyKind::Spike,
+            severity: s,
+        }
+    }
+
+    #[test]
+    fn statuses_from_collection_differences() {
+        let diffs = vec![
+            ((id("b"), oa(1, Severity::Warning)), 1),
+            ((id("a"), oa(0, Severity::Warning)), -1),
+            ((id("a"), oa(0, Severity::Critical)), 1),
+            ((id("c"), oa(2, Severity::Warning)), -1),
+            ((id("d"), oa(2, Severity::Warning)), 1),
+            ((id("d"), oa(2, Severity::Warning)), -1),
+        ];
+        let ch = derive_changes(diffs, &[]);
+        let got: Vec<(&str, Transition)> = ch.iter().map(|c| (c.customer.as_str(), c.status)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", Transition::Updated),
+                ("b", Transition::Raised),
+                ("c", Transition::Cleared)
+            ]
+        );
+        assert_eq!(ch[0].anomaly.severity, Severity::Critical);
+    }
+
+    #[test]
+    fn lines_are_valid_json() {
+        let f = OutputFormat {
+            features: vec!["rssi_dbm".into()],
+            model: "m".into(),
+            epoch_len: 300,
+            reproducible: true,
+        };
+        let c = Change {
+            customer: id("cust-1"),
+            feature: 0,
+            status: Transition::Raised,
+            anomaly: oa(0, Severity::Warning),
+            evidence: Some(Evidence {
+                customer: id("cust-1"),
+                feature: 0,
+                score: 1.5,
+                observed: f32::NAN,
+                expected: -61.25,
+                lower: -70.0,
+                upper: -50.0,
+            }),
+        };
+        let mut s = String::new();
+        f.change_line(5_666_667, &c, &mut s);
+        f.summary_line(5_666_667, &EpochSummary::default(), 0.5, &mut s);
+        for line in s.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v.get("type").is_some());
+        }
+        assert!(s.contains("\"observed\":null"));
+        assert!(!s.contains("wall_seconds"));
+        let mut d = String::new();
+        let mut dl = DeadLetter::new(0, 3, b"{\"bad\x01", crate::record::Rejection::new(crate::record::RejectCode::Malformed, "x"));
+        dl.epoch = Some(1);
+        dead_letter_line(&dl, &["in.jsonl".into()], &mut d);
+        let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
+        assert_eq!(v["reason"], "malformed");
+    }
+}

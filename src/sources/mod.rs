@@ -1,0 +1,883 @@
+//! Sources: recorded-topic files and CSV exports, read partition-parallel by the workers.
+//!
+//! # Recorded topic format
+//!
+//! One JSON message per line, in the order a consumer received them; an optional first line describes the
+//! topic:
+//!
+//! ```text
+//! {"fleetwatch":"recorded-topic","version":1,"topic":"telemetry","partitions":16}
+//! {"partition":3,"offset":41,"timestamp":1700000000123,"key":"cust-0000042","value":{"customer_id":"cust-0000042","ts":1700000000,"rssi_dbm":-61.5,...}}
+//! ```
+//!
+//! # Who reads what
+//!
+//! Every worker scans every line (finding a line's partition costs a few nanoseconds in the canonical
+//! layout), but fully parses only the lines of the partitions it owns. A line whose partition cannot be read
+//! belongs to the partition of the line before it. A CSV file (`customer_id,ts,<feature>...`) is one
+//! partition, read by its owner.
+//!
+//! Before reading, each worker finds the first record of each partition it owns (the header tells which
+//! partitions exist; without it the file is scanned once): a worker may not let the pipeline's epoch advance
+//! past a partition that has not started yet.
+
+pub mod parse;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::epoch::{Admission, EpochClock, PartitionClock};
+use crate::keys::CustomerId;
+use crate::record::{DeadLetter, Log, RejectCode, Rejection, SourcePos};
+use crate::spec::Spec;
+use parse::LogParser;
+
+/// Errors that stop a source (unreadable files, a CSV header that cannot be mapped). Bad *records* are never
+/// errors: they become dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Csv { path: String, message: String },
+}
+
+/// The format of an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    RecordedTopic,
+    Csv,
+}
+
+/// One `--input` file.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub kind: InputKind,
+}
+
+impl InputFile {
+    /// Decides the format from the extension (`.csv`) or, failing that, from the first byte.
+    pub fn detect(path: &Path) -> Result<InputFile, SourceError> {
+        let kind = if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            InputKind::Csv
+        } else {
+            let mut f = File::open(path).map_err(|source| SourceError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut b = [0u8; 64];
+            let n = f.read(&mut b).map_err(|source| SourceError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let first = b[..n].iter().find(|c| !c.is_ascii_whitespace());
+            if first == Some(&b'{') || n == 0 {
+                InputKind::RecordedTopic
+            } else {
+                InputKind::Csv
+            }
+        };
+        Ok(InputFile {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+}
+
+/// The header line of a recorded topic.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecordedHeader {
+    pub fleetwatch: String,
+    pub version: u32,
+    #[serde(default)]
+    pub topic: String,
+    pub partitions: u32,
+}
+
+impl RecordedHeader {
+    pub const MARK: &'static [u8] = b"{\"fleetwatch\":\"recorded-topic\"";
+
+    pub fn new(topic: &str, partitions: u32) -> Self {
+        RecordedHeader {
+            fleetwatch: "recorded-topic".into(),
+            version: 1,
+            topic: topic.into(),
+            partitions,
+        }
+    }
+
+    fn parse(line: &[u8]) -> Option<RecordedHeader> {
+        if !line.starts_with(Self::MARK) {
+            return None;
+        }
+        serde_json::from_slice(line).ok()
+    }
+}
+
+/// Which worker owns source partition `partition` of input `input`.
+pub fn partition_owner(input: u32, partition: u32, peers: usize) -> usize {
+    ((partition as u64 + input as u64 * 7919) % peers.max(1) as u64) as usize
+}
+
+/// Lines of a file, read in large chunks without copying each line.
+pub struct LineReader {
+    file: File,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    line_no: u64,
+}
+
+/// Lines longer than this are refused (and skipped) rather than buffered without bound.
+pub const MAX_LINE: usize = 16 << 20;
+
+impl LineReader {
+    pub fn open(path: &Path) -> Result<LineReader, SourceError> {
+        let file = File::open(path).map_err(|source| SourceError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(LineReader {
+            file,
+            buf: vec![0u8; 4 << 20],
+            pos: 0,
+            end: 0,
+            eof: false,
+            line_no: 0,
+        })
+    }
+
+    /// The next line as `(line number, byte range in `buf()`, too_long)`, without its newline. The range is
+    /// valid until the next call.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(u64, std::ops::Range<usize>, bool)>> {
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
+                let start = self.pos;
+                let mut stop = start + nl;
+                self.pos = stop + 1;
+                self.line_no += 1;
+                if stop > start && self.buf[stop - 1] == b'\r' {
+                    stop -= 1;
+                }
+                return Ok(Some((self.line_no, start..stop, false)));
+            }
+            if self.eof {
+                if self.pos < self.end {
+                    let start = self.pos;
+                    self.pos = self.end;
+                    self.line_no += 1;
+                    return Ok(Some((self.line_no, start..self.end, false)));
+                }
+                return Ok(None);
+            }
+            // Need more data: compact, grow if one line fills the buffer, read.
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
+            }
+            if self.end == self.buf.len() {
+                if self.buf.len() >= MAX_LINE {
+                    // Skip the rest of this over-long line and report it.
+                    self.line_no += 1;
+                    let line_no = self.line_no;
+                    self.skip_to_newline()?;
+                    return Ok(Some((line_no, 0..0, true)));
+                }
+                let n = self.buf.len() * 2;
+                self.buf.resize(n.min(MAX_LINE), 0);
+            }
+            let n = self.file.read(&mut self.buf[self.end..])?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
+
+    fn skip_to_newline(&mut self) -> std::io::Result<()> {
+        self.pos = 0;
+        self.end = 0;
+        loop {
+            let n = self.file.read(&mut self.buf)?;
+            if n == 0 {
+                self.eof = true;
+                return Ok(());
+            }
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[..n]) {
+                self.pos = nl + 1;
+                self.end = n;
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn buf(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Counts of one epoch at one worker's source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceCounts {
+    pub records: u64,
+    pub late: u64,
+    pub dead: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    clock: PartitionClock,
+    /// Epoch the partition's first record may open, from the prescan (`None`: no good record at all).
+    start: Option<u64>,
+}
+
+enum Reader {
+    Lines(LineReader),
+    Csv {
+        reader: Box<csv::Reader<File>>,
+        columns: Vec<Option<usize>>,
+        record: csv::ByteRecord,
+    },
+    Skip,
+}
+
+/// One worker's share of the inputs: reads, parses, epochs and buffers records until the operator ships them.
+pub struct FileSource {
+    inputs: Vec<InputFile>,
+    index: usize,
+    peers: usize,
+    parser: LogParser,
+    clock: EpochClock,
+    partitions: HashMap<(u32, u32), PartitionState>,
+    current: usize,
+    reader: Option<Reader>,
+    last_partition: u32,
+    scratch: Log,
+    /// Buffered output: logs by epoch.
+    pub logs: BTreeMap<u64, Vec<Log>>,
+    /// Buffered dead letters (with their epoch attribution).
+    pub dead: Vec<DeadLetter>,
+    /// Buffered counts by epoch (`None`: dead letters of partitions that never had a good record).
+    pub counts: BTreeMap<Option<u64>, SourceCounts>,
+    finished: bool,
+}
+
+impl FileSource {
+    /// Prepares worker `index` of `peers`: finds each owned partition's first epoch.
+    pub fn new(
+        spec: &Spec,
+        inputs: Vec<InputFile>,
+        index: usize,
+        peers: usize,
+    ) -> Result<FileSource, SourceError> {
+        let clock = EpochClock::new(&spec.epoch, spec.input.max_future_skew_seconds);
+        let mut parser = LogParser::new(spec);
+        let placeholder = CustomerId::parse(b"x", b"").map_err(|_| SourceError::Csv {
+            path: String::new(),
+            message: "internal: placeholder id".into(),
+        })?;
+        let mut scratch = Log::empty(placeholder);
+        let mut partitions = HashMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let i = i as u32;
+            match input.kind {
+                InputKind::RecordedTopic => {
+                    prescan_recorded(
+                        &input.path,
+                        i,
+                        index,
+                        peers,
+                        &mut parser,
+                        &clock,
+                        &mut scratch,
+                        &mut partitions,
+                    )?;
+                }
+                InputKind::Csv => {
+                    if partition_owner(i, 0, peers) == index {
+                        let start = prescan_csv(&input.path, &mut parser, &clock, &mut scratch)?;
+                        partitions.insert(
+                            (i, 0),
+                            PartitionState {
+                                clock: PartitionClock::default(),
+                                start,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(FileSource {
+            inputs,
+            index,
+            peers,
+            parser,
+            clock,
+            partitions,
+            current: 0,
+            reader: None,
+            last_partition: 0,
+            scratch,
+            logs: BTreeMap::new(),
+            dead: Vec::new(),
+            counts: BTreeMap::new(),
+            finished: false,
+        })
+    }
+
+    /// The least epoch this worker may still emit records at; `None` once every owned partition is done.
+    pub fn frontier(&self) -> Option<u64> {
+        let mut min: Option<u64> = None;
+        for ((input, _), p) in &self.partitions {
+            if (*input as usize) < self.current {
+                continue; // input fully read
+            }
+            let e = match p.clock.open_epoch(&self.clock) {
+                Some(e) => Some(e),
+                None => p.start,
+            };
+            if let Some(e) = e {
+                min = Some(min.map_or(e, |m: u64| m.min(e)));
+            }
+        }
+        if self.finished { None } else { Some(min.unwrap_or(u64::MAX)) }
+    }
+
+    /// True once all inputs are read.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Reads up to `budget` lines. Returns the number of lines consumed.
+    pub fn pump(&mut self, budget: usize) -> Result<usize, SourceError> {
+        let mut done = 0;
+        while done < budget && !self.finished {
+            if self.reader.is_none() {
+                if self.current >= self.inputs.len() {
+                    self.finished = true;
+                    break;
+                }
+                self.reader = Some(self.open_current()?);
+                self.last_partition = 0;
+            }
+            let n = match self.reader.as_mut() {
+                Some(Reader::Lines(_)) => self.pump_lines(budget - done)?,
+                Some(Reader::Csv { .. }) => self.pump_csv(budget - done)?,
+                Some(Reader::Skip) | None => None,
+            };
+            match n {
+                Some(n) => done += n,
+                None => {
+                    // Input exhausted.
+                    self.reader = None;
+                    self.current += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn open_current(&mut self) -> Result<Reader, SourceError> {
+        let input = &self.inputs[self.current];
+        let i = self.current as u32;
+        match input.kind {
+            InputKind::RecordedTopic => Ok(Reader::Lines(LineReader::open(&input.path)?)),
+            InputKind::Csv => {
+                if partition_owner(i, 0, self.peers) != self.index {
+                    return Ok(Reader::Skip);
+                }
+                let (reader, columns) = open_csv(&input.path, &self.parser)?;
+                Ok(Reader::Csv {
+                    reader: Box::new(reader),
+                    columns,
+                    record: csv::ByteRecord::new(),
+                })
+            }
+        }
+    }
+
+    /// `Some(lines)` read, or `None` at the end of the input.
+    fn pump_lines(&mut self, budget: usize) -> Result<Option<usize>, SourceError> {
+        let input = self.current as u32;
+        let mut reader = match self.reader.take() {
+            Some(Reader::Lines(r)) => r,
+            other => {
+                self.reader = other;
+                return Ok(None);
+            }
+        };
+        let mut n = 0;
+        while n < budget {
+            let next = reader.next_line().map_err(|source| SourceError::Io {
+                path: self.inputs[self.current].path.display().to_string(),
+                source,
+            })?;
+            let Some((line_no, range, too_long)) = next else {
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.reader = Some(Reader::Lines(reader));
+                return Ok(Some(n));
+            };
+            n += 1;
+            let line = &reader.buf()[range];
+            if too_long {
+                let p = self.last_partition;
+                if partition_owner(input, p, self.peers) == self.index {
+                    let rej = Rejection::new(
+                        RejectCode::Malformed,
+                        format!("line longer than {MAX_LINE} bytes"),
+                    );
+                    self.push_dead(DeadLetter::new(input, line_no, b"", rej), (input, p));
+                }
+                continue;
+            }
+            if line.iter().all(|c| c.is_ascii_whitespace())
+                || (line_no == 1 && line.starts_with(RecordedHeader::MARK))
+            {
+                continue;
+            }
+            let partition = match parse::envelope_partition(line) {
+                Some(p) => {
+                    self.last_partition = p;
+                    p
+                }
+                None => self.last_partition,
+            };
+            if partition_owner(input, partition, self.peers) != self.index {
+                continue;
+            }
+            let mut log = self.scratch;
+            match self.parser.parse_recorded(line, &mut log) {
+                Ok(env) => {
+                    log.pos = SourcePos {
+                        partition: env.partition,
+                        offset: env.offset,
+                    };
+                    self.admit(log, (input, env.partition), input, line_no, Some(env.offset), || {
+                        line.to_vec()
+                    });
+                }
+                Err(rej) => {
+                    let mut dl = DeadLetter::new(input, line_no, line, rej);
+                    dl.partition = parse::envelope_partition(line);
+                    self.push_dead(dl, (input, partition));
+                }
+            }
+        }
+        self.reader = Some(Reader::Lines(reader));
+        Ok(Some(n))
+    }
+
+    fn pump_csv(&mut self, budget: usize) -> Result<Option<usize>, SourceError> {
+        let input = self.current as u32;
+        let (mut reader, columns, mut record) = match self.reader.take() {
+            Some(Reader::Csv {
+                reader,
+                columns,
+                record,
+            }) => (reader, columns, record),
+            other => {
+                self.reader = other;
+                return Ok(None);
+            }
+        };
+        let mut n = 0;
+        while n < budget {
+            let more = match reader.read_byte_record(&mut record) {
+                Ok(more) => more,
+                Err(e) => {
+                    // A CSV syntax error is a bad row, not a stop, unless the file cannot be read.
+                    if let csv::ErrorKind::Io(_) = e.kind() {
+                        return Err(SourceError::Io {
+                            path: self.inputs[self.current].path.display().to_string(),
+                            source: std::io::Error::other(e.to_string()),
+                        });
+                    }
+                    let line_no = e.position().map(|p| p.line()).unwrap_or(0);
+                    let rej = Rejection::new(RejectCode::Malformed, format!("CSV: {e}"));
+                    self.push_dead(DeadLetter::new(input, line_no, b"", rej), (input, 0));
+                    n += 1;
+                    continue;
+                }
+            };
+            if !more {
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.reader = Some(Reader::Csv {
+                    reader,
+                    columns,
+                    record,
+                });
+                return Ok(Some(n));
+            }
+            n += 1;
+            let line_no = record.position().map(|p| p.line()).unwrap_or(0);
+            let mut log = self.scratch;
+            match self.parser.parse_csv_row(&record, &columns, &mut log) {
+                Ok(()) => {
+                    log.pos = SourcePos {
+                        partition: 0,
+                        offset: line_no,
+                    };
+                    self.admit(log, (input, 0), input, line_no, None, || {
+                        join_csv(&record).into_bytes()
+                    });
+                }
+                Err(rej) => {
+                    let raw = join_csv(&record);
+                    self.push_dead(DeadLetter::new(input, line_no, raw.as_bytes(), rej), (input, 0));
+                }
+            }
+        }
+        self.reader = Some(Reader::Csv {
+            reader,
+            columns,
+            record,
+        });
+        Ok(Some(n))
+    }
+
+    /// Applies the partition's lateness policy to a parsed log and buffers it (or its dead letter).
+    fn admit(
+        &mut self,
+        mut log: Log,
+        key: (u32, u32),
+        input: u32,
+        line_no: u64,
+        offset: Option<u64>,
+        raw: impl FnOnce() -> Vec<u8>,
+    ) {
+        let clock = self.clock;
+        let state = self.partitions.entry(key).or_insert(PartitionState {
+            clock: PartitionClock::default(),
+            start: None,
+        });
+        let admission = state.clock.admit(&clock, log.ts);
+        // The input index distinguishes equal (partition, offset) pairs of different files.
+        log.pos.partition = log.pos.partition.wrapping_add(input << 20);
+        match admission {
+            Admission::OnTime(e) => {
+                self.logs.entry(e).or_default().push(log);
+                self.counts.entry(Some(e)).or_default().records += 1;
+            }
+            Admission::Late { into, .. } => {
+                self.logs.entry(into).or_default().push(log);
+                let c = self.counts.entry(Some(into)).or_default();
+                c.records += 1;
+                c.late += 1;
+            }
+            Admission::LateDeadLetter { epoch, open } => {
+                let mut dl = DeadLetter::new(
+                    input,
+                    line_no,
+                    &raw(),
+                    Rejection::new(
+                        RejectCode::Late,
+                        format!("epoch {epoch} had closed (first open epoch {open})"),
+                    ),
+                );
+                dl.partition = Some(key.1);
+                dl.offset = offset;
+                dl.epoch = Some(open);
+                self.counts.entry(Some(open)).or_default().late += 1;
+                self.counts.entry(Some(open)).or_default().dead += 1;
+                self.dead.push(dl);
+            }
+            Admission::TooFarAhead { watermark } => {
+                let mut dl = DeadLetter::new(
+                    input,
+                    line_no,
+                    &raw(),
+                    Rejection::new(
+                        RejectCode::AbsurdTimestamp,
+                        format!(
+                            "timestamp {} is more than input.max_future_skew_seconds ahead of its \
+                             partition (watermark {watermark})",
+                            log.ts
+                        ),
+                    ),
+                );
+                dl.partition = Some(key.1);
+                dl.offset = offset;
+                self.push_dead(dl, key);
+            }
+        }
+    }
+
+    /// Buffers a dead letter, attributed to its partition's first open epoch.
+    fn push_dead(&mut self, mut dl: DeadLetter, key: (u32, u32)) {
+        let epoch = match self.partitions.get(&key) {
+            Some(p) => p.clock.open_epoch(&self.clock).or(p.start),
+            None => None,
+        };
+        dl.epoch = epoch;
+        self.counts.entry(epoch).or_default().dead += 1;
+        self.dead.push(dl);
+    }
+}
+
+fn join_csv(r: &csv::ByteRecord) -> String {
+    let mut s = String::new();
+    for (i, f) in r.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&String::from_utf8_lossy(f));
+    }
+    s
+}
+
+fn open_csv(
+    path: &Path,
+    parser: &LogParser,
+) -> Result<(csv::Reader<File>, Vec<Option<usize>>), SourceError> {
+    let file = File::open(path).map_err(|source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(file);
+    let header = reader
+        .byte_headers()
+        .map_err(|e| SourceError::Csv {
+            path: path.display().to_string(),
+            message: format!("cannot read the CSV header: {e}"),
+        })?
+        .clone();
+    let columns = parser.csv_columns(&header).map_err(|message| SourceError::Csv {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok((reader, columns))
+}
+
+fn prescan_csv(
+    path: &Path,
+    parser: &mut LogParser,
+    clock: &EpochClock,
+    scratch: &mut Log,
+) -> Result<Option<u64>, SourceError> {
+    let (mut reader, columns) = open_csv(path, parser)?;
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {
+                if parser.parse_csv_row(&record, &columns, scratch).is_ok() {
+                    return Ok(Some(clock.epoch_of(scratch.ts - clock.lateness)));
+                }
+            }
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                if let csv::ErrorKind::Io(_) = e.kind() {
+                    return Err(SourceError::Io {
+                        path: path.display().to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prescan_recorded(
+    path: &Path,
+    input: u32,
+    index: usize,
+    peers: usize,
+    parser: &mut LogParser,
+    clock: &EpochClock,
+    scratch: &mut Log,
+    partitions: &mut HashMap<(u32, u32), PartitionState>,
+) -> Result<(), SourceError> {
+    let mut reader = LineReader::open(path)?;
+    let io = |source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    // Partitions still waiting for their first good record (known from the header), or all (no header).
+    let mut pending: Option<std::collections::BTreeSet<u32>> = None;
+    let mut last_partition = 0u32;
+    while let Some((line_no, range, too_long)) = reader.next_line().map_err(io)? {
+        if too_long {
+            continue;
+        }
+        let line = &reader.buf()[range];
+        if line_no == 1
+            && let Some(h) = RecordedHeader::parse(line)
+        {
+            let owned: std::collections::BTreeSet<u32> = (0..h.partitions)
+                .filter(|p| partition_owner(input, *p, peers) == index)
+                .collect();
+            for p in &owned {
+                partitions.entry((input, *p)).or_insert(PartitionState {
+                    clock: PartitionClock::default(),
+                    start: None,
+                });
+            }
+            pending = Some(owned);
+            continue;
+        }
+        if let Some(p) = &pending
+            && p.is_empty()
+        {
+            break;
+        }
+        let partition = parse::envelope_partition(line).unwrap_or(last_partition);
+        last_partition = partition;
+        if partition_owner(input, partition, peers) != index {
+            continue;
+        }
+        let state = partitions
+            .entry((input, partition))
+            .or_insert(PartitionState {
+                clock: PartitionClock::default(),
+                start: None,
+            });
+        if state.start.is_some() {
+            continue;
+        }
+        if let Ok(env) = parser.parse_recorded(line, scratch)
+            && env.partition == partition
+        {
+            state.start = Some(clock.epoch_of(scratch.ts - clock.lateness));
+            if let Some(p) = pending.as_mut() {
+                p.remove(&partition);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn spec() -> Spec {
+        Spec::parse(
+            "name='t'\n[input]\ncustomer_id_prefix='cust-'\n[epoch]\nallowed_lateness_seconds=0\n\
+             [[features]]\nname='a'\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn line(p: u32, o: u64, c: &str, ts: i64, a: f32) -> String {
+        format!(
+            r#"{{"partition":{p},"offset":{o},"key":"{c}","value":{{"customer_id":"{c}","ts":{ts},"a":{a}}}}}"#
+        )
+    }
+
+    fn run_all(path: &Path, peers: usize) -> (Vec<(u64, String, i64)>, Vec<DeadLetter>) {
+        let mut logs = Vec::new();
+        let mut dead = Vec::new();
+        for w in 0..peers {
+            let input = InputFile::detect(path).unwrap();
+            let mut s = FileSource::new(&spec(), vec![input], w, peers).unwrap();
+            while !s.is_finished() {
+                s.pump(3).unwrap();
+            }
+            for (e, v) in std::mem::take(&mut s.logs) {
+                for l in v {
+                    logs.push((e, l.customer.to_string(), l.ts));
+                }
+            }
+            dead.append(&mut s.dead);
+        }
+        logs.sort();
+        dead.sort_by_key(|d| d.line);
+        (logs, dead)
+    }
+
+    #[test]
+    fn partitions_are_split_and_lateness_is_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, "{}", serde_json::to_string(&RecordedHeader::new("t", 2)).unwrap()).unwrap();
+        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        writeln!(f, "{}", line(0, 0, "cust-1", base, 1.0)).unwrap();
+        writeln!(f, "{}", line(1, 0, "cust-2", base + 10, 1.0)).unwrap();
+        writeln!(f, "{}", line(0, 1, "cust-1", base + 600, 1.0)).unwrap();
+        writeln!(f, "{{broken").unwrap(); // inherits partition 0
+        // partition 1 is not late: its own watermark is still base + 10
+        writeln!(f, "{}", line(1, 1, "cust-2", base + 20, 1.0)).unwrap();
+        // partition 0 record of epoch 0 after watermark base+600 (lateness 0): late, folded into epoch 2
+        writeln!(f, "{}", line(0, 2, "cust-1", base + 5, 1.0)).unwrap();
+        drop(f);
+        for peers in [1, 2, 3] {
+            let (logs, dead) = run_all(&path, peers);
+            let e0 = (base / 300) as u64;
+            assert_eq!(
+                logs,
+                vec![
+                    (e0, "cust-1".into(), base),
+                    (e0, "cust-2".into(), base + 10),
+                    (e0, "cust-2".into(), base + 20),
+                    (e0 + 2, "cust-1".into(), base + 5),
+                    (e0 + 2, "cust-1".into(), base + 600),
+                ],
+                "peers {peers}"
+            );
+            assert_eq!(dead.len(), 1);
+            assert_eq!(dead[0].line, 5);
+            assert_eq!(dead[0].code, RejectCode::Malformed);
+            assert_eq!(dead[0].epoch, Some(e0 + 2), "attributed to partition 0's open epoch");
+        }
+    }
+
+    #[test]
+    fn frontier_waits_for_partitions_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut f = File::create(&path).unwrap();
+        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        for i in 0..10 {
+            writeln!(f, "{}", line(0, i, "cust-1", base + 300 * i as i64, 1.0)).unwrap();
+        }
+        writeln!(f, "{}", line(1, 0, "cust-2", base + 300, 1.0)).unwrap();
+        drop(f);
+        let input = InputFile::detect(&path).unwrap();
+        let mut s = FileSource::new(&spec(), vec![input], 0, 1).unwrap();
+        s.pump(5).unwrap();
+        // partition 1 starts at epoch e0+1 and holds the frontier there
+        assert_eq!(s.frontier(), Some((base / 300) as u64 + 1));
+        while !s.is_finished() {
+            s.pump(100).unwrap();
+        }
+        assert_eq!(s.frontier(), None);
+    }
+
+    #[test]
+    fn csv_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, "customer_id,ts,a").unwrap();
+        writeln!(f, "cust-1,1700000000,1.5").unwrap();
+        writeln!(f, "cust-2,2023-11-14T22:13:20Z,").unwrap();
+        writeln!(f, "cust-3,1700000000,abc").unwrap();
+        drop(f);
+        let (logs, dead) = run_all(&path, 2);
+        assert_eq!(logs.len(), 2);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].code, RejectCode::WrongType);
+        assert_eq!(dead[0].line, 4);
+    }
+}

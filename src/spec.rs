@@ -1,0 +1,393 @@
+//! The dataflow spec: a `dataflows/*.toml` file naming the features, the epoch and lateness policy, the
+//! detector and its parameters, and the alerting rules. One spec describes one deployment of the pipeline.
+//!
+//! ```toml
+//! name = "home-wifi"
+//! [epoch]
+//! length_seconds = 300
+//! allowed_lateness_seconds = 60
+//! late_policy = "next_epoch"
+//! [detector]
+//! name = "seasonal-robust"
+//! [[features]]
+//! name = "rssi_dbm"
+//! ```
+
+use serde::Deserialize;
+use std::path::Path;
+
+use crate::record::MAX_FEATURES;
+
+/// Errors reading or validating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read spec {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("spec {path} is not valid TOML for a fleetwatch dataflow: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("spec {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// What to do with a record carrying a feature the spec does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFeaturePolicy {
+    /// The whole record goes to the dead-letter output (a producer is sending something unexpected).
+    #[default]
+    DeadLetter,
+    /// The unknown field is ignored and the rest of the record is used.
+    Ignore,
+}
+
+/// What to do with a record whose epoch has already closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Fold it into the first epoch still open in its partition (counted as late).
+    #[default]
+    NextEpoch,
+    /// Send it to the dead-letter output (counted as late and as dead-lettered).
+    DeadLetter,
+}
+
+/// How a feature's raw values become the series the model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// The value itself (signal strength, latency, utilisation...).
+    #[default]
+    Level,
+    /// The increase since the previous log of the customer (monotone counters such as uptime); a decrease is
+    /// a counter reset.
+    Rate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Customer ids must start with this (empty: any id of the allowed characters).
+    #[serde(default)]
+    pub customer_id_prefix: String,
+    #[serde(default)]
+    pub unknown_features: UnknownFeaturePolicy,
+    /// A record more than this far ahead of its partition's watermark is refused as an absurd timestamp.
+    #[serde(default = "default_future_skew")]
+    pub max_future_skew_seconds: u64,
+    /// Records before this Unix time are refused as absurd.
+    #[serde(default = "default_min_ts")]
+    pub min_timestamp: i64,
+    /// Records at or after this Unix time are refused as absurd.
+    #[serde(default = "default_max_ts")]
+    pub max_timestamp: i64,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec {
+            customer_id_prefix: String::new(),
+            unknown_features: UnknownFeaturePolicy::default(),
+            max_future_skew_seconds: default_future_skew(),
+            min_timestamp: default_min_ts(),
+            max_timestamp: default_max_ts(),
+        }
+    }
+}
+
+fn default_future_skew() -> u64 {
+    86_400
+}
+fn default_min_ts() -> i64 {
+    946_684_800 // 2000-01-01
+}
+fn default_max_ts() -> i64 {
+    4_102_444_800 // 2100-01-01
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochSpec {
+    #[serde(default = "default_epoch_len")]
+    pub length_seconds: u64,
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness_seconds: u64,
+    #[serde(default)]
+    pub late_policy: LatePolicy,
+}
+
+impl Default for EpochSpec {
+    fn default() -> Self {
+        EpochSpec {
+            length_seconds: default_epoch_len(),
+            allowed_lateness_seconds: default_lateness(),
+            late_policy: LatePolicy::default(),
+        }
+    }
+}
+
+fn default_epoch_len() -> u64 {
+    300
+}
+fn default_lateness() -> u64 {
+    60
+}
+
+/// The detector: its registered name and its parameters (read by the detector itself).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetectorSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+impl Default for DetectorSpec {
+    fn default() -> Self {
+        DetectorSpec {
+            name: "seasonal-robust".to_string(),
+            params: toml::Table::new(),
+        }
+    }
+}
+
+/// Per-series alerting: calibrated thresholds and hysteresis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSpec {
+    /// The quantile of its own surprise distribution each series tracks (its personal "normal tail").
+    #[serde(default = "d_quantile")]
+    pub quantile: f64,
+    /// The threshold is `max(threshold_floor, threshold_multiplier * personal quantile)`.
+    #[serde(default = "d_floor")]
+    pub threshold_floor: f64,
+    #[serde(default = "d_mult")]
+    pub threshold_multiplier: f64,
+    /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
+    #[serde(default = "d_clear_ratio")]
+    pub clear_ratio: f64,
+    #[serde(default = "d_clear_epochs")]
+    pub clear_epochs: u8,
+    /// A normalised score at or above this is `critical` (below: `warning`).
+    #[serde(default = "d_critical")]
+    pub critical_ratio: f64,
+    /// A customer with no log for this many epochs is reported silent.
+    #[serde(default = "d_silence")]
+    pub silence_epochs: u32,
+    /// After a detected reboot, raising is suppressed for this many epochs (models still learn).
+    #[serde(default = "d_reboot_grace")]
+    pub reboot_grace_epochs: u32,
+    /// Feature whose decrease marks a reboot (a `rate` counter such as `uptime_s`); empty: none.
+    #[serde(default)]
+    pub reboot_feature: String,
+}
+
+impl Default for AlertSpec {
+    fn default() -> Self {
+        AlertSpec {
+            quantile: d_quantile(),
+            threshold_floor: d_floor(),
+            threshold_multiplier: d_mult(),
+            clear_ratio: d_clear_ratio(),
+            clear_epochs: d_clear_epochs(),
+            critical_ratio: d_critical(),
+            silence_epochs: d_silence(),
+            reboot_grace_epochs: d_reboot_grace(),
+            reboot_feature: String::new(),
+        }
+    }
+}
+
+fn d_quantile() -> f64 {
+    0.99
+}
+fn d_floor() -> f64 {
+    5.0
+}
+fn d_mult() -> f64 {
+    1.5
+}
+fn d_clear_ratio() -> f64 {
+    0.6
+}
+fn d_clear_epochs() -> u8 {
+    3
+}
+fn d_critical() -> f64 {
+    2.0
+}
+fn d_silence() -> u32 {
+    3
+}
+fn d_reboot_grace() -> u32 {
+    2
+}
+
+/// One feature of the logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    pub name: String,
+    #[serde(default)]
+    pub transform: Transform,
+    /// Free text for humans (unit, meaning).
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A whole dataflow spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub input: InputSpec,
+    #[serde(default)]
+    pub epoch: EpochSpec,
+    #[serde(default)]
+    pub detector: DetectorSpec,
+    #[serde(default)]
+    pub alerting: AlertSpec,
+    pub features: Vec<FeatureSpec>,
+}
+
+/// The spec that ships inside the binary: the home Wi-Fi router fleet of `dataflows/home-wifi.toml`.
+pub const EMBEDDED_HOME_WIFI: &str = include_str!("../dataflows/home-wifi.toml");
+
+impl Spec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Spec::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates spec text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Spec, SpecError> {
+        let spec: Spec = toml::from_str(text).map_err(|source| SpecError::Parse {
+            path: origin.to_string(),
+            source: Box::new(source),
+        })?;
+        spec.validate()
+            .map_err(|message| SpecError::Invalid {
+                path: origin.to_string(),
+                message,
+            })?;
+        Ok(spec)
+    }
+
+    /// The embedded default spec.
+    pub fn embedded() -> Spec {
+        // The embedded text is validated by a unit test; a failure here is a build defect.
+        match Spec::parse(EMBEDDED_HOME_WIFI, "embedded home-wifi.toml") {
+            Ok(s) => s,
+            Err(e) => panic!("embedded spec is invalid: {e}"),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.features.is_empty() {
+            return Err("list at least one [[features]]".into());
+        }
+        if self.features.len() > MAX_FEATURES {
+            return Err(format!(
+                "{} features listed; at most {MAX_FEATURES} are supported",
+                self.features.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.features {
+            if f.name.is_empty() || f.name == "*" || f.name == "customer_id" || f.name == "ts" {
+                return Err(format!("feature name {:?} is reserved or empty", f.name));
+            }
+            if !seen.insert(f.name.as_str()) {
+                return Err(format!("feature {:?} is listed twice", f.name));
+            }
+        }
+        if self.epoch.length_seconds < 1 || self.epoch.length_seconds > 86_400 {
+            return Err("epoch.length_seconds must be between 1 and 86400".into());
+        }
+        if self.input.min_timestamp >= self.input.max_timestamp {
+            return Err("input.min_timestamp must be below input.max_timestamp".into());
+        }
+        let a = &self.alerting;
+        if !(0.5..1.0).contains(&a.quantile) {
+            return Err("alerting.quantile must be in [0.5, 1)".into());
+        }
+        if a.threshold_floor <= 0.0 || a.threshold_multiplier <= 0.0 {
+            return Err("alerting thresholds must be positive".into());
+        }
+        if !(0.0..1.0).contains(&a.clear_ratio) {
+            return Err("alerting.clear_ratio must be in [0, 1)".into());
+        }
+        if a.clear_epochs == 0 {
+            return Err("alerting.clear_epochs must be at least 1".into());
+        }
+        if a.critical_ratio < 1.0 {
+            return Err("alerting.critical_ratio must be at least 1".into());
+        }
+        if a.silence_epochs == 0 {
+            return Err("alerting.silence_epochs must be at least 1".into());
+        }
+        if !a.reboot_feature.is_empty() {
+            match self.features.iter().find(|f| f.name == a.reboot_feature) {
+                None => {
+                    return Err(format!(
+                        "alerting.reboot_feature {:?} is not a listed feature",
+                        a.reboot_feature
+                    ));
+                }
+                Some(f) if f.transform != Transform::Rate => {
+                    return Err(format!(
+                        "alerting.reboot_feature {:?} must have transform = \"rate\"",
+                        a.reboot_feature
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of a feature by name.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+
+    /// Number of features.
+    pub fn feature_count(&self) -> usize {
+        self.features.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_spec_is_valid() {
+        let s = Spec::embedded();
+        assert_eq!(s.features.len(), 20);
+        assert_eq!(s.epoch.length_seconds, 300);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let bad = "name='x'\n[epoch]\nlenght_seconds=300\n[[features]]\nname='a'\n";
+        assert!(matches!(Spec::parse(bad, "t"), Err(SpecError::Parse { .. })));
+        let dup = "name='x'\n[[features]]\nname='a'\n[[features]]\nname='a'\n";
+        assert!(matches!(Spec::parse(dup, "t"), Err(SpecError::Invalid { .. })));
+        let none = "name='x'\nfeatures=[]\n";
+        assert!(matches!(Spec::parse(none, "t"), Err(SpecError::Invalid { .. })));
+        let reboot = "name='x'\n[alerting]\nreboot_feature='a'\n[[features]]\nname='a'\n";
+        assert!(matches!(Spec::parse(reboot, "t"), Err(SpecError::Invalid { .. })));
+    }
+}

@@ -1,0 +1,260 @@
+//! The per-series state as it lives in the differential arrangement, and the Abelian difference type that
+//! updates it.
+//!
+//! # Layout
+//!
+//! Every (customer, feature) series owns one 32-byte [`Slot`]; a customer additionally owns one *meta* slot
+//! (silence, reboots, duplicate guard). A customer's slots are grouped eight to a [`Block`] of 256 bytes, and
+//! the arrangement is keyed by customer with the block index as value:
+//!
+//! ```text
+//!   key: CustomerId (24 B)   val: block index (u8)   time: epoch (u64)   diff: Block ([u64; 32] = 8 slots)
+//! ```
+//!
+//! For the 20-feature home Wi-Fi spec a customer has 21 slots in 3 blocks (3 slots spare).
+//!
+//! # Why the difference is the state
+//!
+//! Differential collections accumulate *differences*. Here the difference type is the state itself under
+//! wrapping addition of 64-bit words, an Abelian group: an epoch inserts `new - old` (word-wise, wrapping) for
+//! every block that changed, and the accumulation of all differences of a key is bit-for-bit the current
+//! state. Integer wrapping addition is associative and commutative, so the result is exact whatever order the
+//! spine merges batches in — which is what makes output byte-identical across worker layouts. An all-zero
+//! block is the identity, so a block that returns to zero leaves the arrangement, and a never-seen customer
+//! reads as zeros ("fresh").
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of state per series (and per customer meta slot).
+pub const SLOT_BYTES: usize = 32;
+/// Slots per block.
+pub const BLOCK_SLOTS: usize = 8;
+/// 64-bit words per block.
+pub const BLOCK_WORDS: usize = SLOT_BYTES * BLOCK_SLOTS / 8;
+
+/// One series' state as raw bytes (interpreted by [`crate::model`]).
+pub type Slot = [u8; SLOT_BYTES];
+
+/// Eight slots as the arrangement's difference type (wrapping word addition).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Block(pub [u64; BLOCK_WORDS]);
+
+impl Block {
+    pub const ZERO: Block = Block([0; BLOCK_WORDS]);
+
+    /// Reads slot `i` (0..8) as bytes.
+    #[inline]
+    pub fn slot(&self, i: usize) -> Slot {
+        let mut s = [0u8; SLOT_BYTES];
+        for w in 0..SLOT_BYTES / 8 {
+            s[w * 8..w * 8 + 8].copy_from_slice(&self.0[i * (SLOT_BYTES / 8) + w].to_le_bytes());
+        }
+        s
+    }
+
+    /// Writes slot `i` (0..8).
+    #[inline]
+    pub fn set_slot(&mut self, i: usize, s: &Slot) {
+        for w in 0..SLOT_BYTES / 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&s[w * 8..w * 8 + 8]);
+            self.0[i * (SLOT_BYTES / 8) + w] = u64::from_le_bytes(b);
+        }
+    }
+
+    /// `self - other`, word-wise wrapping: the difference that turns `other` into `self`.
+    #[inline]
+    pub fn minus(&self, other: &Block) -> Block {
+        let mut d = Block::ZERO;
+        for i in 0..BLOCK_WORDS {
+            d.0[i] = self.0[i].wrapping_sub(other.0[i]);
+        }
+        d
+    }
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Block({:x?})", &self.0[..4])
+    }
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block::ZERO
+    }
+}
+
+impl IsZero for Block {
+    #[inline]
+    fn is_zero(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
+impl Semigroup for Block {
+    #[inline]
+    fn plus_equals(&mut self, rhs: &Self) {
+        for i in 0..BLOCK_WORDS {
+            self.0[i] = self.0[i].wrapping_add(rhs.0[i]);
+        }
+    }
+}
+
+impl Monoid for Block {
+    fn zero() -> Self {
+        Block::ZERO
+    }
+}
+
+impl Abelian for Block {
+    fn negate(&mut self) {
+        for w in self.0.iter_mut() {
+            *w = w.wrapping_neg();
+        }
+    }
+}
+
+// Blocks cross process boundaries only inside arrangements that are not exchanged, but timely requires
+// serde on data types that might; serialize as a sequence of words.
+impl Serialize for Block {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(BLOCK_WORDS)?;
+        for w in &self.0 {
+            t.serialize_element(w)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Block {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Block;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{BLOCK_WORDS} words")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Block, A::Error> {
+                let mut b = Block::ZERO;
+                for (i, w) in b.0.iter_mut().enumerate() {
+                    *w = a
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(b)
+            }
+        }
+        d.deserialize_tuple(BLOCK_WORDS, V)
+    }
+}
+
+/// Blocks per customer for `features` series plus the meta slot.
+pub fn blocks_for(features: usize) -> usize {
+    (features + 1).div_ceil(BLOCK_SLOTS)
+}
+
+/// Little-endian field access on a slot, so the byte layout is the same on every platform.
+pub struct SlotView<'a>(pub &'a mut Slot);
+
+impl SlotView<'_> {
+    #[inline]
+    pub fn f32(&self, at: usize) -> f32 {
+        f32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+    #[inline]
+    pub fn set_f32(&mut self, at: usize, v: f32) {
+        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    #[inline]
+    pub fn f16(&self, at: usize) -> f32 {
+        half::f16::from_le_bytes([self.0[at], self.0[at + 1]]).to_f32()
+    }
+    #[inline]
+    pub fn set_f16(&mut self, at: usize, v: f32) {
+        self.0[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    }
+    #[inline]
+    pub fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+    #[inline]
+    pub fn set_u32(&mut self, at: usize, v: u32) {
+        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    #[inline]
+    pub fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.0[at], self.0[at + 1]])
+    }
+    #[inline]
+    pub fn set_u16(&mut self, at: usize, v: u16) {
+        self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    #[inline]
+    pub fn u8(&self, at: usize) -> u8 {
+        self.0[at]
+    }
+    #[inline]
+    pub fn set_u8(&mut self, at: usize, v: u8) {
+        self.0[at] = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_reconstruct_state_exactly_in_any_order() {
+        let mut a = Block::ZERO;
+        let mut b = Block::ZERO;
+        let mut c = Block::ZERO;
+        for i in 0..BLOCK_WORDS {
+            a.0[i] = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            b.0[i] = u64::MAX - i as u64;
+            c.0[i] = 12345 * i as u64;
+        }
+        // zero -> a -> b -> c as three deltas, accumulated in two different orders.
+        let d1 = a.minus(&Block::ZERO);
+        let d2 = b.minus(&a);
+        let d3 = c.minus(&b);
+        let mut x = d3;
+        x.plus_equals(&d1);
+        x.plus_equals(&d2);
+        let mut y = d1;
+        y.plus_equals(&d2);
+        y.plus_equals(&d3);
+        assert_eq!(x, c);
+        assert_eq!(y, c);
+        let mut n = d2;
+        n.negate();
+        n.plus_equals(&d2);
+        assert!(n.is_zero());
+    }
+
+    #[test]
+    fn slots_round_trip() {
+        let mut b = Block::ZERO;
+        let mut s = [0u8; SLOT_BYTES];
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = i as u8 + 1;
+        }
+        b.set_slot(5, &s);
+        assert_eq!(b.slot(5), s);
+        assert_eq!(b.slot(4), [0u8; SLOT_BYTES]);
+        assert_eq!(blocks_for(20), 3);
+        assert_eq!(blocks_for(7), 1);
+        assert_eq!(blocks_for(8), 2);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut b = Block::ZERO;
+        b.0[3] = 77;
+        let j = serde_json::to_string(&b).unwrap();
+        let back: Block = serde_json::from_str(&j).unwrap();
+        assert_eq!(b, back);
+    }
+}
