@@ -45,6 +45,10 @@ pub struct GenerateConfig {
     pub outage_rate: f64,
     /// Fraction of messages replaced by malformed ones (for demos of the dead-letter path).
     pub malformed_rate: f64,
+    /// Epochs of clean history before the first anomaly of the customers present from the start: a
+    /// deployment learns from history (a replay or a checkpoint) before it is trusted. Customers that join
+    /// later may have anomalies from their third epoch (cold start).
+    pub history_epochs: usize,
     /// Worker threads for formatting (0: all cores).
     pub threads: usize,
 }
@@ -62,6 +66,7 @@ impl Default for GenerateConfig {
             join_fraction: 0.05,
             outage_rate: 1.0 / 14.0,
             malformed_rate: 0.0,
+            history_epochs: 288,
             threads: 0,
         }
     }
@@ -230,6 +235,18 @@ pub struct GenerateReport {
     pub bytes: u64,
 }
 
+/// The largest excursion |noise| makes once in ~3·10⁵ observations (about three years of 5-minute logs),
+/// for Student-t(df) noise of unit variance: 4.7 for Gaussian noise, 52 for t(3).
+fn extreme_excursion(df: f64) -> f64 {
+    match df as u32 {
+        0..=3 => 52.0,
+        4 => 26.5,
+        5..=6 => 13.6,
+        7..=10 => 8.3,
+        _ => 5.5,
+    }
+}
+
 fn day_phase(ts: i64) -> f64 {
     std::f64::consts::TAU * (ts.rem_euclid(86_400) as f64) / 86_400.0
 }
@@ -253,7 +270,19 @@ fn draw_params(f: &FeatureModel, rng: &mut Rng) -> SeriesParams {
     } else {
         noise_scale
     };
-    let df = [3.0, 4.0, 6.0, 10.0, 30.0][rng.weighted(&[0.15, 0.2, 0.25, 0.2, 0.2])];
+    // Noise shape by feature family: network quality metrics are the heavy-tailed ones (bursty loss,
+    // latency spikes), radio metrics moderately so, device metrics nearly Gaussian.
+    let weights: &[f64; 5] = match f.name {
+        "wan_latency_ms" | "wan_loss_pct" | "dns_fail_pct" | "retrans_pct" => &[0.3, 0.3, 0.25, 0.1, 0.05],
+        "throughput_down_mbps" | "throughput_up_mbps" | "interference_pct" | "channel_util_pct" => {
+            &[0.05, 0.15, 0.3, 0.3, 0.2]
+        }
+        "rssi_dbm" | "snr_db" | "noise_floor_dbm" | "phy_rate_tx_mbps" | "phy_rate_rx_mbps" => {
+            &[0.0, 0.05, 0.2, 0.35, 0.4]
+        }
+        _ => &[0.0, 0.0, 0.1, 0.3, 0.6],
+    };
+    let df = [3.0, 4.0, 6.0, 10.0, 30.0][rng.weighted(weights)];
     let ar = rng.range(0.0, 0.6).powi(2) / 0.6;
     let daily_rel = f.daily * rng.range(0.2, 1.6);
     let daily = if f.rel_noise || f.log_level {
@@ -291,7 +320,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
     let n = poisson(&mut rng, cfg.anomaly_rate * days);
     let active = cfg.epochs.saturating_sub(join);
     for _ in 0..n {
-        if active < 48 {
+        if active < 24 {
             break;
         }
         // Kinds and their durations (epochs).
@@ -309,7 +338,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             .collect();
         let feature = candidates[rng.below(candidates.len() as u64) as usize];
         let (len, effect_len, magnitude) = match kind {
-            InjectedKind::Spike => (1, 1, rng.range(6.0, 14.0)),
+            InjectedKind::Spike => (1, 1, rng.range(1.0, 2.5)),
             InjectedKind::LevelShift => (12, usize::MAX, rng.range(3.0, 8.0)),
             InjectedKind::Drift => {
                 let ramp = 24 + rng.below(48) as usize;
@@ -329,14 +358,35 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             }
             InjectedKind::Outage => (0, 0, 0.0),
         };
-        // Models need a day of history before the first anomaly, and anomalies of one series must not
-        // overlap (their labels would be ambiguous).
-        let earliest = join + 36;
+        // The initial fleet has a clean history first; joiners may show anomalies from their third epoch.
+        // Anomalies of one series must not overlap (their labels would be ambiguous).
+        let earliest = if join == 0 { cfg.history_epochs } else { join + 2 };
         if earliest + len + 2 >= cfg.epochs {
             continue;
         }
         let start = earliest + rng.below((cfg.epochs - earliest - len - 1) as u64) as usize;
-        let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+        let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+        // Shifts and drifts move away from a physical bound they would otherwise run into (a percentage
+        // pushed below zero just sits at zero: that is not the anomaly being labelled).
+        let bounds = match FEATURES[feature].shape {
+            Shape::Real { lo, hi, .. } => Some((lo, hi)),
+            Shape::Count => Some((0.0, f64::INFINITY)),
+            _ => None,
+        };
+        if let Some((lo, hi)) = bounds
+            && matches!(kind, InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike)
+        {
+            let p = params[feature];
+            let reach = magnitude * p.noise * if kind == InjectedKind::Spike { extreme_excursion(p.df) } else { 1.0 };
+            let low = p.level - p.daily.abs() - reach;
+            let high = p.level + p.daily.abs() + reach;
+            if sign < 0.0 && low < lo {
+                sign = 1.0;
+            }
+            if sign > 0.0 && high > hi {
+                sign = -1.0;
+            }
+        }
         let a = Anomaly {
             feature: Some(feature),
             kind,
@@ -426,7 +476,19 @@ fn step(
     let missing_draw = rng.f64();
     let pair_draw = rng.f64();
     let reboot_draw = rng.f64();
-    if e < c.join || outage {
+    if e < c.join {
+        return false;
+    }
+    // The router keeps running (and counting uptime) whether or not its log arrives.
+    let rebooted = reboot_draw < c.reboot_rate;
+    if rebooted {
+        c.uptime = c.rng.range(20.0, 120.0).floor();
+        c.reboots += 1;
+        c.rebooting = 2;
+    } else {
+        c.uptime += 300.0;
+    }
+    if outage {
         return false;
     }
     if c.missing_left > 0 {
@@ -443,13 +505,6 @@ fn step(
     let phi = day_phase(ts);
     let weekday = (ts.div_euclid(86_400) + 3).rem_euclid(7); // 0 = Monday
     let weekend = weekday >= 5;
-    if reboot_draw < c.reboot_rate {
-        c.uptime = c.rng.range(20.0, 120.0).floor();
-        c.reboots += 1;
-        c.rebooting = 2;
-    } else {
-        c.uptime += 300.0;
-    }
     for k in 0..20 {
         let f = &FEATURES[k];
         let p = c.params[k];
@@ -487,7 +542,10 @@ fn step(
                 continue;
             }
             match a.kind {
-                InjectedKind::Spike => mean += a.magnitude * p.noise,
+                // A spike is measured against the series' own extremes: 1 to 2.5 times the largest excursion
+                // its noise makes in about three years. Heavy-tailed series make big excursions every week;
+                // an anomaly there has to stand out from those, not from a Gaussian's.
+                InjectedKind::Spike => mean += a.magnitude * p.noise * extreme_excursion(p.df),
                 InjectedKind::LevelShift => mean += a.magnitude * p.noise,
                 InjectedKind::Drift => {
                     let frac = ((into + 1) as f64 / a.len as f64).min(1.0);
@@ -562,10 +620,11 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
         let n = poisson(&mut orng, cfg.outage_rate * days);
         for _ in 0..n {
             let len = 4 + orng.below(20) as usize;
-            if cfg.epochs < 72 + len {
+            let first = cfg.history_epochs.min(cfg.epochs / 2);
+            if cfg.epochs < first + len + 2 {
                 continue;
             }
-            let s = 36 + orng.below((cfg.epochs - 36 - len) as u64) as usize;
+            let s = first + orng.below((cfg.epochs - first - len) as u64) as usize;
             if !outages.iter().any(|(e, os, ol)| *e == el && s < os + ol + 12 && *os < s + len + 12) {
                 outages.push((el, s, len));
             }
@@ -784,6 +843,7 @@ mod tests {
             epochs: 120,
             seed: 7,
             anomaly_rate: 4.0,
+            history_epochs: 24,
             threads: 3,
             ..Default::default()
         };

@@ -86,6 +86,9 @@ enum Command {
         malformed_rate: f64,
         #[arg(long, default_value_t = 16)]
         partitions: u32,
+        /// Epochs of anomaly-free history before the initial customers' first anomaly.
+        #[arg(long, default_value_t = 288)]
+        history_epochs: usize,
     },
     /// Score an output against labels: event-level precision, recall, F1, delay, false-alert rate.
     Eval {
@@ -201,6 +204,7 @@ fn main() -> Result<()> {
             join_fraction,
             malformed_rate,
             partitions,
+            history_epochs,
         } => {
             let mut cfg = GenerateConfig {
                 customers,
@@ -210,6 +214,7 @@ fn main() -> Result<()> {
                 join_fraction,
                 malformed_rate,
                 partitions,
+                history_epochs,
                 ..Default::default()
             };
             if let Some(s) = start {

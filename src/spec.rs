@@ -159,14 +159,15 @@ impl Default for DetectorSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
-    /// The quantile of its own surprise distribution each series tracks (its personal "normal tail").
-    #[serde(default = "d_quantile")]
-    pub quantile: f64,
-    /// The threshold is `max(threshold_floor, threshold_multiplier * personal quantile)`.
+    /// The threshold is `max(threshold_floor, threshold_margin · q_hi · r^c(r))` over the series' own
+    /// surprise quantiles, `r = q_hi/q_lo` (see `model::alert`).
     #[serde(default = "d_floor")]
     pub threshold_floor: f64,
-    #[serde(default = "d_mult")]
-    pub threshold_multiplier: f64,
+    #[serde(default = "d_margin")]
+    pub threshold_margin: f64,
+    /// How much a heavy tail raises the bar for sustained evidence (shifts, variance): `(T/T_gauss)^e`.
+    #[serde(default = "d_sustained_tail")]
+    pub sustained_tail_exponent: f64,
     /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
     #[serde(default = "d_clear_ratio")]
     pub clear_ratio: f64,
@@ -189,9 +190,9 @@ pub struct AlertSpec {
 impl Default for AlertSpec {
     fn default() -> Self {
         AlertSpec {
-            quantile: d_quantile(),
             threshold_floor: d_floor(),
-            threshold_multiplier: d_mult(),
+            threshold_margin: d_margin(),
+            sustained_tail_exponent: d_sustained_tail(),
             clear_ratio: d_clear_ratio(),
             clear_epochs: d_clear_epochs(),
             critical_ratio: d_critical(),
@@ -202,14 +203,14 @@ impl Default for AlertSpec {
     }
 }
 
-fn d_quantile() -> f64 {
-    0.99
-}
 fn d_floor() -> f64 {
-    5.0
+    4.0
 }
-fn d_mult() -> f64 {
-    1.5
+fn d_margin() -> f64 {
+    1.4
+}
+fn d_sustained_tail() -> f64 {
+    0.5
 }
 fn d_clear_ratio() -> f64 {
     0.6
@@ -318,11 +319,11 @@ impl Spec {
         if self.input.min_timestamp >= self.input.max_timestamp {
             return Err("input.min_timestamp must be below input.max_timestamp".into());
         }
-        let a = &self.alerting;
-        if !(0.5..1.0).contains(&a.quantile) {
-            return Err("alerting.quantile must be in [0.5, 1)".into());
+        if self.input.min_timestamp < 1 || self.input.max_timestamp > u32::MAX as i64 {
+            return Err("input timestamps must lie within (1970, 2106]".into());
         }
-        if a.threshold_floor <= 0.0 || a.threshold_multiplier <= 0.0 {
+        let a = &self.alerting;
+        if a.threshold_floor <= 0.0 || a.threshold_margin <= 0.0 {
             return Err("alerting thresholds must be positive".into());
         }
         if !(0.0..1.0).contains(&a.clear_ratio) {

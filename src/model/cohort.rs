@@ -11,7 +11,10 @@
 //! stat 0         count of warm series
 //! stat 1..=4     Σ round(1024·θ_k)                   (mean daily rhythm)
 //! stat 5..261    level histogram, bin = round(4·sign(x)·log2(1+|x|)) clamped to ±127
-//! stat 261..421  scale histogram, bin = round(4·log2 S) clamped to [−80, 79]
+//! stat 261..421  relative-scale histogram, bin = round(4·log2(S/|L|)) clamped to [−80, 79]
+//!
+//! The scale is kept relative to the level: customers of one feature differ by orders of magnitude in level
+//! (10 vs 900 Mbps) far more than in relative noise, so `S/|L|` transfers to a newcomer, `S` does not.
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -95,7 +98,8 @@ impl CohortAccumulator {
             self.add(feature, 1 + k, sign * v);
         }
         self.add(feature, LEVEL_BASE + level_bin(s.level), sign);
-        self.add(feature, SCALE_BASE + scale_bin(s.scale), sign);
+        let rel = s.scale / s.level.abs().max(1e-6);
+        self.add(feature, SCALE_BASE + scale_bin(rel), sign);
     }
 
     /// Replaces a series' old summary by its new one (no-op when they fall in the same bins).
@@ -231,7 +235,8 @@ mod tests {
         let p = stats.prior(1);
         assert_eq!(p.count, 3);
         assert!((p.level - -65.0).abs() < 6.0, "median level {}", p.level);
-        assert!((p.scale - 2.5).abs() < 0.3, "median scale {}", p.scale);
+        // relative scales 2/60, 3/70, 2.5/65 → median 0.0385
+        assert!((p.scale - 0.0385).abs() < 0.004, "median relative scale {}", p.scale);
         assert!((p.season[0] - 2.0).abs() < 1e-3);
         assert_eq!(stats.prior(0), FeaturePrior::NONE);
         // retract everything: back to no prior

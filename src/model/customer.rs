@@ -16,6 +16,8 @@ use crate::record::Log;
 use crate::spec::Spec;
 use crate::state::{SLOT_BYTES, Slot, SlotView};
 
+const RESOLUTION: [f32; 7] = [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6];
+
 /// The feature index that stands for the whole customer (`"*"` in output).
 pub const CUSTOMER_FEATURE: u16 = u16::MAX;
 
@@ -34,6 +36,8 @@ pub struct ModelConfig {
     pub min_seen_to_raise: u8,
     /// Observations a series needs before it may raise when its feature has no cohort prior yet.
     pub min_seen_without_prior: u8,
+    /// Observations before a series starts calibrating its threshold (its first scores are unreliable).
+    pub calibrate_after: u8,
     /// Warm series a cohort prior must summarise before it is trusted.
     pub min_prior_count: u64,
     /// Observations a series needs before its absence counts as a dropout.
@@ -51,8 +55,9 @@ impl ModelConfig {
             reboot_grace: spec.alerting.reboot_grace_epochs,
             dropout_logs: 3,
             min_seen_to_raise: 3,
-            min_seen_without_prior: 24,
+            min_seen_without_prior: u8::MAX,
             min_prior_count: 20,
+            calibrate_after: 24,
             warm_for_dropout: 24,
         }
     }
@@ -168,7 +173,7 @@ pub fn step_customer(
     let mut meta = CustomerMeta::decode(&slots[f_count]);
 
     // The best (most surprising, relative to the series' own threshold) assessment per feature this epoch.
-    let mut best: [Option<(Assessment, f32)>; 32] = [None; 32];
+    let mut best: [Option<(Assessment, f32, f32, AnomalyKind)>; 32] = [None; 32];
     let mut reported = false;
     let mut last_ts = meta.last_ts as i64;
     let mut max_ts = meta.last_ts as i64;
@@ -191,7 +196,7 @@ pub fn step_customer(
             let v = log.values[f];
             let mut series = SeriesSlot::decode(&slots[f]);
             if v.is_nan() {
-                series.miss_run = series.miss_run.saturating_add(1);
+                series.miss_run = series.miss_run.saturating_add(1).min(31);
                 slots[f] = series.encode();
                 continue;
             }
@@ -200,11 +205,13 @@ pub fn step_customer(
             } else {
                 header::epochs_since(series.last_epoch, e)
             };
+            series.decimals = series.decimals.max(header::decimals_of(v));
             let obs = Observation {
                 value: v,
                 ts: log.ts,
                 gap_epochs: gap,
                 seen: series.seen,
+                resolution: RESOLUTION[series.decimals.min(6) as usize],
                 phase,
                 transform: cfg.transforms[f],
             };
@@ -218,18 +225,25 @@ pub fn step_customer(
                 meta.reboot = epoch_u32(e + 1);
             }
             if a.scored {
-                let t = cfg.alert.threshold(series.quantile);
-                if series.alert.is_none() && a.surprise < t {
-                    series.quantile = cfg.alert.update_quantile(series.quantile, a.surprise);
-                } else if series.quantile == 0.0 {
-                    series.quantile = alert::Q0;
+                let t = cfg.alert.threshold(series.q_hi, series.q_lo);
+                let (score, kind) = cfg.alert.score(a.surprise, a.sustained, a.kind, t);
+                // A young series (cold start on a cohort prior) needs up to twice the evidence.
+                let score = score / (2.0 - series.seen as f32 / 255.0);
+                // Calibrate on ordinary observations only: not during alerts, not on anomalous points, not
+                // while sustained evidence builds up (a shift in progress is not the series' normal).
+                let sustained_quiet = kind == AnomalyKind::Spike || score < 0.5;
+                if series.alert.is_none()
+                    && a.surprise < t
+                    && sustained_quiet
+                    && series.seen >= cfg.calibrate_after
+                {
+                    (series.q_hi, series.q_lo) =
+                        cfg.alert.update_quantiles(series.q_hi, series.q_lo, a.surprise);
+                } else if series.q_hi == 0.0 {
+                    (series.q_hi, series.q_lo) = (alert::Q0_HI, alert::Q0_LO);
                 }
-                let better = match &best[f] {
-                    None => true,
-                    Some((b, bt)) => a.surprise / t > b.surprise / bt,
-                };
-                if better {
-                    best[f] = Some((a, t));
+                if best[f].is_none_or(|(_, _, s, _)| score > s) {
+                    best[f] = Some((a, t, score, kind));
                 }
             }
             slots[f] = series.encode();
@@ -240,9 +254,8 @@ pub fn step_customer(
     if reported {
         for f in 0..f_count {
             let mut series = SeriesSlot::decode(&slots[f]);
-            let (score, kind, evidence) = if let Some((a, t)) = best[f] {
+            let (score, kind, evidence) = if let Some((a, t, score, kind)) = best[f] {
                 out.series_scored += 1;
-                let score = a.surprise / t;
                 let ev = Evidence {
                     customer,
                     feature: f as u16,
@@ -252,12 +265,12 @@ pub fn step_customer(
                     lower: a.expected - t * a.sigma,
                     upper: a.expected + t * a.sigma,
                 };
-                (score, a.kind, Some(ev))
+                (score, kind, Some(ev))
             } else if series.miss_run >= cfg.dropout_logs && series.seen >= cfg.warm_for_dropout {
                 let (p, sigma) = ctx
                     .detector
                     .predict(&series.detector, max_ts, cfg.transforms[f]);
-                let t = cfg.alert.threshold(series.quantile);
+                let t = cfg.alert.threshold(series.q_hi, series.q_lo);
                 let score = series.miss_run as f32 / cfg.dropout_logs as f32;
                 let ev = Evidence {
                     customer,
@@ -485,7 +498,8 @@ mod tests {
         let mut rng = crate::rng::Rng::new(9, 9);
         let base = 1_700_000_000 - 1_700_000_000 % 300;
         let mut up = 1000.0;
-        for e in 0..100u64 {
+        // No cohort prior: a day of history before the series may raise (burn-in), then quiet noise.
+        for e in 0..400u64 {
             up += 300.0;
             let l = log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up);
             let out = h.epoch(e, &[l]);
@@ -493,17 +507,17 @@ mod tests {
             assert!(e < 1 || out.series_scored >= 1);
         }
         up += 300.0;
-        let out = h.epoch(100, &[log(h.c, base + 100 * 300, 30.0, up)]);
+        let out = h.epoch(400, &[log(h.c, base + 400 * 300, 30.0, up)]);
         assert_eq!(statuses(&out), vec![(0, 1)]);
         assert!(out.evidence[0].score >= 1.0);
         assert!(out.evidence[0].observed == 30.0);
         let mut cleared = false;
-        for e in 101..110u64 {
+        for e in 401..410u64 {
             up += 300.0;
             let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up)]);
             if statuses(&out) == vec![(0, -1)] {
                 cleared = true;
-                assert!(e >= 103, "clears only after clear_epochs quiet epochs");
+                assert!(e >= 403, "clears only after clear_epochs quiet epochs");
                 break;
             }
         }
@@ -549,12 +563,12 @@ mod tests {
         let base = 1_700_000_100 - 1_700_000_100 % 300;
         let mut rng = crate::rng::Rng::new(1, 3);
         let mut up = 5000.0;
-        for e in 0..40u64 {
+        for e in 0..300u64 {
             up += 300.0;
             h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32, up)]);
         }
         let mut raised_at = None;
-        for e in 40..50u64 {
+        for e in 300..310u64 {
             up += 300.0;
             let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, f32::NAN, up)]);
             if out.changes.iter().any(|((_, a), d)| *d == 1 && a.kind == AnomalyKind::Dropout) {
@@ -562,16 +576,16 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(raised_at, Some(42), "three missing logs in a row");
+        assert_eq!(raised_at, Some(302), "three missing logs in a row");
     }
 
     #[test]
-    fn cohort_contributions_appear_once_warm() {
+    fn cohort_contributions_appear_once_mature() {
         let mut h = Harness::new();
         let base = 1_700_000_100 - 1_700_000_100 % 300;
         let mut up = 0.0;
         let mut stats = CohortStats::new(2);
-        for e in 0..30u64 {
+        for e in 0..300u64 {
             up += 300.0;
             h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0, up)]);
             let mut d = Vec::new();

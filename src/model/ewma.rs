@@ -76,7 +76,7 @@ impl Detector for EwmaZscore {
             wr(state, 4, s * s);
             return Assessment::learn_only(x, x);
         }
-        let sigma = v.sqrt().max(1e-3);
+        let sigma = v.sqrt().max(0.5 * obs.resolution).max(1e-3);
         let z = (x - m) / sigma;
         let d = x - m;
         m += self.alpha * d;
@@ -88,6 +88,7 @@ impl Detector for EwmaZscore {
             expected: m - self.alpha * d,
             sigma,
             surprise: z.abs(),
+            sustained: 0.0,
             kind: AnomalyKind::Spike,
             reset: false,
             scored: true,
@@ -99,7 +100,7 @@ impl Detector for EwmaZscore {
     }
 
     fn summary(&self, state: &DetectorState, seen: u8, _t: Transform) -> Option<SeriesSummary> {
-        (seen >= self.warm).then(|| SeriesSummary {
+        (seen == u8::MAX).then(|| SeriesSummary {
             level: rd(state, 0),
             scale: rd(state, 4).sqrt() / 1.2533,
             season: [0.0; 4],
@@ -127,6 +128,7 @@ mod tests {
             ts: 0,
             gap_epochs: 0,
             seen: 0,
+            resolution: 0.0,
             phase: [0.0; 4],
             transform: Transform::Level,
         };

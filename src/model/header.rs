@@ -1,18 +1,20 @@
-//! The framework's part of a series slot: 8 bytes in front of the detector's state.
+//! The framework's part of a series slot: 10 bytes in front of the detector's state.
 //!
 //! ```text
 //! byte 0..2  last_epoch  u16  epoch of the last observation, modulo 2^16 (227 days of 5-minute epochs)
-//! byte 2..4  quantile    f16  the series' running estimate of its own surprise quantile (calibration)
-//! byte 4     seen        u8   observations so far, saturating at 255
-//! byte 5     alert       u8   bits 0-1 severity (0 none, 1 warning, 2 critical), bits 2-5 kind
-//! byte 6     clear_run   u8   consecutive epochs below the clear ratio while an alert is open
-//! byte 7     miss_run    u8   consecutive logs of the customer without this feature
+//! byte 2..4  q_hi        f16  running estimate of the series' own 0.975 surprise quantile
+//! byte 4..6  q_lo        f16  running estimate of its 0.75 quantile (with q_hi: the shape of its tail)
+//! byte 6     seen        u8   observations so far, saturating at 255
+//! byte 7     alert       u8   bits 0-1 severity (0 none, 1 warning, 2 critical), bits 2-5 kind
+//! byte 8     clear_run   u8   consecutive epochs below the clear ratio while an alert is open
+//! byte 9     miss_run    bits 0-4: consecutive logs of the customer without this feature (saturating 31)
+//!            decimals    bits 5-7: most decimal digits any of its values had (its resolution is 10^-decimals)
 //! ```
 
 use super::{AnomalyKind, DETECTOR_BYTES, DetectorState};
 use crate::state::{SLOT_BYTES, Slot, SlotView};
 
-pub const HEADER_BYTES: usize = 8;
+pub const HEADER_BYTES: usize = 10;
 
 /// Alert severity of an open alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -69,11 +71,13 @@ pub fn encode_alert(a: Option<OpenAlert>) -> u8 {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SeriesSlot {
     pub last_epoch: u16,
-    pub quantile: f32,
+    pub q_hi: f32,
+    pub q_lo: f32,
     pub seen: u8,
     pub alert: Option<OpenAlert>,
     pub clear_run: u8,
     pub miss_run: u8,
+    pub decimals: u8,
     pub detector: DetectorState,
 }
 
@@ -85,11 +89,13 @@ impl SeriesSlot {
         detector.copy_from_slice(&slot[HEADER_BYTES..SLOT_BYTES]);
         SeriesSlot {
             last_epoch: v.u16(0),
-            quantile: v.f16(2),
-            seen: v.u8(4),
-            alert: decode_alert(v.u8(5)),
-            clear_run: v.u8(6),
-            miss_run: v.u8(7),
+            q_hi: v.f16(2),
+            q_lo: v.f16(4),
+            seen: v.u8(6),
+            alert: decode_alert(v.u8(7)),
+            clear_run: v.u8(8),
+            miss_run: v.u8(9) & 0x1F,
+            decimals: v.u8(9) >> 5,
             detector,
         }
     }
@@ -98,11 +104,12 @@ impl SeriesSlot {
         let mut slot = [0u8; SLOT_BYTES];
         let mut v = SlotView(&mut slot);
         v.set_u16(0, self.last_epoch);
-        v.set_f16(2, self.quantile);
-        v.set_u8(4, self.seen);
-        v.set_u8(5, encode_alert(self.alert));
-        v.set_u8(6, self.clear_run);
-        v.set_u8(7, self.miss_run);
+        v.set_f16(2, self.q_hi);
+        v.set_f16(4, self.q_lo);
+        v.set_u8(6, self.seen);
+        v.set_u8(7, encode_alert(self.alert));
+        v.set_u8(8, self.clear_run);
+        v.set_u8(9, self.miss_run.min(31) | (self.decimals.min(7) << 5));
         slot[HEADER_BYTES..].copy_from_slice(&self.detector);
         slot
     }
@@ -111,6 +118,22 @@ impl SeriesSlot {
     pub fn is_fresh(&self) -> bool {
         self.seen == 0 && self.detector.iter().all(|b| *b == 0)
     }
+}
+
+/// Decimal digits a value carries (0..=6): the smallest `k` with `x·10^k` integral (to f32 precision).
+pub fn decimals_of(x: f32) -> u8 {
+    let x = x as f64;
+    let mut scale = 1.0f64;
+    for k in 0..=6u8 {
+        let v = x * scale;
+        // An f32 parsed from decimal text is within half an ulp of the decimal value.
+        let tol = (v.abs() * 1e-6).max(1e-9);
+        if (v - v.round()).abs() <= tol {
+            return k;
+        }
+        scale *= 10.0;
+    }
+    6
 }
 
 /// Epochs between a stored 16-bit epoch and the current one (wrapping), for gaps under 2^16 epochs.
@@ -128,7 +151,8 @@ mod tests {
         d[3] = 9;
         let s = SeriesSlot {
             last_epoch: 65_000,
-            quantile: 2.5,
+            q_hi: 2.5,
+            q_lo: 1.5,
             seen: 200,
             alert: Some(OpenAlert {
                 severity: Severity::Critical,
@@ -136,10 +160,20 @@ mod tests {
             }),
             clear_run: 2,
             miss_run: 7,
+            decimals: 3,
             detector: d,
         };
         assert_eq!(SeriesSlot::decode(&s.encode()), s);
         assert!(SeriesSlot::decode(&[0u8; SLOT_BYTES]).is_fresh());
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(decimals_of(3.0), 0);
+        assert_eq!(decimals_of(-61.3), 1);
+        assert_eq!(decimals_of(218.72), 2);
+        assert_eq!(decimals_of(0.004), 3);
+        assert_eq!(decimals_of(1_700_000.0), 0);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Observation {
     pub gap_epochs: u32,
     /// Observations this series has had before this one (saturating).
     pub seen: u8,
+    /// The finest step its values have shown (1 for integer counts, 0.1 for one decimal...): a noise scale
+    /// below half of it is an artefact of rounding, not a real calm.
+    pub resolution: f32,
     /// `[cos φ, sin φ, cos 2φ, sin 2φ]` of the daily phase φ = 2π·(ts mod 86400)/86400.
     pub phase: [f32; 4],
     pub transform: Transform,
@@ -129,9 +132,14 @@ pub struct Assessment {
     pub expected: f32,
     /// The series' noise scale σ at this observation (the band is `expected ± threshold·σ`).
     pub sigma: f32,
-    /// How surprising the observation is, in σ-equivalents (≥ 0). The framework compares it to the series'
-    /// own calibrated threshold.
+    /// How surprising this one observation is, in σ (≥ 0): the point-wise score. The framework calibrates
+    /// each series' threshold on its own history of it.
     pub surprise: f32,
+    /// The strongest sustained evidence (shift, variance, stuck value...), normalised so that 1 is the
+    /// detector's own alarm point for a series with Gaussian-like noise; the framework raises that bar for
+    /// series with heavier tails.
+    pub sustained: f32,
+    /// What `sustained` points at.
     pub kind: AnomalyKind,
     /// For `rate` series: the counter went down (a reset, e.g. a reboot for `uptime_s`).
     pub reset: bool,
@@ -147,6 +155,7 @@ impl Assessment {
             expected,
             sigma: 0.0,
             surprise: 0.0,
+            sustained: 0.0,
             kind: AnomalyKind::Spike,
             reset: false,
             scored: false,
@@ -169,6 +178,7 @@ pub struct FeaturePrior {
     /// How many warm series it summarises (0: no prior yet).
     pub count: u64,
     pub level: f32,
+    /// The population's median *relative* noise scale, S/|level|.
     pub scale: f32,
     pub season: [f32; 4],
 }
