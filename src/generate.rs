@@ -338,7 +338,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             .collect();
         let feature = candidates[rng.below(candidates.len() as u64) as usize];
         let (len, effect_len, magnitude) = match kind {
-            InjectedKind::Spike => (1, 1, rng.range(1.0, 2.5)),
+            InjectedKind::Spike => (1, 1, rng.range(1.5, 4.0)),
             InjectedKind::LevelShift => (12, usize::MAX, rng.range(3.0, 8.0)),
             InjectedKind::Drift => {
                 let ramp = 24 + rng.below(48) as usize;
@@ -542,9 +542,9 @@ fn step(
                 continue;
             }
             match a.kind {
-                // A spike is measured against the series' own extremes: 1 to 2.5 times the largest excursion
-                // its noise makes in about three years. Heavy-tailed series make big excursions every week;
-                // an anomaly there has to stand out from those, not from a Gaussian's.
+                // A spike is measured against the series' own extremes: 1.5 to 4 times the largest
+                // excursion its noise makes in about three years. Heavy-tailed series make big excursions
+                // every week; an anomaly there has to stand out from those, not from a Gaussian's.
                 InjectedKind::Spike => mean += a.magnitude * p.noise * extreme_excursion(p.df),
                 InjectedKind::LevelShift => mean += a.magnitude * p.noise,
                 InjectedKind::Drift => {

@@ -222,7 +222,7 @@ fn d_critical() -> f64 {
     2.0
 }
 fn d_silence() -> u32 {
-    3
+    4
 }
 fn d_reboot_grace() -> u32 {
     2

@@ -121,6 +121,8 @@ impl AlertParams {
             .clamp(1.0, 2.0);
         let sustained = match kind {
             AnomalyKind::StuckValue => sustained,
+            // The volatility statistic averages |z| capped at 4: tails matter to it less still.
+            AnomalyKind::VarianceBurst => sustained / tail.sqrt(),
             _ => sustained / tail,
         };
         if sustained > point {

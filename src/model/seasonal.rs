@@ -24,7 +24,7 @@
 //!
 //! ```text
 //! f      = [cos φ, sin φ, cos 2φ, sin 2φ]
-//! ρ_r    = sin(π/2 · ρ) clamped to [0, 0.9]             (Gaussian: E[sgn z_t · sgn z_t−1] = (2/π)·asin ρ_r)
+//! ρ_r    = sin(π/2 · ρ) clamped to [0, 0.6]             (Gaussian: E[sgn z_t · sgn z_t−1] = (2/π)·asin ρ_r)
 //! base   = L + φ·B + θ·f                                (damped trend, φ = 0.98)
 //! p      = base + ρ_r·σ·ψ₋                              prediction with the residual's own memory
 //! σ_own  = 0.8605·S                                     (S → 1.162σ for Gaussian noise, see S below)
@@ -33,7 +33,7 @@
 //! ψ_b    = clamp((x − L − θ·f)/σ, −c, c)               the residual the memory term models
 //! C⁺     = max(0, C⁺ + min(z, 4) − k_c),  C⁻ = max(0, C⁻ − max(z, −4) − k_c)   (spikes are the spike term's job)
 //! m      = m + γ·(min(|z|, 4) − m)                      (E|z| = 0.8 for Gaussian noise)
-//! ρ      = ρ + (sgn ψ_b · sgn ψ₋ − ρ)/64,  ψ₋ ← ψ_b
+//! ρ      = ρ + (sgn ψ_b · sgn ψ₋ − ρ)/64 while max(C⁺, C⁻) < h/2,  ψ₋ ← ψ_b
 //! run    = run + 1 if x repeats the last raw value exactly, else 0
 //! R      = max(run_ended, R·(1 − 1/256)) when a benign run of length ≥ 1 ends
 //! surprise = |z|                                         point-wise, calibrated per series by the framework
@@ -230,9 +230,10 @@ impl St {
             + self.season[3] * phase[3]
     }
 
-    /// The residual autocorrelation implied by the sign statistic, clamped to [0, 0.9].
+    /// The residual autocorrelation implied by the sign statistic, clamped to [0, 0.6] (beyond that a
+    /// "memory" is a level the model should be tracking instead).
     fn ar(&self) -> f32 {
-        (std::f32::consts::FRAC_PI_2 * self.rho).sin().clamp(0.0, 0.9)
+        (std::f32::consts::FRAC_PI_2 * self.rho).sin().clamp(0.0, 0.6)
     }
 }
 
@@ -385,7 +386,11 @@ impl Detector for SeasonalRobust {
         st.c_lo = (st.c_lo - z.max(-4.0) - self.cusum_k).clamp(0.0, 31.0);
         st.vol += self.vol_gain * (z.abs().min(4.0) - st.vol);
         let sign = |v: f32| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
-        st.rho += (sign(psi_base) * sign(st.psi_prev) - st.rho) / 64.0;
+        // The memory is learned from ordinary stretches only: a shift or a drift in progress is
+        // persistent by nature and must not be mistaken for (and then explained away as) noise memory.
+        if st.c_hi.max(st.c_lo) < 0.5 * self.cusum_h {
+            st.rho += (sign(psi_base) * sign(st.psi_prev) - st.rho) / 64.0;
+        }
         st.psi_prev = psi_base;
         let h = hash8(raw);
         let repeat = h == st.hash;
