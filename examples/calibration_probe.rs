@@ -32,7 +32,10 @@ fn main() {
         (1000.0, 0.0, 5.0),
         (6.0, 0.4, 3.0),
     ] {
-        let series: usize = std::env::var("PROBE_SERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+        let series: usize = std::env::var("PROBE_SERIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400);
         let n = 3_000usize;
         let mut ratios: Vec<(f32, f32)> = Vec::new();
         let mut exceed = 0u64;
@@ -42,10 +45,14 @@ fn main() {
             let mut state = [0u8; fleetwatch::model::DETECTOR_BYTES];
             let (mut q_hi, mut q_lo) = (0.0f32, 0.0f32);
             let mut noise = 0.0;
-            let phase = rng.range(0.0, 6.28);
+            let phase = rng.range(0.0, std::f64::consts::TAU);
             for i in 0..n {
                 let ts = 1_793_577_600 + i as i64 * 300;
-                let e = if df > 100.0 { rng.normal() } else { rng.student_t(df) };
+                let e = if df > 100.0 {
+                    rng.normal()
+                } else {
+                    rng.student_t(df)
+                };
                 noise = ar * noise + (1.0f64 - ar * ar).sqrt() * e;
                 let phi = std::f64::consts::TAU * (ts % 86400) as f64 / 86400.0;
                 let x = 100.0 + daily * (phi + phase).cos() + noise;

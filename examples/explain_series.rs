@@ -62,9 +62,11 @@ fn main() -> anyhow::Result<()> {
             let obs = fleetwatch::model::Observation {
                 value: log.values[f],
                 ts: log.ts,
-                gap_epochs: fleetwatch::model::header::epochs_since(before.last_epoch, epoch).min(1),
+                gap_epochs: fleetwatch::model::header::epochs_since(before.last_epoch, epoch)
+                    .min(1),
                 seen: before.seen,
-                resolution: [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6][before.decimals.min(6) as usize],
+                resolution: [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6]
+                    [before.decimals.min(6) as usize],
                 phase: fleetwatch::model::Observation::daily_phase(log.ts),
                 transform: spec.features[f].transform,
             };
@@ -91,8 +93,11 @@ fn main() -> anyhow::Result<()> {
             s.q_lo,
             cfg.alert.threshold(s.q_hi, s.q_lo),
             s.alert.map(|a| (a.kind, a.severity)),
-            ev.map(|e| format!("score={:.2} expected={:.2} band=[{:.2},{:.2}]", e.score, e.expected, e.lower, e.upper))
-                .unwrap_or_default()
+            ev.map(|e| format!(
+                "score={:.2} expected={:.2} band=[{:.2},{:.2}]",
+                e.score, e.expected, e.lower, e.upper
+            ))
+            .unwrap_or_default()
         );
     }
     Ok(())

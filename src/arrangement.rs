@@ -22,19 +22,19 @@ use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::trace::{Builder, Cursor, Description, Span, Trace, TraceReader};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::Stream;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::Antichain;
 
 use crate::keys::{CustomerId, customer_route};
+use crate::model::Detector;
 use crate::model::cohort::{CohortAccumulator, CohortDelta, CohortStats};
 use crate::model::customer::{
-    CustomerMeta, ModelConfig, OpenAnomaly, StepContext, StepOut, Evidence, step_customer,
+    CustomerMeta, Evidence, ModelConfig, OpenAnomaly, StepContext, StepOut, step_customer,
 };
-use crate::model::Detector;
 use crate::record::{DeadLetter, Log, RejectCode, Rejection};
 use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
 
@@ -74,12 +74,9 @@ pub fn series_model<'scope>(
     detector: Arc<dyn Detector>,
 ) -> ModelStreams<'scope> {
     let scope = logs.scope();
-    let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope.clone());
+    let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
     let info = builder.operator_info();
-    let mut in_logs = builder.new_input(
-        logs,
-        Exchange::new(|l: &Log| customer_route(&l.customer)),
-    );
+    let mut in_logs = builder.new_input(logs, Exchange::new(|l: &Log| customer_route(&l.customer)));
     let mut in_cohort = builder.new_input(cohort, Pipeline);
     let (out_spans, spans) = builder.new_output();
     let (out_anom, anomalies) = builder.new_output::<Vec<AnomalyDiff>>();
@@ -104,7 +101,7 @@ pub fn series_model<'scope>(
             .filter(|(_, count, len)| *count > 0 && *len > 0)
             .map(|(_, count, _)| *count)
             .sum();
-        (batches > 1).then_some(1usize << 40)
+        (batches > 1).then_some(1usize << 30)
     }));
     let (mut reader, mut writer) = TraceAgent::new(trace, info, None);
     let published = reader.clone();
@@ -119,7 +116,8 @@ pub fn series_model<'scope>(
         let mut quiet_run: u64 = 0;
         let mut upper: u64 = 0;
         let blocks = blocks_for(config.features);
-        let quiet_limit = (config.alert.critical_ratio * config.silence_epochs as f32).ceil() as u64 + 2;
+        let quiet_limit =
+            (config.alert.critical_ratio * config.silence_epochs as f32).ceil() as u64 + 2;
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
 
         move |frontiers| {
@@ -168,7 +166,7 @@ pub fn series_model<'scope>(
                     }
                 }
                 quiet_run = if logs.is_empty() { quiet_run + 1 } else { 0 };
-                if quiet_run > quiet_limit && !stash.keys().next().is_some_and(|k| *k == e + 1) {
+                if quiet_run > quiet_limit && stash.keys().next().is_none_or(|k| *k != e + 1) {
                     // A long stretch without any log here: nothing changes any more (every customer is
                     // already reported silent at the highest severity). Skip ahead to the next data.
                     let jump = stash.keys().next().copied().unwrap_or(e + 1);
@@ -202,21 +200,36 @@ pub fn series_model<'scope>(
                 out_spans.activate().session(&cap_at(0)).give(span);
                 let mut anom = result.anomalies;
                 if !anom.is_empty() {
-                    out_anom.activate().session(&cap_at(1)).give_container(&mut anom);
+                    out_anom
+                        .activate()
+                        .session(&cap_at(1))
+                        .give_container(&mut anom);
                 }
                 let mut ev = result.evidence;
                 if !ev.is_empty() {
-                    out_ev.activate().session(&cap_at(2)).give_container(&mut ev);
+                    out_ev
+                        .activate()
+                        .session(&cap_at(2))
+                        .give_container(&mut ev);
                 }
-                out_counts.activate().session(&cap_at(3)).give(result.counts);
+                out_counts
+                    .activate()
+                    .session(&cap_at(3))
+                    .give(result.counts);
                 let mut dead = result.dead;
                 if !dead.is_empty() {
-                    out_dead.activate().session(&cap_at(4)).give_container(&mut dead);
+                    out_dead
+                        .activate()
+                        .session(&cap_at(4))
+                        .give_container(&mut dead);
                 }
                 let mut deltas = Vec::new();
                 acc.drain(&mut deltas);
                 if !deltas.is_empty() {
-                    out_cohort.activate().session(&cap_at(5)).give_container(&mut deltas);
+                    out_cohort
+                        .activate()
+                        .session(&cap_at(5))
+                        .give_container(&mut deltas);
                 }
                 next = Some(e + 1);
             }
@@ -383,7 +396,10 @@ impl EpochWorker {
                     .as_bytes(),
                     Rejection::new(
                         RejectCode::Duplicate,
-                        format!("a log of {} at ts {} was already processed", l.customer, l.ts),
+                        format!(
+                            "a log of {} at ts {} was already processed",
+                            l.customer, l.ts
+                        ),
                     ),
                 );
                 dl.epoch = Some(e);
@@ -397,7 +413,8 @@ impl EpochWorker {
                     new.set_slot(s, &self.slots[b * BLOCK_SLOTS + s]);
                 }
                 if new != self.old[b] {
-                    self.upds.push(((customer, b as u8), e, new.minus(&self.old[b])));
+                    self.upds
+                        .push(((customer, b as u8), e, new.minus(&self.old[b])));
                 }
             }
             if self.upds.len() >= 4096 {
@@ -418,7 +435,7 @@ impl EpochWorker {
             .map(|(k, d)| (k, e, d as isize))
             .collect();
         let mut evidence = out.evidence;
-        evidence.sort_by(|a, b| (a.customer, a.feature).cmp(&(b.customer, b.feature)));
+        evidence.sort_by_key(|e| (e.customer, e.feature));
         EpochResult {
             batch: builder.done().map(Rc::new),
             anomalies,

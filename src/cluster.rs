@@ -68,8 +68,13 @@ impl ClusterFile {
             return Err(invalid("list at least one process address".into()));
         }
         for (i, p) in c.processes.iter().enumerate() {
-            if p.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-                return Err(invalid(format!("process {i} address {p:?} is not host:port")));
+            if p.rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(format!(
+                    "process {i} address {p:?} is not host:port"
+                )));
             }
         }
         Ok(c)
@@ -125,7 +130,11 @@ impl ClusterFile {
 
 /// Starts `exe run <args> --cluster <file> --process i` for every local process, waits for all of them, and
 /// fails if any fails (stopping the others).
-pub fn launch(exe: &Path, cluster_path: &Path, run_args: &[String]) -> Result<Vec<usize>, ClusterError> {
+pub fn launch(
+    exe: &Path,
+    cluster_path: &Path,
+    run_args: &[String],
+) -> Result<Vec<usize>, ClusterError> {
     let cluster = ClusterFile::load(cluster_path)?;
     let local = cluster.local_processes();
     if local.is_empty() {
@@ -201,7 +210,11 @@ mod tests {
     fn parses_and_validates() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "workers = 2\nprocesses = [\"127.0.0.1:2101\", \"127.0.0.1:2102\"]\n").unwrap();
+        std::fs::write(
+            &p,
+            "workers = 2\nprocesses = [\"127.0.0.1:2101\", \"127.0.0.1:2102\"]\n",
+        )
+        .unwrap();
         let c = ClusterFile::load(&p).unwrap();
         assert_eq!(c.workers, 2);
         assert_eq!(c.local_processes(), vec![0, 1]);

@@ -123,7 +123,12 @@ pub fn eval(labels: &Path, alerts: &Path) -> Result<EvalReport, CommandError> {
             "the alerts file has no summary lines; pass a fleetwatch run output".into(),
         ));
     }
-    Ok(crate::eval::evaluate(&labels, &raised, epoch_len.max(1), series_epochs))
+    Ok(crate::eval::evaluate(
+        &labels,
+        &raised,
+        epoch_len.max(1),
+        series_epochs,
+    ))
 }
 
 /// What `demo` did.
@@ -135,7 +140,12 @@ pub struct DemoReport {
 }
 
 /// `fleetwatch demo`: generates a small fleet, runs the embedded spec on two workers, and evaluates.
-pub fn demo(dir: &Path, customers: usize, epochs: usize, workers: usize) -> Result<DemoReport, CommandError> {
+pub fn demo(
+    dir: &Path,
+    customers: usize,
+    epochs: usize,
+    workers: usize,
+) -> Result<DemoReport, CommandError> {
     let gen_cfg = GenerateConfig {
         customers,
         epochs,

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use differential_dataflow::AsCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
@@ -73,6 +73,8 @@ pub struct RunConfig {
 /// Totals of a run, as seen by the worker that wrote the output.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RunReport {
+    /// True in the process that wrote the output (the totals below are meaningful only there).
+    pub writer: bool,
     pub epochs: u64,
     pub records: u64,
     pub late: u64,
@@ -165,7 +167,12 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
     if let Some(e) = errors.lock().ok().and_then(|mut g| g.take()) {
         return Err(RunError::Worker(e));
     }
-    let mut r = report.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
+    let mut r = report
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+        .unwrap_or_default();
+    r.writer = process == 0;
     r.wall_seconds = started.elapsed().as_secs_f64();
     Ok(r)
 }
@@ -182,7 +189,7 @@ fn build<'scope>(
     started: Instant,
 ) {
     let (logs, src_dead, src_counts) = file_source(
-        scope.clone(),
+        scope,
         source,
         probe.clone(),
         cfg.read_budget,
@@ -237,15 +244,18 @@ fn file_source<'scope>(
     Stream<'scope, u64, Vec<DeadLetter>>,
     Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
 ) {
-    let mut builder = OperatorBuilder::new("FileSource".to_owned(), scope.clone());
+    let mut builder = OperatorBuilder::new("FileSource".to_owned(), scope);
     let info = builder.operator_info();
     let (out_logs, logs) = builder.new_output::<Vec<Log>>();
     let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
     let (out_counts, counts) = builder.new_output::<Vec<(Option<u64>, SourceCounts)>>();
     let mut out_logs = OutputBuilder::<_, CapacityContainerBuilder<Vec<Log>>>::from(out_logs);
-    let mut out_dead = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_dead);
-    let mut out_counts =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Option<u64>, SourceCounts)>>>::from(out_counts);
+    let mut out_dead =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_dead);
+    let mut out_counts = OutputBuilder::<
+        _,
+        CapacityContainerBuilder<Vec<(Option<u64>, SourceCounts)>>,
+    >::from(out_counts);
     let activator = scope.activator_for(Rc::clone(&info.address));
     builder.build(move |caps| {
         let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
@@ -287,7 +297,10 @@ fn file_source<'scope>(
             let now = *held[1].time();
             let mut by_time: BTreeMap<u64, Vec<DeadLetter>> = BTreeMap::new();
             for d in src.dead.drain(..) {
-                by_time.entry(d.epoch.unwrap_or(now).max(now)).or_default().push(d);
+                by_time
+                    .entry(d.epoch.unwrap_or(now).max(now))
+                    .or_default()
+                    .push(d);
             }
             for (t, mut v) in by_time {
                 out_dead
@@ -297,7 +310,10 @@ fn file_source<'scope>(
             }
             for (k, c) in std::mem::take(&mut src.counts) {
                 let t = k.unwrap_or(now).max(now);
-                out_counts.activate().session(&held[2].delayed(&t)).give((k, c));
+                out_counts
+                    .activate()
+                    .session(&held[2].delayed(&t))
+                    .give((k, c));
             }
             match src.frontier() {
                 None => caps = None,
@@ -411,8 +427,7 @@ impl SinkState {
     }
 
     fn emit_epoch(&mut self, e: u64, mut b: Bucket) {
-        b.evidence
-            .sort_by(|x, y| (x.customer, x.feature).cmp(&(y.customer, y.feature)));
+        b.evidence.sort_by_key(|e| (e.customer, e.feature));
         let changes = derive_changes(std::mem::take(&mut b.diffs), &b.evidence);
         let mut text = std::mem::take(&mut self.line);
         text.clear();
@@ -425,7 +440,8 @@ impl SinkState {
             self.format.change_line(e, c, &mut text);
         }
         let summary = EpochSummary {
-            records: b.source.records,
+            // Duplicates pass the source as well-formed records; the model refuses them.
+            records: b.source.records.saturating_sub(b.model.duplicates),
             late: b.source.late,
             dead_lettered: b.source.dead + b.model.duplicates,
             series_scored: b.model.series_scored,
@@ -503,7 +519,7 @@ impl SinkState {
 }
 
 fn sink<'scope>(
-    changes: Stream<'scope, u64, Vec<((CustomerId, OpenAnomaly), u64, isize)>>,
+    changes: Stream<'scope, u64, Vec<crate::arrangement::AnomalyDiff>>,
     evidence: Stream<'scope, u64, Vec<Evidence>>,
     counts: Stream<'scope, u64, Vec<ModelCounts>>,
     src_counts: Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,

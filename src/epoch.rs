@@ -132,7 +132,10 @@ mod tests {
         // watermark 1300 − 60 = 1240 → open epoch 4; a record of epoch 3 is late, folded into 4
         assert_eq!(p.admit(&c, 950), Admission::Late { epoch: 3, into: 4 });
         assert_eq!(p.watermark, Some(1300));
-        assert_eq!(p.admit(&c, 1300 + 3601), Admission::TooFarAhead { watermark: 1300 });
+        assert_eq!(
+            p.admit(&c, 1300 + 3601),
+            Admission::TooFarAhead { watermark: 1300 }
+        );
         let c = clock(LatePolicy::DeadLetter);
         let mut p = PartitionClock {
             watermark: Some(1300),

@@ -92,13 +92,11 @@ pub fn read_labels(path: &Path) -> Result<Vec<Label>, EvalError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line).map_err(|e| EvalError::Parse {
-                path: path.display().to_string(),
-                line: i + 1,
-                message: e.to_string(),
-            })?,
-        );
+        out.push(serde_json::from_str(&line).map_err(|e| EvalError::Parse {
+            path: path.display().to_string(),
+            line: i + 1,
+            message: e.to_string(),
+        })?);
     }
     Ok(out)
 }
@@ -181,7 +179,12 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Scores raised changes against labels.
-pub fn evaluate(labels: &[Label], raised: &[Raised], epoch_len: i64, series_epochs: u64) -> EvalReport {
+pub fn evaluate(
+    labels: &[Label],
+    raised: &[Raised],
+    epoch_len: i64,
+    series_epochs: u64,
+) -> EvalReport {
     let epoch_len = epoch_len.max(1);
     let window = |l: &Label| -> (u64, u64) {
         let s = l.start.div_euclid(epoch_len).max(0) as u64;
@@ -195,7 +198,10 @@ pub fn evaluate(labels: &[Label], raised: &[Raised], epoch_len: i64, series_epoc
     }
     let mut labels_by_customer: HashMap<&str, Vec<&Label>> = HashMap::new();
     for l in labels {
-        labels_by_customer.entry(l.customer.as_str()).or_default().push(l);
+        labels_by_customer
+            .entry(l.customer.as_str())
+            .or_default()
+            .push(l);
     }
     let mut report = EvalReport {
         labels: labels.len() as u64,
@@ -210,7 +216,9 @@ pub fn evaluate(labels: &[Label], raised: &[Raised], epoch_len: i64, series_epoc
             .get(l.customer.as_str())
             .into_iter()
             .flatten()
-            .filter(|r| (l.feature == "*" || r.feature == l.feature) && r.epoch >= s && r.epoch <= e)
+            .filter(|r| {
+                (l.feature == "*" || r.feature == l.feature) && r.epoch >= s && r.epoch <= e
+            })
             .map(|r| r.epoch)
             .min();
         let k = report.by_kind.entry(l.kind.clone()).or_default();

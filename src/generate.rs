@@ -103,26 +103,270 @@ struct FeatureModel {
 }
 
 const FEATURES: [FeatureModel; 20] = [
-    fm("rssi_dbm", Shape::Real { lo: -95.0, hi: -20.0, decimals: 1 }, (-62.0, 8.0), false, (1.6, 0.5), false, 1.2, false),
-    fm("snr_db", Shape::Real { lo: 0.0, hi: 70.0, decimals: 1 }, (30.0, 7.0), false, (1.4, 0.5), false, 1.0, false),
-    fm("noise_floor_dbm", Shape::Real { lo: -110.0, hi: -60.0, decimals: 1 }, (-92.0, 3.0), false, (0.8, 0.4), false, 0.8, false),
-    fm("phy_rate_tx_mbps", Shape::Real { lo: 1.0, hi: 4800.0, decimals: 1 }, (400.0, 0.5), true, (0.07, 0.5), true, 0.05, false),
-    fm("phy_rate_rx_mbps", Shape::Real { lo: 1.0, hi: 4800.0, decimals: 1 }, (450.0, 0.5), true, (0.07, 0.5), true, 0.05, false),
-    fm("throughput_down_mbps", Shape::Real { lo: 0.0, hi: 5000.0, decimals: 2 }, (40.0, 0.9), true, (0.22, 0.4), true, 0.6, true),
-    fm("throughput_up_mbps", Shape::Real { lo: 0.0, hi: 2000.0, decimals: 2 }, (6.0, 0.9), true, (0.25, 0.4), true, 0.5, true),
-    fm("retrans_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 2 }, (2.0, 0.6), true, (0.25, 0.4), true, 0.2, true),
-    fm("channel_util_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (35.0, 12.0), false, (3.5, 0.4), false, 8.0, true),
-    fm("interference_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (12.0, 0.5), true, (0.18, 0.4), true, 0.15, false),
-    fm("clients_2g", Shape::Count, (2.0, 0.6), true, (0.35, 0.3), true, 0.6, true),
-    fm("clients_5g", Shape::Count, (4.0, 0.6), true, (0.3, 0.3), true, 0.6, true),
-    fm("wan_latency_ms", Shape::Real { lo: 0.5, hi: 5000.0, decimals: 1 }, (18.0, 0.45), true, (0.12, 0.5), true, 0.2, true),
-    fm("wan_loss_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 3 }, (0.2, 0.8), true, (0.4, 0.4), true, 0.3, true),
-    fm("dns_fail_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 2 }, (0.5, 0.7), true, (0.35, 0.4), true, 0.2, true),
-    fm("cpu_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (20.0, 0.4), true, (0.15, 0.4), true, 0.4, true),
-    fm("mem_pct", Shape::Real { lo: 0.0, hi: 100.0, decimals: 1 }, (45.0, 10.0), false, (0.7, 0.4), false, 1.0, false),
-    fm("temp_c", Shape::Real { lo: 10.0, hi: 110.0, decimals: 1 }, (48.0, 5.0), false, (0.35, 0.4), false, 1.5, false),
-    fm("uptime_s", Shape::Uptime, (0.0, 0.0), false, (0.0, 0.0), false, 0.0, false),
-    fm("reboot_count", Shape::Reboots, (0.0, 0.0), false, (0.0, 0.0), false, 0.0, false),
+    fm(
+        "rssi_dbm",
+        Shape::Real {
+            lo: -95.0,
+            hi: -20.0,
+            decimals: 1,
+        },
+        (-62.0, 8.0),
+        false,
+        (1.6, 0.5),
+        false,
+        1.2,
+        false,
+    ),
+    fm(
+        "snr_db",
+        Shape::Real {
+            lo: 0.0,
+            hi: 70.0,
+            decimals: 1,
+        },
+        (30.0, 7.0),
+        false,
+        (1.4, 0.5),
+        false,
+        1.0,
+        false,
+    ),
+    fm(
+        "noise_floor_dbm",
+        Shape::Real {
+            lo: -110.0,
+            hi: -60.0,
+            decimals: 1,
+        },
+        (-92.0, 3.0),
+        false,
+        (0.8, 0.4),
+        false,
+        0.8,
+        false,
+    ),
+    fm(
+        "phy_rate_tx_mbps",
+        Shape::Real {
+            lo: 1.0,
+            hi: 4800.0,
+            decimals: 1,
+        },
+        (400.0, 0.5),
+        true,
+        (0.07, 0.5),
+        true,
+        0.05,
+        false,
+    ),
+    fm(
+        "phy_rate_rx_mbps",
+        Shape::Real {
+            lo: 1.0,
+            hi: 4800.0,
+            decimals: 1,
+        },
+        (450.0, 0.5),
+        true,
+        (0.07, 0.5),
+        true,
+        0.05,
+        false,
+    ),
+    fm(
+        "throughput_down_mbps",
+        Shape::Real {
+            lo: 0.0,
+            hi: 5000.0,
+            decimals: 2,
+        },
+        (40.0, 0.9),
+        true,
+        (0.22, 0.4),
+        true,
+        0.6,
+        true,
+    ),
+    fm(
+        "throughput_up_mbps",
+        Shape::Real {
+            lo: 0.0,
+            hi: 2000.0,
+            decimals: 2,
+        },
+        (6.0, 0.9),
+        true,
+        (0.25, 0.4),
+        true,
+        0.5,
+        true,
+    ),
+    fm(
+        "retrans_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 2,
+        },
+        (2.0, 0.6),
+        true,
+        (0.25, 0.4),
+        true,
+        0.2,
+        true,
+    ),
+    fm(
+        "channel_util_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 1,
+        },
+        (35.0, 12.0),
+        false,
+        (3.5, 0.4),
+        false,
+        8.0,
+        true,
+    ),
+    fm(
+        "interference_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 1,
+        },
+        (12.0, 0.5),
+        true,
+        (0.18, 0.4),
+        true,
+        0.15,
+        false,
+    ),
+    fm(
+        "clients_2g",
+        Shape::Count,
+        (2.0, 0.6),
+        true,
+        (0.35, 0.3),
+        true,
+        0.6,
+        true,
+    ),
+    fm(
+        "clients_5g",
+        Shape::Count,
+        (4.0, 0.6),
+        true,
+        (0.3, 0.3),
+        true,
+        0.6,
+        true,
+    ),
+    fm(
+        "wan_latency_ms",
+        Shape::Real {
+            lo: 0.5,
+            hi: 5000.0,
+            decimals: 1,
+        },
+        (18.0, 0.45),
+        true,
+        (0.12, 0.5),
+        true,
+        0.2,
+        true,
+    ),
+    fm(
+        "wan_loss_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 3,
+        },
+        (0.2, 0.8),
+        true,
+        (0.4, 0.4),
+        true,
+        0.3,
+        true,
+    ),
+    fm(
+        "dns_fail_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 2,
+        },
+        (0.5, 0.7),
+        true,
+        (0.35, 0.4),
+        true,
+        0.2,
+        true,
+    ),
+    fm(
+        "cpu_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 1,
+        },
+        (20.0, 0.4),
+        true,
+        (0.15, 0.4),
+        true,
+        0.4,
+        true,
+    ),
+    fm(
+        "mem_pct",
+        Shape::Real {
+            lo: 0.0,
+            hi: 100.0,
+            decimals: 1,
+        },
+        (45.0, 10.0),
+        false,
+        (0.7, 0.4),
+        false,
+        1.0,
+        false,
+    ),
+    fm(
+        "temp_c",
+        Shape::Real {
+            lo: 10.0,
+            hi: 110.0,
+            decimals: 1,
+        },
+        (48.0, 5.0),
+        false,
+        (0.35, 0.4),
+        false,
+        1.5,
+        false,
+    ),
+    fm(
+        "uptime_s",
+        Shape::Uptime,
+        (0.0, 0.0),
+        false,
+        (0.0, 0.0),
+        false,
+        0.0,
+        false,
+    ),
+    fm(
+        "reboot_count",
+        Shape::Reboots,
+        (0.0, 0.0),
+        false,
+        (0.0, 0.0),
+        false,
+        0.0,
+        false,
+    ),
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -273,7 +517,9 @@ fn draw_params(f: &FeatureModel, rng: &mut Rng) -> SeriesParams {
     // Noise shape by feature family: network quality metrics are the heavy-tailed ones (bursty loss,
     // latency spikes), radio metrics moderately so, device metrics nearly Gaussian.
     let weights: &[f64; 5] = match f.name {
-        "wan_latency_ms" | "wan_loss_pct" | "dns_fail_pct" | "retrans_pct" => &[0.3, 0.3, 0.25, 0.1, 0.05],
+        "wan_latency_ms" | "wan_loss_pct" | "dns_fail_pct" | "retrans_pct" => {
+            &[0.3, 0.3, 0.25, 0.1, 0.05]
+        }
         "throughput_down_mbps" | "throughput_up_mbps" | "interference_pct" | "channel_util_pct" => {
             &[0.05, 0.15, 0.3, 0.3, 0.2]
         }
@@ -334,7 +580,9 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         ][rng.weighted(&[0.3, 0.18, 0.12, 0.14, 0.13, 0.13])];
         // Stuck values are injected into real-valued features (integer counts repeat by nature).
         let candidates: Vec<usize> = (0..18)
-            .filter(|k| kind != InjectedKind::StuckValue || matches!(FEATURES[*k].shape, Shape::Real { .. }))
+            .filter(|k| {
+                kind != InjectedKind::StuckValue || matches!(FEATURES[*k].shape, Shape::Real { .. })
+            })
             .collect();
         let feature = candidates[rng.below(candidates.len() as u64) as usize];
         let (len, effect_len, magnitude) = match kind {
@@ -360,7 +608,11 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         };
         // The initial fleet has a clean history first; joiners may show anomalies from their third epoch.
         // Anomalies of one series must not overlap (their labels would be ambiguous).
-        let earliest = if join == 0 { cfg.history_epochs } else { join + 2 };
+        let earliest = if join == 0 {
+            cfg.history_epochs
+        } else {
+            join + 2
+        };
         if earliest + len + 2 >= cfg.epochs {
             continue;
         }
@@ -374,10 +626,19 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             _ => None,
         };
         if let Some((lo, hi)) = bounds
-            && matches!(kind, InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike)
+            && matches!(
+                kind,
+                InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike
+            )
         {
             let p = params[feature];
-            let reach = magnitude * p.noise * if kind == InjectedKind::Spike { extreme_excursion(p.df) } else { 1.0 };
+            let reach = magnitude
+                * p.noise
+                * if kind == InjectedKind::Spike {
+                    extreme_excursion(p.df)
+                } else {
+                    1.0
+                };
             let low = p.level - p.daily.abs() - reach;
             let high = p.level + p.daily.abs() + reach;
             if sign < 0.0 && low < lo {
@@ -464,13 +725,7 @@ fn push_fixed(s: &mut String, v: f64, decimals: u8) {
 }
 
 /// One log's values for one customer at epoch `e` (NaN = missing feature), or `None` when the log is missing.
-fn step(
-    c: &mut CustomerState,
-    e: usize,
-    ts: i64,
-    outage: bool,
-    out: &mut [f64; 20],
-) -> bool {
+fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 20]) -> bool {
     let rng = &mut c.rng;
     // Draw the log-level events first so the random stream does not depend on what follows.
     let missing_draw = rng.f64();
@@ -603,7 +858,9 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     let elements = cfg.customers.div_ceil(50).max(1);
     let regions = elements.div_ceil(20).max(1);
     let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         cfg.threads
     };
@@ -625,7 +882,10 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                 continue;
             }
             let s = first + orng.below((cfg.epochs - first - len) as u64) as usize;
-            if !outages.iter().any(|(e, os, ol)| *e == el && s < os + ol + 12 && *os < s + len + 12) {
+            if !outages
+                .iter()
+                .any(|(e, os, ol)| *e == el && s < os + ol + 12 && *os < s + len + 12)
+            {
                 outages.push((el, s, len));
             }
         }
@@ -639,7 +899,13 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                 Some(k) => FEATURES[k].name.to_string(),
                 None => "*".to_string(),
             };
-            labels.push((s, c.id.to_string(), name, a.kind.as_str(), s + a.len as i64 * epoch_len));
+            labels.push((
+                s,
+                c.id.to_string(),
+                name,
+                a.kind.as_str(),
+                s + a.len as i64 * epoch_len,
+            ));
         }
     }
     for (el, s, len) in &outages {
@@ -648,7 +914,13 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                 continue;
             }
             let st = start + *s as i64 * epoch_len;
-            labels.push((st, c.id.to_string(), "*".into(), "outage", st + *len as i64 * epoch_len));
+            labels.push((
+                st,
+                c.id.to_string(),
+                "*".into(),
+                "outage",
+                st + *len as i64 * epoch_len,
+            ));
         }
     }
     labels.sort();
@@ -783,7 +1055,14 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     Ok(report)
 }
 
-fn format_message(s: &mut String, partition: u32, offset: u64, id: &str, ts: i64, vals: &[f64; 20]) {
+fn format_message(
+    s: &mut String,
+    partition: u32,
+    offset: u64,
+    id: &str,
+    ts: i64,
+    vals: &[f64; 20],
+) {
     let _ = write!(
         s,
         "{{\"partition\":{partition},\"offset\":{offset},\"timestamp\":{},\"key\":\"{id}\",\"value\":{{\"customer_id\":\"{id}\",\"ts\":{ts}",

@@ -385,7 +385,10 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
-            v = match v.checked_mul(10).and_then(|v| v.checked_add((c - b'0') as u64)) {
+            v = match v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add((c - b'0') as u64))
+            {
                 Some(v) => v,
                 None => return self.err("integer too large"),
             };
@@ -489,9 +492,22 @@ mod tests {
     #[test]
     fn numbers_match_std() {
         for s in [
-            "0", "-0", "1", "-61.25", "3.14159", "1e3", "1E-3", "0.000123", "123456789012345678",
-            "1.7976931348623157e308", "5e-324", "12345678901234567890123", "0.1", "-2.5e+2",
-            "9007199254740993", "100.000000000000000000001",
+            "0",
+            "-0",
+            "1",
+            "-61.25",
+            "3.14159",
+            "1e3",
+            "1E-3",
+            "0.000123",
+            "123456789012345678",
+            "1.7976931348623157e308",
+            "5e-324",
+            "12345678901234567890123",
+            "0.1",
+            "-2.5e+2",
+            "9007199254740993",
+            "100.000000000000000000001",
         ] {
             let ours = num(s).unwrap();
             let std: f64 = s.parse().unwrap();

@@ -18,8 +18,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod arrangement;
+pub mod cluster;
+pub mod commands;
 pub mod dataflow;
 pub mod epoch;
+pub mod eval;
+pub mod generate;
 pub mod json;
 pub mod keys;
 pub mod model;
@@ -30,7 +34,3 @@ pub mod sources;
 pub mod spec;
 pub mod state;
 pub mod timefmt;
-pub mod cluster;
-pub mod commands;
-pub mod eval;
-pub mod generate;

@@ -183,6 +183,13 @@ fn main() -> Result<()> {
                 reproducible,
             };
             let report = commands::run(&opts).context("run failed")?;
+            if !report.writer {
+                eprintln!(
+                    "done in {:.2} s (process 0 writes the output)",
+                    report.wall_seconds
+                );
+                return Ok(());
+            }
             eprintln!(
                 "{} epochs, {} logs ({} late), {} dead-lettered, {} series scored, {} changes in {:.2} s",
                 report.epochs,
@@ -220,8 +227,11 @@ fn main() -> Result<()> {
             if let Some(s) = start {
                 cfg.start = match s.parse::<i64>() {
                     Ok(t) => t,
-                    Err(_) => fleetwatch::timefmt::parse_rfc3339(s.as_bytes())
-                        .with_context(|| format!("--start {s:?} is neither Unix seconds nor RFC 3339"))?,
+                    Err(_) => {
+                        fleetwatch::timefmt::parse_rfc3339(s.as_bytes()).with_context(|| {
+                            format!("--start {s:?} is neither Unix seconds nor RFC 3339")
+                        })?
+                    }
                 };
             }
             if partitions == 0 {

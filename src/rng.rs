@@ -112,7 +112,8 @@ impl Rng {
                 continue;
             }
             let u = self.f64();
-            if u < 1.0 - 0.0331 * x.powi(4) || u.max(1e-300).ln() < 0.5 * x * x + d * (1.0 - v + v.ln())
+            if u < 1.0 - 0.0331 * x.powi(4)
+                || u.max(1e-300).ln() < 0.5 * x * x + d * (1.0 - v + v.ln())
             {
                 return d * v;
             }

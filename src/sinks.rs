@@ -84,7 +84,10 @@ impl OutputFormat {
         if f == CUSTOMER_FEATURE {
             "*"
         } else {
-            self.features.get(f as usize).map(|s| s.as_str()).unwrap_or("?")
+            self.features
+                .get(f as usize)
+                .map(|s| s.as_str())
+                .unwrap_or("?")
         }
     }
 
@@ -118,7 +121,14 @@ impl OutputFormat {
             push_num(out, v.unwrap_or(f32::NAN));
         }
         out.push_str(",\"model\":");
-        push_str(out, if c.feature == CUSTOMER_FEATURE { "silence" } else { &self.model });
+        push_str(
+            out,
+            if c.feature == CUSTOMER_FEATURE {
+                "silence"
+            } else {
+                &self.model
+            },
+        );
         out.push_str("}\n");
     }
 
@@ -165,7 +175,8 @@ pub fn derive_changes(
         let (c, f) = (consolidated[i].0.0, consolidated[i].0.1.feature);
         let mut added = None;
         let mut removed = None;
-        while i < consolidated.len() && consolidated[i].0.0 == c && consolidated[i].0.1.feature == f {
+        while i < consolidated.len() && consolidated[i].0.0 == c && consolidated[i].0.1.feature == f
+        {
             let (k, d) = &consolidated[i];
             if *d > 0 {
                 added = Some(k.1);
@@ -207,7 +218,10 @@ pub fn dead_letter_line(d: &DeadLetter, inputs: &[String], out: &mut String) {
     out.push_str(",\"input\":");
     push_str(
         out,
-        inputs.get(d.input as usize).map(|s| s.as_str()).unwrap_or("?"),
+        inputs
+            .get(d.input as usize)
+            .map(|s| s.as_str())
+            .unwrap_or("?"),
     );
     let _ = write!(out, ",\"line\":{}", d.line);
     out.push_str(",\"partition\":");
@@ -289,7 +303,8 @@ mod tests {
             ((id("d"), oa(2, Severity::Warning)), -1),
         ];
         let ch = derive_changes(diffs, &[]);
-        let got: Vec<(&str, Transition)> = ch.iter().map(|c| (c.customer.as_str(), c.status)).collect();
+        let got: Vec<(&str, Transition)> =
+            ch.iter().map(|c| (c.customer.as_str(), c.status)).collect();
         assert_eq!(
             got,
             vec![
@@ -334,7 +349,12 @@ mod tests {
         assert!(s.contains("\"observed\":null"));
         assert!(!s.contains("wall_seconds"));
         let mut d = String::new();
-        let mut dl = DeadLetter::new(0, 3, b"{\"bad\x01", crate::record::Rejection::new(crate::record::RejectCode::Malformed, "x"));
+        let mut dl = DeadLetter::new(
+            0,
+            3,
+            b"{\"bad\x01",
+            crate::record::Rejection::new(crate::record::RejectCode::Malformed, "x"),
+        );
         dl.epoch = Some(1);
         dead_letter_line(&dl, &["in.jsonl".into()], &mut d);
         let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();

@@ -277,11 +277,10 @@ impl Spec {
             path: origin.to_string(),
             source: Box::new(source),
         })?;
-        spec.validate()
-            .map_err(|message| SpecError::Invalid {
-                path: origin.to_string(),
-                message,
-            })?;
+        spec.validate().map_err(|message| SpecError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
         Ok(spec)
     }
 
@@ -383,12 +382,24 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
         let bad = "name='x'\n[epoch]\nlenght_seconds=300\n[[features]]\nname='a'\n";
-        assert!(matches!(Spec::parse(bad, "t"), Err(SpecError::Parse { .. })));
+        assert!(matches!(
+            Spec::parse(bad, "t"),
+            Err(SpecError::Parse { .. })
+        ));
         let dup = "name='x'\n[[features]]\nname='a'\n[[features]]\nname='a'\n";
-        assert!(matches!(Spec::parse(dup, "t"), Err(SpecError::Invalid { .. })));
+        assert!(matches!(
+            Spec::parse(dup, "t"),
+            Err(SpecError::Invalid { .. })
+        ));
         let none = "name='x'\nfeatures=[]\n";
-        assert!(matches!(Spec::parse(none, "t"), Err(SpecError::Invalid { .. })));
+        assert!(matches!(
+            Spec::parse(none, "t"),
+            Err(SpecError::Invalid { .. })
+        ));
         let reboot = "name='x'\n[alerting]\nreboot_feature='a'\n[[features]]\nname='a'\n";
-        assert!(matches!(Spec::parse(reboot, "t"), Err(SpecError::Invalid { .. })));
+        assert!(matches!(
+            Spec::parse(reboot, "t"),
+            Err(SpecError::Invalid { .. })
+        ));
     }
 }

@@ -130,8 +130,14 @@ mod tests {
     fn known_instants() {
         assert_eq!(parse_rfc3339(b"1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339(b"2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(parse_rfc3339(b"2023-11-14T23:13:20+01:00"), Some(1_700_000_000));
-        assert_eq!(parse_rfc3339(b"2023-11-14T22:13:20.999Z"), Some(1_700_000_000));
+        assert_eq!(
+            parse_rfc3339(b"2023-11-14T23:13:20+01:00"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2023-11-14T22:13:20.999Z"),
+            Some(1_700_000_000)
+        );
         assert_eq!(parse_rfc3339(b"2024-02-29T00:00:00Z"), Some(1_709_164_800));
         assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }

@@ -114,7 +114,13 @@ impl AlertParams {
     /// detector's alarm point raised with how heavy the series' tail is (`(t / T_gauss)^e`, in [1, 2], e =
     /// `sustained_tail_exponent`: sustained statistics average capped inputs, so tails matter less to them;
     /// stuck values are not a matter of tails).
-    pub fn score(&self, surprise: f32, sustained: f32, kind: AnomalyKind, t: f32) -> (f32, AnomalyKind) {
+    pub fn score(
+        &self,
+        surprise: f32,
+        sustained: f32,
+        kind: AnomalyKind,
+        t: f32,
+    ) -> (f32, AnomalyKind) {
         let point = surprise / t;
         let tail = (t / self.threshold(0.0, 0.0))
             .powf(self.sustained_tail_exponent)
@@ -226,10 +232,18 @@ mod tests {
         let p = params();
         // uncalibrated (Gaussian quantiles): r = 2.24/1.15 = 1.94783 → c = 1.10,
         // T = 1.15·2.24·1.94783^1.10 = 5.3635
-        assert!((p.threshold(0.0, 0.0) - 5.3635).abs() < 2e-3, "{}", p.threshold(0.0, 0.0));
+        assert!(
+            (p.threshold(0.0, 0.0) - 5.3635).abs() < 2e-3,
+            "{}",
+            p.threshold(0.0, 0.0)
+        );
         // t(3)-like series (q_hi 3.7, q_lo 1.26): r = 2.93651 (just past the last knot) → c = 2.85,
         // T = 1.15·3.7·2.93651^2.85 = 91.67
-        assert!((p.threshold(3.7, 1.26) - 91.67).abs() < 0.3, "{}", p.threshold(3.7, 1.26));
+        assert!(
+            (p.threshold(3.7, 1.26) - 91.67).abs() < 0.3,
+            "{}",
+            p.threshold(3.7, 1.26)
+        );
         // never below the floor
         assert!((p.threshold(1.0, 0.99) - 4.0).abs() < 1e-6);
         assert!((tail_exponent(2.2) - (1.645 + 0.395 * (0.043 / 0.174))).abs() < 1e-4);

@@ -103,7 +103,12 @@ impl CohortAccumulator {
     }
 
     /// Replaces a series' old summary by its new one (no-op when they fall in the same bins).
-    pub fn replace(&mut self, feature: usize, old: Option<&SeriesSummary>, new: Option<&SeriesSummary>) {
+    pub fn replace(
+        &mut self,
+        feature: usize,
+        old: Option<&SeriesSummary>,
+        new: Option<&SeriesSummary>,
+    ) {
         if let Some(o) = old {
             self.contribute(feature, o, -1);
         }
@@ -217,7 +222,11 @@ mod tests {
     fn order_independent_and_retractable() {
         let mut a = CohortAccumulator::new(2);
         let mut b = CohortAccumulator::new(2);
-        let xs = [summary(-60.0, 2.0), summary(-70.0, 3.0), summary(-65.0, 2.5)];
+        let xs = [
+            summary(-60.0, 2.0),
+            summary(-70.0, 3.0),
+            summary(-65.0, 2.5),
+        ];
         for s in &xs {
             a.contribute(1, s, 1);
         }
@@ -236,7 +245,11 @@ mod tests {
         assert_eq!(p.count, 3);
         assert!((p.level - -65.0).abs() < 6.0, "median level {}", p.level);
         // relative scales 2/60, 3/70, 2.5/65 → median 0.0385
-        assert!((p.scale - 0.0385).abs() < 0.004, "median relative scale {}", p.scale);
+        assert!(
+            (p.scale - 0.0385).abs() < 0.004,
+            "median relative scale {}",
+            p.scale
+        );
         assert!((p.season[0] - 2.0).abs() < 1e-3);
         assert_eq!(stats.prior(0), FeaturePrior::NONE);
         // retract everything: back to no prior

@@ -238,7 +238,8 @@ pub fn step_customer(
                     && series.seen >= cfg.calibrate_after
                 {
                     (series.q_hi, series.q_lo) =
-                        cfg.alert.update_quantiles(series.q_hi, series.q_lo, a.surprise);
+                        cfg.alert
+                            .update_quantiles(series.q_hi, series.q_lo, a.surprise);
                 } else if series.q_hi == 0.0 {
                     (series.q_hi, series.q_lo) = (alert::Q0_HI, alert::Q0_LO);
                 }
@@ -357,7 +358,16 @@ pub fn step_customer(
                 lower: 0.0,
                 upper: cfg.silence_epochs as f32,
             };
-            emit(out, customer, CUSTOMER_FEATURE, before, after, t, Some(ev), score);
+            emit(
+                out,
+                customer,
+                CUSTOMER_FEATURE,
+                before,
+                after,
+                t,
+                Some(ev),
+                score,
+            );
         }
     }
     slots[f_count] = meta.encode();
@@ -483,13 +493,23 @@ mod tests {
                 epoch: e,
             };
             let mut out = StepOut::default();
-            step_customer(&ctx, self.c, &mut self.slots, logs, &mut self.cohort, &mut out);
+            step_customer(
+                &ctx,
+                self.c,
+                &mut self.slots,
+                logs,
+                &mut self.cohort,
+                &mut out,
+            );
             out
         }
     }
 
     fn statuses(out: &StepOut) -> Vec<(u16, i64)> {
-        out.changes.iter().map(|((_, a), d)| (a.feature, *d)).collect()
+        out.changes
+            .iter()
+            .map(|((_, a), d)| (a.feature, *d))
+            .collect()
     }
 
     #[test]
@@ -501,7 +521,12 @@ mod tests {
         // No cohort prior: a day of history before the series may raise (burn-in), then quiet noise.
         for e in 0..400u64 {
             up += 300.0;
-            let l = log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up);
+            let l = log(
+                h.c,
+                base + e as i64 * 300,
+                10.0 + rng.normal() as f32 * 0.5,
+                up,
+            );
             let out = h.epoch(e, &[l]);
             assert!(out.changes.is_empty(), "epoch {e}: {:?}", out.changes);
             assert!(e < 1 || out.series_scored >= 1);
@@ -514,7 +539,15 @@ mod tests {
         let mut cleared = false;
         for e in 401..410u64 {
             up += 300.0;
-            let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up)]);
+            let out = h.epoch(
+                e,
+                &[log(
+                    h.c,
+                    base + e as i64 * 300,
+                    10.0 + rng.normal() as f32 * 0.5,
+                    up,
+                )],
+            );
             if statuses(&out) == vec![(0, -1)] {
                 cleared = true;
                 assert!(e >= 403, "clears only after clear_epochs quiet epochs");
@@ -527,12 +560,20 @@ mod tests {
     #[test]
     fn duplicates_silence_and_reboot_grace() {
         let mut h = Harness::new();
-        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
         let mut rng = crate::rng::Rng::new(1, 2);
         let mut up = 5000.0;
         for e in 0..50u64 {
             up += 300.0;
-            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32 * 0.5, up)]);
+            h.epoch(
+                e,
+                &[log(
+                    h.c,
+                    base + e as i64 * 300,
+                    10.0 + rng.normal() as f32 * 0.5,
+                    up,
+                )],
+            );
         }
         // duplicate: same ts twice in one epoch, and a replay of the last ts
         let l = log(h.c, base + 50 * 300, 10.0, up + 300.0);
@@ -552,7 +593,11 @@ mod tests {
         assert!(statuses(&out).contains(&(CUSTOMER_FEATURE, -1)));
         // reboot: uptime drops; a spike in the same epoch may not raise (grace)
         let out = h.epoch(55, &[log(h.c, base + 55 * 300, 40.0, 100.0)]);
-        assert!(out.changes.iter().all(|((_, a), _)| a.feature != 0), "{:?}", out.changes);
+        assert!(
+            out.changes.iter().all(|((_, a), _)| a.feature != 0),
+            "{:?}",
+            out.changes
+        );
         let meta = CustomerMeta::decode(&h.slots[2]);
         assert_eq!(meta.reboot, 56);
     }
@@ -560,18 +605,30 @@ mod tests {
     #[test]
     fn dropout_raises_when_a_warm_feature_stops() {
         let mut h = Harness::new();
-        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
         let mut rng = crate::rng::Rng::new(1, 3);
         let mut up = 5000.0;
         for e in 0..300u64 {
             up += 300.0;
-            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0 + rng.normal() as f32, up)]);
+            h.epoch(
+                e,
+                &[log(
+                    h.c,
+                    base + e as i64 * 300,
+                    10.0 + rng.normal() as f32,
+                    up,
+                )],
+            );
         }
         let mut raised_at = None;
         for e in 300..310u64 {
             up += 300.0;
             let out = h.epoch(e, &[log(h.c, base + e as i64 * 300, f32::NAN, up)]);
-            if out.changes.iter().any(|((_, a), d)| *d == 1 && a.kind == AnomalyKind::Dropout) {
+            if out
+                .changes
+                .iter()
+                .any(|((_, a), d)| *d == 1 && a.kind == AnomalyKind::Dropout)
+            {
                 raised_at = Some(e);
                 break;
             }
@@ -582,7 +639,7 @@ mod tests {
     #[test]
     fn cohort_contributions_appear_once_mature() {
         let mut h = Harness::new();
-        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
         let mut up = 0.0;
         let mut stats = CohortStats::new(2);
         for e in 0..300u64 {

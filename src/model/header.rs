@@ -17,7 +17,9 @@ use crate::state::{SLOT_BYTES, Slot, SlotView};
 pub const HEADER_BYTES: usize = 10;
 
 /// Alert severity of an open alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Warning,
@@ -186,7 +188,10 @@ mod tests {
     fn alert_byte() {
         for k in AnomalyKind::ALL {
             for s in [Severity::Warning, Severity::Critical] {
-                let a = Some(OpenAlert { severity: s, kind: k });
+                let a = Some(OpenAlert {
+                    severity: s,
+                    kind: k,
+                });
                 assert_eq!(decode_alert(encode_alert(a)), a);
             }
         }

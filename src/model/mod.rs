@@ -200,13 +200,21 @@ pub trait Detector: Send + Sync {
 
     /// Scores `obs` against what the state predicts, then learns from it. A fresh (all-zero) state must be
     /// initialised from `prior` on the first observation.
-    fn observe(&self, state: &mut DetectorState, obs: &Observation, prior: &FeaturePrior)
-    -> Assessment;
+    fn observe(
+        &self,
+        state: &mut DetectorState,
+        obs: &Observation,
+        prior: &FeaturePrior,
+    ) -> Assessment;
 
     /// The prediction and noise scale σ at a time, without learning (for a dropout's evidence).
     fn predict(&self, state: &DetectorState, ts: i64, transform: Transform) -> (f32, f32);
 
     /// What this series tells its cohort, once it has seen `seen` observations; `None` while cold.
-    fn summary(&self, state: &DetectorState, seen: u8, transform: Transform)
-    -> Option<SeriesSummary>;
+    fn summary(
+        &self,
+        state: &DetectorState,
+        seen: u8,
+        transform: Transform,
+    ) -> Option<SeriesSummary>;
 }

@@ -38,7 +38,9 @@ impl DetectorParams {
             }
         };
         if !(lo..=hi).contains(&v) {
-            return Err(format!("detector parameter {key} = {v} is outside [{lo}, {hi}]"));
+            return Err(format!(
+                "detector parameter {key} = {v} is outside [{lo}, {hi}]"
+            ));
         }
         Ok(v)
     }
@@ -118,7 +120,12 @@ mod tests {
         assert!(r.build("nope", &toml::Table::new()).is_err());
         let mut t = toml::Table::new();
         t.insert("alpah".into(), toml::Value::Float(0.1));
-        assert!(r.build("seasonal-robust", &t).err().unwrap().contains("alpah"));
+        assert!(
+            r.build("seasonal-robust", &t)
+                .err()
+                .unwrap()
+                .contains("alpah")
+        );
         let mut t = toml::Table::new();
         t.insert("alpha".into(), toml::Value::Float(7.0));
         assert!(r.build("seasonal-robust", &t).is_err());

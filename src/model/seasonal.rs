@@ -143,7 +143,11 @@ fn wr_f16_dithered(b: &mut [u8], at: usize, v: f32, u: f32) {
             half::f16::from_bits(bits - 1)
         };
         let ov = other.to_f32();
-        let (lo, hi, lo_h, hi_h) = if nv < ov { (nv, ov, near, other) } else { (ov, nv, other, near) };
+        let (lo, hi, lo_h, hi_h) = if nv < ov {
+            (nv, ov, near, other)
+        } else {
+            (ov, nv, other, near)
+        };
         if !(lo <= v && v <= hi) || hi == lo {
             near
         } else if u < (v - lo) / (hi - lo) {
@@ -233,7 +237,9 @@ impl St {
     /// The residual autocorrelation implied by the sign statistic, clamped to [0, 0.6] (beyond that a
     /// "memory" is a level the model should be tracking instead).
     fn ar(&self) -> f32 {
-        (std::f32::consts::FRAC_PI_2 * self.rho).sin().clamp(0.0, 0.6)
+        (std::f32::consts::FRAC_PI_2 * self.rho)
+            .sin()
+            .clamp(0.0, 0.6)
     }
 }
 
@@ -385,7 +391,15 @@ impl Detector for SeasonalRobust {
         st.c_hi = (st.c_hi + z.min(4.0) - self.cusum_k).clamp(0.0, 31.0);
         st.c_lo = (st.c_lo - z.max(-4.0) - self.cusum_k).clamp(0.0, 31.0);
         st.vol += self.vol_gain * (z.abs().min(4.0) - st.vol);
-        let sign = |v: f32| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
+        let sign = |v: f32| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        };
         // The memory is learned from ordinary stretches only: a shift or a drift in progress is
         // persistent by nature and must not be mistaken for (and then explained away as) noise memory.
         if st.c_hi.max(st.c_lo) < 0.5 * self.cusum_h {
@@ -469,9 +483,7 @@ impl Detector for SeasonalRobust {
     fn predict(&self, state: &DetectorState, ts: i64, transform: Transform) -> (f32, f32) {
         let st = St::decode(state, transform);
         let p = match transform {
-            Transform::Level => {
-                st.level + st.trend + st.seasonal(&Observation::daily_phase(ts))
-            }
+            Transform::Level => st.level + st.trend + st.seasonal(&Observation::daily_phase(ts)),
             Transform::Rate => st.level,
         };
         (p, (MAD_TO_SIGMA * st.mad).max(sigma_floor(p, 0.0)))
@@ -574,7 +586,11 @@ mod tests {
         let before = St::decode(&s, Transform::Level);
         let a = d.observe(&mut s, &obs(1000.0, 2000 * 300, 255), &prior);
         let after = St::decode(&s, Transform::Level);
-        assert!(a.surprise > 50.0, "huge spike is surprising: {}", a.surprise);
+        assert!(
+            a.surprise > 50.0,
+            "huge spike is surprising: {}",
+            a.surprise
+        );
         // L moves by at most α·σ·c = 0.04·σ·2.5
         let bound = 0.04 * a.sigma * 2.5 + 1e-4;
         assert!((after.level - before.level).abs() <= bound);
@@ -591,14 +607,22 @@ mod tests {
         let mut t = 0;
         for i in 0..300u32 {
             t = i as i64 * 300;
-            d.observe(&mut s, &obs(50.0 + rng.normal() as f32, t, i.min(255) as u8), &prior);
+            d.observe(
+                &mut s,
+                &obs(50.0 + rng.normal() as f32, t, i.min(255) as u8),
+                &prior,
+            );
         }
         // 3σ shift: the point-wise surprise alone stays small, the CUSUM reaches its alarm point (sustained
         // ≥ 1) within a few steps.
         let mut first_alarm = None;
         let mut last = (0.0, 0.0);
         for j in 1..60 {
-            let a = d.observe(&mut s, &obs(53.0 + rng.normal() as f32, t + j * 300, 255), &prior);
+            let a = d.observe(
+                &mut s,
+                &obs(53.0 + rng.normal() as f32, t + j * 300, 255),
+                &prior,
+            );
             if first_alarm.is_none() && a.sustained >= 1.0 && a.kind == AnomalyKind::LevelShift {
                 first_alarm = Some(j);
             }
@@ -606,7 +630,10 @@ mod tests {
         }
         let j = first_alarm.expect("shift detected");
         assert!(j <= 6, "detected after {j} steps");
-        assert!(last.0 < 4.0 && last.1 < 0.6, "model adapted to the new level (last {last:?})");
+        assert!(
+            last.0 < 4.0 && last.1 < 0.6,
+            "model adapted to the new level (last {last:?})"
+        );
     }
 
     #[test]
@@ -616,7 +643,11 @@ mod tests {
         let prior = FeaturePrior::NONE;
         let mut rng = crate::rng::Rng::new(3, 1);
         for i in 0..300u32 {
-            d.observe(&mut s, &obs(20.0 + rng.normal() as f32, i as i64 * 300, i.min(255) as u8), &prior);
+            d.observe(
+                &mut s,
+                &obs(20.0 + rng.normal() as f32, i as i64 * 300, i.min(255) as u8),
+                &prior,
+            );
         }
         let mut got = None;
         for j in 0..12 {
@@ -668,12 +699,19 @@ mod tests {
             wr_f16_dithered(&mut b, 0, v, (i as f32 + 0.5) / n as f32);
             sum += rd_f16(&b, 0) as f64;
         }
-        assert!(((sum / n as f64) - v as f64).abs() < 1e-5, "{}", sum / n as f64);
+        assert!(
+            ((sum / n as f64) - v as f64).abs() < 1e-5,
+            "{}",
+            sum / n as f64
+        );
         for v in [-3.3f32, 0.0, 1e-6, -1e-6, 65_000.0] {
             let mut b = [0u8; 2];
             wr_f16_dithered(&mut b, 0, v, 0.7);
             let back = rd_f16(&b, 0);
-            assert!((back - v).abs() <= (v.abs() * 1e-3).max(1e-7), "{v} -> {back}");
+            assert!(
+                (back - v).abs() <= (v.abs() * 1e-3).max(1e-7),
+                "{v} -> {back}"
+            );
         }
     }
 
@@ -694,6 +732,9 @@ mod tests {
             psi_prev: -1.5,
             rho: 63.0 / 127.0,
         };
-        assert_eq!(St::decode(&st.encode(Transform::Level), Transform::Level), st);
+        assert_eq!(
+            St::decode(&st.encode(Transform::Level), Transform::Level),
+            st
+        );
     }
 }

@@ -351,7 +351,11 @@ impl FileSource {
                 min = Some(min.map_or(e, |m: u64| m.min(e)));
             }
         }
-        if self.finished { None } else { Some(min.unwrap_or(u64::MAX)) }
+        if self.finished {
+            None
+        } else {
+            Some(min.unwrap_or(u64::MAX))
+        }
     }
 
     /// True once all inputs are read.
@@ -465,9 +469,14 @@ impl FileSource {
                         partition: env.partition,
                         offset: env.offset,
                     };
-                    self.admit(log, (input, env.partition), input, line_no, Some(env.offset), || {
-                        line.to_vec()
-                    });
+                    self.admit(
+                        log,
+                        (input, env.partition),
+                        input,
+                        line_no,
+                        Some(env.offset),
+                        || line.to_vec(),
+                    );
                 }
                 Err(rej) => {
                     let mut dl = DeadLetter::new(input, line_no, line, rej);
@@ -538,7 +547,10 @@ impl FileSource {
                 }
                 Err(rej) => {
                     let raw = join_csv(&record);
-                    self.push_dead(DeadLetter::new(input, line_no, raw.as_bytes(), rej), (input, 0));
+                    self.push_dead(
+                        DeadLetter::new(input, line_no, raw.as_bytes(), rej),
+                        (input, 0),
+                    );
                 }
             }
         }
@@ -659,10 +671,12 @@ fn open_csv(
             message: format!("cannot read the CSV header: {e}"),
         })?
         .clone();
-    let columns = parser.csv_columns(&header).map_err(|message| SourceError::Csv {
-        path: path.display().to_string(),
-        message,
-    })?;
+    let columns = parser
+        .csv_columns(&header)
+        .map_err(|message| SourceError::Csv {
+            path: path.display().to_string(),
+            message,
+        })?;
     Ok((reader, columns))
 }
 
@@ -810,8 +824,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
         let mut f = File::create(&path).unwrap();
-        writeln!(f, "{}", serde_json::to_string(&RecordedHeader::new("t", 2)).unwrap()).unwrap();
-        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&RecordedHeader::new("t", 2)).unwrap()
+        )
+        .unwrap();
+        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
         writeln!(f, "{}", line(0, 0, "cust-1", base, 1.0)).unwrap();
         writeln!(f, "{}", line(1, 0, "cust-2", base + 10, 1.0)).unwrap();
         writeln!(f, "{}", line(0, 1, "cust-1", base + 600, 1.0)).unwrap();
@@ -838,7 +857,11 @@ mod tests {
             assert_eq!(dead.len(), 1);
             assert_eq!(dead[0].line, 5);
             assert_eq!(dead[0].code, RejectCode::Malformed);
-            assert_eq!(dead[0].epoch, Some(e0 + 2), "attributed to partition 0's open epoch");
+            assert_eq!(
+                dead[0].epoch,
+                Some(e0 + 2),
+                "attributed to partition 0's open epoch"
+            );
         }
     }
 
@@ -847,7 +870,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
         let mut f = File::create(&path).unwrap();
-        let base = 1_700_000_100 - 1_700_000_100 % 300;
+        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
         for i in 0..10 {
             writeln!(f, "{}", line(0, i, "cust-1", base + 300 * i as i64, 1.0)).unwrap();
         }

@@ -162,12 +162,18 @@ impl LogParser {
                 match field {
                     EnvField::Partition => {
                         if partition.is_some() {
-                            return reject(RejectCode::Malformed, "field 'partition' appears twice");
+                            return reject(
+                                RejectCode::Malformed,
+                                "field 'partition' appears twice",
+                            );
                         }
                         match sc.unsigned() {
                             Ok(p) if p <= u32::MAX as u64 => partition = Some(p as u32),
                             Ok(_) => {
-                                return reject(RejectCode::WrongType, "partition does not fit 32 bits");
+                                return reject(
+                                    RejectCode::WrongType,
+                                    "partition does not fit 32 bits",
+                                );
                             }
                             Err(_) => {
                                 return reject(
@@ -286,20 +292,23 @@ impl LogParser {
         match kind {
             Kind::Object => {}
             Kind::Null => {
-                return reject(RejectCode::MissingField, "message value is null (tombstone)");
+                return reject(
+                    RejectCode::MissingField,
+                    "message value is null (tombstone)",
+                );
             }
             k => {
                 return reject(
                     RejectCode::WrongType,
-                    format!("message value must be a JSON object (the log), got {}", k.name()),
+                    format!(
+                        "message value must be a JSON object (the log), got {}",
+                        k.name()
+                    ),
                 );
             }
         }
         self.parse_log_object(&line[vs..ve], out)?;
-        out.pos = SourcePos {
-            partition,
-            offset,
-        };
+        out.pos = SourcePos { partition, offset };
         // The message key, when present, must name the same customer as the log.
         if let Some((ks, ke)) = key {
             let key_bytes: &[u8] = if key_decoded {
@@ -362,7 +371,10 @@ impl LogParser {
                 match field {
                     LogField::Customer => {
                         if seen & (1 << 62) != 0 {
-                            return reject(RejectCode::Malformed, "field 'customer_id' appears twice");
+                            return reject(
+                                RejectCode::Malformed,
+                                "field 'customer_id' appears twice",
+                            );
                         }
                         seen |= 1 << 62;
                         if sc.kind() != Kind::String {
@@ -447,7 +459,10 @@ impl LogParser {
             Kind::Number => match sc.number() {
                 Ok(v) => {
                     if !(-1.0e15..1.0e15).contains(&v) {
-                        return reject(RejectCode::AbsurdTimestamp, format!("timestamp {v} is absurd"));
+                        return reject(
+                            RejectCode::AbsurdTimestamp,
+                            format!("timestamp {v} is absurd"),
+                        );
                     }
                     self.check_ts(v.floor() as i64)
                 }
@@ -543,11 +558,19 @@ impl LogParser {
         let ts_text = trim(fields.get(1).unwrap_or_default());
         out.ts = if ts_text.is_empty() {
             return reject(RejectCode::MissingField, "ts is empty");
-        } else if ts_text.iter().all(|c| c.is_ascii_digit() || *c == b'-' || *c == b'.') {
+        } else if ts_text
+            .iter()
+            .all(|c| c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        {
             let mut sc = Scanner::new(ts_text);
             match sc.number().and_then(|v| sc.end().map(|_| v)) {
                 Ok(v) if (-1.0e15..1.0e15).contains(&v) => self.check_ts(v.floor() as i64)?,
-                Ok(v) => return reject(RejectCode::AbsurdTimestamp, format!("timestamp {v} is absurd")),
+                Ok(v) => {
+                    return reject(
+                        RejectCode::AbsurdTimestamp,
+                        format!("timestamp {v} is absurd"),
+                    );
+                }
                 Err(_) => return reject(RejectCode::WrongType, "ts is not a number"),
             }
         } else {
@@ -661,7 +684,10 @@ impl LogParser {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let e = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -715,7 +741,8 @@ mod tests {
     fn parse(line: &str) -> Result<(Envelope, Log), Rejection> {
         let mut p = LogParser::new(&spec());
         let mut log = Log::empty(CustomerId::parse(b"x", b"").unwrap());
-        p.parse_recorded(line.as_bytes(), &mut log).map(|e| (e, log))
+        p.parse_recorded(line.as_bytes(), &mut log)
+            .map(|e| (e, log))
     }
 
     #[test]
@@ -730,7 +757,13 @@ mod tests {
         assert_eq!(log.ts, 1_700_000_000);
         assert_eq!(log.values[0], -61.5);
         assert!(log.values[1].is_nan());
-        assert_eq!(log.pos, SourcePos { partition: 3, offset: 17 });
+        assert_eq!(
+            log.pos,
+            SourcePos {
+                partition: 3,
+                offset: 17
+            }
+        );
     }
 
     #[test]
@@ -746,19 +779,58 @@ mod tests {
     #[test]
     fn rejection_codes() {
         let cases = [
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1"#, RejectCode::Malformed),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":"x"}}"#, RejectCode::WrongType),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":NaN}}"#, RejectCode::NonFinite),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1e39}}"#, RejectCode::NonFinite),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":99,"a":1}}"#, RejectCode::AbsurdTimestamp),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"user-1","ts":1700000000,"a":1}}"#, RejectCode::BadCustomerId),
-            (r#"{"partition":0,"offset":1,"key":"cust-2","value":{"customer_id":"cust-1","ts":1700000000}}"#, RejectCode::KeyMismatch),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"zz":1}}"#, RejectCode::UnknownFeature),
-            (r#"{"partition":0,"offset":1,"value":{"ts":1700000000,"a":1}}"#, RejectCode::MissingField),
-            (r#"{"partition":0,"value":{"customer_id":"cust-1","ts":1700000000}}"#, RejectCode::MissingField),
-            (r#"{"partition":0,"offset":1,"value":"not json"}"#, RejectCode::WrongType),
-            (r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1,"a":2}}"#, RejectCode::Malformed),
-            (r#"{"partition":-1,"offset":1,"value":{}}"#, RejectCode::WrongType),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1"#,
+                RejectCode::Malformed,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":"x"}}"#,
+                RejectCode::WrongType,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":NaN}}"#,
+                RejectCode::NonFinite,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1e39}}"#,
+                RejectCode::NonFinite,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":99,"a":1}}"#,
+                RejectCode::AbsurdTimestamp,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"user-1","ts":1700000000,"a":1}}"#,
+                RejectCode::BadCustomerId,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"key":"cust-2","value":{"customer_id":"cust-1","ts":1700000000}}"#,
+                RejectCode::KeyMismatch,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"zz":1}}"#,
+                RejectCode::UnknownFeature,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"ts":1700000000,"a":1}}"#,
+                RejectCode::MissingField,
+            ),
+            (
+                r#"{"partition":0,"value":{"customer_id":"cust-1","ts":1700000000}}"#,
+                RejectCode::MissingField,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":"not json"}"#,
+                RejectCode::WrongType,
+            ),
+            (
+                r#"{"partition":0,"offset":1,"value":{"customer_id":"cust-1","ts":1700000000,"a":1,"a":2}}"#,
+                RejectCode::Malformed,
+            ),
+            (
+                r#"{"partition":-1,"offset":1,"value":{}}"#,
+                RejectCode::WrongType,
+            ),
         ];
         for (line, code) in cases {
             assert_eq!(parse(line).map(|_| ()).unwrap_err().code, code, "{line}");

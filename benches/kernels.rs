@@ -1,0 +1,106 @@
+//! Criterion benchmarks of the hot-path kernels: parsing one log, one customer's model step (20 series),
+//! and the customer routing hash. (`fleetwatch bench` measures the whole pipeline end to end.)
+
+use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
+
+use fleetwatch::keys::{CustomerId, customer_route};
+use fleetwatch::model::cohort::CohortAccumulator;
+use fleetwatch::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
+use fleetwatch::model::{FeaturePrior, Registry};
+use fleetwatch::record::Log;
+use fleetwatch::sources::parse::LogParser;
+use fleetwatch::spec::Spec;
+use fleetwatch::state::SLOT_BYTES;
+
+const LINE: &str = r#"{"partition":6,"offset":1234567,"timestamp":1793577731137,"key":"cust-0001234","value":{"customer_id":"cust-0001234","ts":1793577731,"rssi_dbm":-66.9,"snr_db":28.5,"noise_floor_dbm":-86.8,"phy_rate_tx_mbps":897.5,"phy_rate_rx_mbps":196.1,"throughput_down_mbps":218.72,"throughput_up_mbps":4.77,"retrans_pct":3.02,"channel_util_pct":31.4,"interference_pct":10.4,"clients_2g":2,"clients_5g":2,"wan_latency_ms":21.5,"wan_loss_pct":0.012,"dns_fail_pct":1.87,"cpu_pct":19.0,"mem_pct":39.0,"temp_c":56.2,"uptime_s":566749,"reboot_count":6}}"#;
+
+fn parse(c: &mut Criterion) {
+    let spec = Spec::embedded();
+    let mut parser = LogParser::new(&spec);
+    let mut log = Log::empty(CustomerId::parse(b"x", b"").unwrap());
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Bytes(LINE.len() as u64));
+    g.bench_function("recorded_line_20_features", |b| {
+        b.iter(|| {
+            parser
+                .parse_recorded(black_box(LINE.as_bytes()), &mut log)
+                .unwrap();
+        })
+    });
+    g.bench_function("fast_partition", |b| {
+        b.iter(|| fleetwatch::sources::parse::fast_partition(black_box(LINE.as_bytes())))
+    });
+    g.finish();
+}
+
+fn model(c: &mut Criterion) {
+    let spec = Spec::embedded();
+    let cfg = ModelConfig::from_spec(&spec);
+    let det = Registry::builtin()
+        .build(&spec.detector.name, &spec.detector.params)
+        .unwrap();
+    let mut parser = LogParser::new(&spec);
+    let id = CustomerId::parse(b"cust-0001234", b"").unwrap();
+    let mut log = Log::empty(id);
+    parser.parse_recorded(LINE.as_bytes(), &mut log).unwrap();
+    let priors = vec![FeaturePrior::NONE; spec.features.len()];
+    let mut slots = vec![[0u8; SLOT_BYTES]; spec.features.len() + 1];
+    let mut cohort = CohortAccumulator::new(spec.features.len());
+    let mut rng = fleetwatch::rng::Rng::new(1, 1);
+    // Warm the customer up so the step measured is the steady-state one.
+    let mut epoch = (log.ts / 300) as u64;
+    for _ in 0..300 {
+        epoch += 1;
+        log.ts += 300;
+        log.values[0] = -66.9 + rng.normal() as f32;
+        let ctx = StepContext {
+            config: &cfg,
+            detector: det.as_ref(),
+            priors: &priors,
+            epoch,
+        };
+        step_customer(
+            &ctx,
+            id,
+            &mut slots,
+            &[log],
+            &mut cohort,
+            &mut StepOut::default(),
+        );
+    }
+    let mut g = c.benchmark_group("model");
+    g.throughput(Throughput::Elements(spec.features.len() as u64));
+    g.bench_function("customer_step_20_series", |b| {
+        b.iter(|| {
+            epoch += 1;
+            log.ts += 300;
+            let ctx = StepContext {
+                config: &cfg,
+                detector: det.as_ref(),
+                priors: &priors,
+                epoch,
+            };
+            let mut out = StepOut::default();
+            step_customer(
+                &ctx,
+                id,
+                &mut slots,
+                black_box(&[log]),
+                &mut cohort,
+                &mut out,
+            );
+            out.series_scored
+        })
+    });
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let id = CustomerId::parse(b"cust-0001234", b"").unwrap();
+    c.bench_function("exchange/customer_route", |b| {
+        b.iter(|| customer_route(black_box(&id)))
+    });
+}
+
+criterion_group!(kernels, parse, model, routing);
+criterion_main!(kernels);

@@ -1,0 +1,54 @@
+//! Helpers shared by the integration tests: run the real binary, generate fleets, compare outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The fleetwatch binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fleetwatch"))
+}
+
+/// Runs the binary with arguments; panics with its stderr if it fails.
+pub fn fleetwatch(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("the fleetwatch binary runs");
+    assert!(
+        out.status.success(),
+        "fleetwatch {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Generates a fleet into `dir` (returns the telemetry path).
+pub fn generate(dir: &Path, customers: usize, epochs: usize, seed: u64, extra: &[&str]) -> PathBuf {
+    let c = customers.to_string();
+    let e = epochs.to_string();
+    let s = seed.to_string();
+    let mut args = vec![
+        "generate",
+        "--customers",
+        &c,
+        "--epochs",
+        &e,
+        "--seed",
+        &s,
+        "--out",
+        dir.to_str().expect("utf-8 temp path"),
+    ];
+    args.extend_from_slice(extra);
+    fleetwatch(&args);
+    dir.join("telemetry.jsonl")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
