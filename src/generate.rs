@@ -447,6 +447,44 @@ struct SeriesParams {
     weekend: f64,
 }
 
+/// [`SeriesParams`] as stored per customer: single precision halves the fleet's memory (2 M customers).
+#[derive(Debug, Clone, Copy, Default)]
+struct StoredParams {
+    level: f32,
+    noise: f32,
+    df: u8,
+    ar: f32,
+    daily: f32,
+    phase: f32,
+    weekend: f32,
+}
+
+impl StoredParams {
+    fn store(p: SeriesParams) -> Self {
+        StoredParams {
+            level: p.level as f32,
+            noise: p.noise as f32,
+            df: p.df as u8,
+            ar: p.ar as f32,
+            daily: p.daily as f32,
+            phase: p.phase as f32,
+            weekend: p.weekend as f32,
+        }
+    }
+
+    fn wide(&self) -> SeriesParams {
+        SeriesParams {
+            level: self.level as f64,
+            noise: self.noise as f64,
+            df: self.df as f64,
+            ar: self.ar as f64,
+            daily: self.daily as f64,
+            phase: self.phase as f64,
+            weekend: self.weekend as f64,
+        }
+    }
+}
+
 /// Per-customer state that persists across epochs.
 struct CustomerState {
     id: CustomerId,
@@ -457,9 +495,9 @@ struct CustomerState {
     offset: i64,
     missing_rate: f64,
     reboot_rate: f64,
-    params: [SeriesParams; 20],
-    ar_state: [f64; 20],
-    last: [f64; 20],
+    params: [StoredParams; 20],
+    ar_state: [f32; 20],
+    last: [f32; 20],
     uptime: f64,
     reboots: u64,
     /// Epochs left in a reboot's after-effects.
@@ -557,9 +595,9 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
     } else {
         0
     };
-    let mut params = [SeriesParams::default(); 20];
+    let mut params = [StoredParams::default(); 20];
     for (k, f) in FEATURES.iter().enumerate() {
-        params[k] = draw_params(f, &mut rng);
+        params[k] = StoredParams::store(draw_params(f, &mut rng));
     }
     let days = cfg.epochs as f64 * cfg.epoch_seconds as f64 / 86_400.0;
     let mut anomalies = Vec::new();
@@ -631,7 +669,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
                 InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike
             )
         {
-            let p = params[feature];
+            let p = params[feature].wide();
             let reach = magnitude
                 * p.noise
                 * if kind == InjectedKind::Spike {
@@ -674,7 +712,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         reboot_rate: rng.range(0.0, 1.0 / (288.0 * 7.0)),
         params,
         ar_state: [0.0; 20],
-        last: [f64::NAN; 20],
+        last: [f32::NAN; 20],
         uptime: rng.range(3_600.0, 3_000_000.0).floor(),
         reboots: rng.below(20),
         rebooting: 0,
@@ -762,7 +800,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
     let weekend = weekday >= 5;
     for k in 0..20 {
         let f = &FEATURES[k];
-        let p = c.params[k];
+        let p = c.params[k].wide();
         match f.shape {
             Shape::Uptime => {
                 out[k] = c.uptime;
@@ -785,8 +823,9 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         }
         // Heavy-tailed AR(1) noise.
         let innovation = c.rng.student_t(p.df) * p.noise;
-        c.ar_state[k] = p.ar * c.ar_state[k] + (1.0 - p.ar * p.ar).sqrt() * innovation;
-        let mut noise = c.ar_state[k];
+        let ar_state = p.ar * c.ar_state[k] as f64 + (1.0 - p.ar * p.ar).sqrt() * innovation;
+        c.ar_state[k] = ar_state as f32;
+        let mut noise = ar_state;
         let mut value_override = None;
         for a in &c.anomalies {
             if a.feature != Some(k) || e < a.start {
@@ -809,7 +848,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 InjectedKind::VarianceBurst => noise *= a.magnitude.abs(),
                 InjectedKind::StuckValue => {
                     if c.last[k].is_finite() {
-                        value_override = Some(c.last[k]);
+                        value_override = Some(c.last[k] as f64);
                     }
                 }
                 InjectedKind::Dropout => value_override = Some(f64::NAN),
@@ -841,7 +880,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         };
         out[k] = v;
         if v.is_finite() {
-            c.last[k] = v;
+            c.last[k] = v as f32;
         }
     }
     if c.rebooting > 0 {
@@ -849,6 +888,9 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
     }
     true
 }
+
+/// Customers per chunk of work (a fixed size: the file's line order must not depend on the thread count).
+const CHUNK: usize = 32_768;
 
 /// Writes a fleet to `out_dir`.
 pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<GenerateReport> {
@@ -863,11 +905,36 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             .unwrap_or(1)
     } else {
         cfg.threads
-    };
+    }
+    .max(1);
 
-    let mut customers: Vec<CustomerState> = (0..cfg.customers)
-        .map(|i| new_customer(cfg, i, elements))
-        .collect();
+    // Customers, drawn in parallel (each from its own random stream, so the thread count does not matter),
+    // kept as one contiguous part per thread (customer `i` is at `parts[i / per][i % per]`).
+    // A multiple of CHUNK, so that chunk boundaries (and so the order of lines) do not depend on threads.
+    let per_part = cfg
+        .customers
+        .div_ceil(threads)
+        .max(1)
+        .next_multiple_of(CHUNK);
+    let mut parts_c: Vec<Vec<CustomerState>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                sc.spawn(move || {
+                    (t * per_part..((t + 1) * per_part).min(cfg.customers))
+                        .map(|i| new_customer(cfg, i, elements))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let customer_at = |parts: &[Vec<CustomerState>], i: usize| -> Option<(usize, usize)> {
+        let (p, o) = (i / per_part, i % per_part);
+        (p < parts.len() && o < parts[p].len()).then_some((p, o))
+    };
 
     // Element outages.
     let mut outages: Vec<(usize, usize, usize)> = Vec::new(); // (element, start, len)
@@ -892,7 +959,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     }
 
     let mut labels: Vec<(i64, String, String, &'static str, i64)> = Vec::new();
-    for c in &customers {
+    for c in parts_c.iter().flatten() {
         for a in &c.anomalies {
             let s = start + a.start as i64 * epoch_len;
             let name = match a.feature {
@@ -908,8 +975,13 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             ));
         }
     }
+    // Customers are numbered in blocks of 50 per element: index the outages' customers directly.
     for (el, s, len) in &outages {
-        for c in customers.iter().filter(|c| c.element == *el) {
+        let members = (el * 50..(el + 1) * 50)
+            .filter_map(|i| customer_at(&parts_c, i))
+            .map(|(p, o)| &parts_c[p][o])
+            .filter(|c| c.element == *el);
+        for c in members {
             if c.join > *s {
                 continue;
             }
@@ -937,9 +1009,13 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     };
     report.bytes += header.len() as u64 + 1;
     let mut offsets = vec![0u64; cfg.partitions as usize];
-    let chunk = cfg.customers.div_ceil(threads).max(1);
     let parts = cfg.partitions as usize;
     let mut mrng = Rng::new(cfg.seed, 0xBAD);
+    // Customers are processed in chunks with buffers reused from chunk to chunk: memory stays bounded and
+    // no page of it is touched for the first time twice, whatever the fleet size.
+    let mut values: Vec<Option<[f64; 20]>> = Vec::with_capacity(CHUNK);
+    let mut slots: Vec<(u32, u64)> = Vec::with_capacity(CHUNK);
+    let mut bufs: Vec<Vec<String>> = vec![vec![String::new(); parts]; threads];
 
     for e in 0..cfg.epochs {
         let epoch_start = start + e as i64 * epoch_len;
@@ -948,85 +1024,87 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             .filter(|(_, s, l)| e >= *s && e < s + l)
             .map(|(el, _, _)| *el)
             .collect();
-        // Pass 1 (parallel): values and which customers log.
-        let results: Vec<Vec<(usize, [f64; 20])>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = customers
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(ci, cs)| {
+        for chunk in parts_c.iter_mut().flat_map(|p| p.chunks_mut(CHUNK)) {
+            // Pass 1 (parallel): the customers' values, or `None` for a missing log.
+            values.clear();
+            values.resize(chunk.len(), None);
+            let per = chunk.len().div_ceil(threads).max(1);
+            std::thread::scope(|sc| {
+                for (cs, vs) in chunk.chunks_mut(per).zip(values.chunks_mut(per)) {
                     let down = &down;
                     sc.spawn(move || {
-                        let mut out = Vec::with_capacity(cs.len());
-                        for (j, c) in cs.iter_mut().enumerate() {
-                            let ts = epoch_start + c.offset;
+                        for (c, v) in cs.iter_mut().zip(vs.iter_mut()) {
                             let mut vals = [0f64; 20];
                             let outage = down.contains(&c.element);
-                            if step(c, e, ts, outage, &mut vals) {
-                                out.push((ci * chunk + j, vals));
+                            if step(c, e, epoch_start + c.offset, outage, &mut vals) {
+                                *v = Some(vals);
                             }
                         }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        // Offsets per partition, in customer order within each partition.
-        let mut assigned: Vec<Vec<(usize, u64)>> = vec![Vec::new(); results.len()];
-        for (ti, r) in results.iter().enumerate() {
-            for (ci, _) in r {
-                let p = customers[*ci].partition as usize;
-                assigned[ti].push((p, offsets[p]));
-                offsets[p] += 1;
-            }
-        }
-        // Pass 2 (parallel): format, one buffer per partition per thread.
-        let customers_ref = &customers;
-        let formatted: Vec<Vec<String>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = results
-                .iter()
-                .zip(assigned.iter())
-                .map(|(r, a)| {
-                    sc.spawn(move || {
-                        let mut bufs = vec![String::new(); parts];
-                        for ((ci, vals), (p, off)) in r.iter().zip(a.iter()) {
-                            let c = &customers_ref[*ci];
-                            let ts = epoch_start + c.offset;
-                            format_message(&mut bufs[*p], *p as u32, *off, c.id.as_str(), ts, vals);
-                        }
-                        bufs
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        for p in 0..parts {
-            for bufs in &formatted {
-                let b = &bufs[p];
-                if cfg.malformed_rate > 0.0 {
-                    for line in b.lines() {
-                        let l = if mrng.chance(cfg.malformed_rate) {
-                            corrupt(line, &mut mrng)
-                        } else {
-                            line.to_string()
-                        };
-                        w.write_all(l.as_bytes())?;
-                        w.write_all(b"\n")?;
-                        report.bytes += l.len() as u64 + 1;
-                    }
+                    });
+                }
+            });
+            // Offsets per partition, in customer order.
+            slots.clear();
+            for (c, v) in chunk.iter().zip(values.iter()) {
+                if v.is_some() {
+                    let p = c.partition as usize;
+                    slots.push((c.partition, offsets[p]));
+                    offsets[p] += 1;
                 } else {
-                    w.write_all(b.as_bytes())?;
-                    report.bytes += b.len() as u64;
+                    slots.push((u32::MAX, 0));
                 }
             }
+            // Pass 2 (parallel): format, one buffer per partition per thread.
+            let chunk_ref: &[CustomerState] = chunk;
+            std::thread::scope(|sc| {
+                for (((cs, vs), ss), tb) in chunk_ref
+                    .chunks(per)
+                    .zip(values.chunks(per))
+                    .zip(slots.chunks(per))
+                    .zip(bufs.iter_mut())
+                {
+                    sc.spawn(move || {
+                        for b in tb.iter_mut() {
+                            b.clear();
+                        }
+                        for ((c, v), (p, off)) in cs.iter().zip(vs).zip(ss) {
+                            if let Some(vals) = v {
+                                let ts = epoch_start + c.offset;
+                                format_message(
+                                    &mut tb[*p as usize],
+                                    *p,
+                                    *off,
+                                    c.id.as_str(),
+                                    ts,
+                                    vals,
+                                );
+                            }
+                        }
+                    });
+                }
+            });
+            for p in 0..parts {
+                for tb in bufs.iter().take(chunk.len().div_ceil(per)) {
+                    let b = &tb[p];
+                    if cfg.malformed_rate > 0.0 {
+                        for line in b.lines() {
+                            let l = if mrng.chance(cfg.malformed_rate) {
+                                corrupt(line, &mut mrng)
+                            } else {
+                                line.to_string()
+                            };
+                            w.write_all(l.as_bytes())?;
+                            w.write_all(b"\n")?;
+                            report.bytes += l.len() as u64 + 1;
+                        }
+                    } else {
+                        w.write_all(b.as_bytes())?;
+                        report.bytes += b.len() as u64;
+                    }
+                }
+            }
+            report.messages += values.iter().filter(|v| v.is_some()).count() as u64;
         }
-        report.messages += results.iter().map(|r| r.len() as u64).sum::<u64>();
     }
     w.flush()?;
 
@@ -1042,7 +1120,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
 
     let mut tw = BufWriter::new(File::create(out_dir.join("topology.csv"))?);
     writeln!(tw, "customer,element,region")?;
-    for c in &customers {
+    for c in parts_c.iter().flatten() {
         writeln!(
             tw,
             "{},elem-{:05},region-{:03}",

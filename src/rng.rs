@@ -8,6 +8,8 @@
 #[derive(Clone, Debug)]
 pub struct Rng {
     s: [u64; 4],
+    /// The second value of the last Box-Muller pair.
+    spare: Option<f64>,
 }
 
 /// One step of SplitMix64: used to expand seeds and as a stateless hash of a seed.
@@ -31,7 +33,7 @@ impl Rng {
             splitmix64(&mut sm),
             splitmix64(&mut sm),
         ];
-        Rng { s }
+        Rng { s, spare: None }
     }
 
     /// Next 64 random bits.
@@ -75,12 +77,18 @@ impl Rng {
         self.f64() < p
     }
 
-    /// Standard normal (Box-Muller, one value per call for simplicity and determinism).
+    /// Standard normal (Box-Muller; the pair's second value is kept for the next call).
     #[inline]
     pub fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
         let u1 = 1.0 - self.f64(); // (0, 1]
         let u2 = self.f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        self.spare = Some(r * s);
+        r * c
     }
 
     /// Student-t with `nu` degrees of freedom, rescaled to unit variance (heavy-tailed noise).
