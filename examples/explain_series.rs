@@ -10,7 +10,6 @@
 use std::io::BufRead;
 
 use fleetwatch::keys::CustomerId;
-use fleetwatch::model::cohort::CohortAccumulator;
 use fleetwatch::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
 use fleetwatch::model::header::SeriesSlot;
 use fleetwatch::model::{FeaturePrior, Registry};
@@ -35,7 +34,6 @@ fn main() -> anyhow::Result<()> {
     let mut parser = LogParser::new(&spec);
     let mut slots = vec![[0u8; fleetwatch::state::SLOT_BYTES]; spec.features.len() + 1];
     let priors = vec![FeaturePrior::NONE; spec.features.len()];
-    let mut cohort = CohortAccumulator::new(spec.features.len());
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     for line in file.lines() {
         let line = line?;
@@ -73,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             Some(detector.observe(&mut copy, &obs, &priors[f]))
         };
         let mut out = StepOut::default();
-        step_customer(&ctx, id, &mut slots, &[log], &mut cohort, &mut out);
+        step_customer(&ctx, id, &mut slots, &[log], &mut out);
         let s = SeriesSlot::decode(&slots[f]);
         let ev = out.evidence.iter().find(|e| e.feature as usize == f);
         println!(

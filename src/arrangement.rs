@@ -33,7 +33,8 @@ use crate::keys::{CustomerId, customer_route};
 use crate::model::Detector;
 use crate::model::cohort::{CohortAccumulator, CohortDelta, CohortStats};
 use crate::model::customer::{
-    CustomerMeta, Evidence, ModelConfig, OpenAnomaly, StepContext, StepOut, step_customer,
+    CustomerMeta, Evidence, ModelConfig, OpenAnomaly, StepContext, StepOut, contribute_customer,
+    step_customer,
 };
 use crate::record::{DeadLetter, Log, RejectCode, Rejection};
 use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
@@ -43,6 +44,50 @@ pub type StateSpine = ValSpine<CustomerId, u8, u64, Block>;
 type StateBuilder = ValBuilder<CustomerId, u8, u64, Block>;
 /// The arranged series state, for downstream readers (queries, checkpoints).
 pub type StateArrangement<'scope> = Arranged<'scope, TraceAgent<StateSpine>>;
+
+/// The size of the series-state arrangement, counted by walking its trace when the input ends (summed over
+/// the workers of this process).
+#[derive(Debug, Default)]
+pub struct StateSize {
+    pub customers: std::sync::atomic::AtomicU64,
+    pub blocks: std::sync::atomic::AtomicU64,
+    pub updates: std::sync::atomic::AtomicU64,
+}
+
+impl StateSize {
+    /// Bytes the arrangement's batches hold for this content: per key the id and an offset, per value the
+    /// block index and an offset, per update the epoch and the block difference.
+    pub fn bytes(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let key = (std::mem::size_of::<CustomerId>() + 4) as u64;
+        let val = (1 + 4) as u64;
+        let upd = (8 + std::mem::size_of::<Block>()) as u64;
+        self.customers.load(Relaxed) * key
+            + self.blocks.load(Relaxed) * val
+            + self.updates.load(Relaxed) * upd
+    }
+}
+
+fn measure(reader: &mut TraceAgent<StateSpine>, size: &StateSize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(batches) = reader.batches_through(Antichain::new().borrow()) else {
+        return;
+    };
+    let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
+    let (mut keys, mut vals, mut upds) = (0u64, 0u64, 0u64);
+    while cursor.key_valid(&storage) {
+        keys += 1;
+        while cursor.val_valid(&storage) {
+            vals += 1;
+            cursor.map_times(&storage, |_, _| upds += 1);
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    size.customers.fetch_add(keys, Relaxed);
+    size.blocks.fetch_add(vals, Relaxed);
+    size.updates.fetch_add(upds, Relaxed);
+}
 
 /// One worker's counters for one epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +117,7 @@ pub fn series_model<'scope>(
     cohort: Stream<'scope, u64, Vec<CohortDelta>>,
     config: ModelConfig,
     detector: Arc<dyn Detector>,
+    size: Option<Arc<StateSize>>,
 ) -> ModelStreams<'scope> {
     let scope = logs.scope();
     let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
@@ -112,12 +158,10 @@ pub fn series_model<'scope>(
         let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
         let mut stats = CohortStats::new(config.features);
         let mut acc = CohortAccumulator::new(config.features);
+        let mut window: std::collections::VecDeque<(u64, Vec<CohortDelta>)> = Default::default();
         let mut next: Option<u64> = None;
-        let mut quiet_run: u64 = 0;
         let mut upper: u64 = 0;
         let blocks = blocks_for(config.features);
-        let quiet_limit =
-            (config.alert.critical_ratio * config.silence_epochs as f32).ceil() as u64 + 2;
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
 
         move |frontiers| {
@@ -165,18 +209,6 @@ pub fn series_model<'scope>(
                         }
                     }
                 }
-                quiet_run = if logs.is_empty() { quiet_run + 1 } else { 0 };
-                if quiet_run > quiet_limit && stash.keys().next().is_none_or(|k| *k != e + 1) {
-                    // A long stretch without any log here: nothing changes any more (every customer is
-                    // already reported silent at the highest severity). Skip ahead to the next data.
-                    let jump = stash.keys().next().copied().unwrap_or(e + 1);
-                    let jump = match bound {
-                        Some(b) => jump.min(b),
-                        None => jump,
-                    };
-                    next = Some(jump.max(e + 1));
-                    continue;
-                }
                 let priors = stats.priors();
                 if upper < e {
                     writer.seal(Antichain::from_elem(e));
@@ -223,8 +255,21 @@ pub fn series_model<'scope>(
                         .session(&cap_at(4))
                         .give_container(&mut dead);
                 }
-                let mut deltas = Vec::new();
-                acc.drain(&mut deltas);
+                // The cohort sample of this epoch enters the window; the one of COHORT_WINDOW epochs ago
+                // leaves it.
+                let mut sample = Vec::new();
+                acc.drain(&mut sample);
+                let mut deltas = sample.clone();
+                window.push_back((e, sample));
+                while window.front().is_some_and(|(t, _)| t + COHORT_WINDOW <= e) {
+                    if let Some((_, old)) = window.pop_front() {
+                        deltas.extend(old.into_iter().map(|d| CohortDelta {
+                            delta: -d.delta,
+                            ..d
+                        }));
+                    }
+                }
+                consolidate_deltas(&mut deltas);
                 if !deltas.is_empty() {
                     out_cohort
                         .activate()
@@ -237,6 +282,9 @@ pub fn series_model<'scope>(
             let finished = f_logs.is_none() && stash.is_empty();
             if finished {
                 caps = None;
+                if let Some(size) = &size {
+                    measure(&mut reader, size);
+                }
                 writer.seal(Antichain::new());
                 return;
             }
@@ -265,6 +313,33 @@ pub fn series_model<'scope>(
         counts,
         dead,
         cohort: cohort_out,
+    }
+}
+
+/// Epochs a cohort sample stays in the population statistics: every mature customer is sampled once per
+/// window (on the epochs where `(route hash + epoch) % COHORT_WINDOW == 0`), so the statistics describe the
+/// whole population as of the last few hours, at 1/64 of the cost of tracking every series every epoch.
+pub const COHORT_WINDOW: u64 = 64;
+
+fn consolidate_deltas(d: &mut Vec<CohortDelta>) {
+    d.sort_by_key(|x| (x.feature, x.stat));
+    let mut out: Vec<CohortDelta> = Vec::with_capacity(d.len());
+    for x in d.drain(..) {
+        match out.last_mut() {
+            Some(l) if l.feature == x.feature && l.stat == x.stat => l.delta += x.delta,
+            _ => out.push(x),
+        }
+    }
+    out.retain(|x| x.delta != 0);
+    *d = out;
+}
+
+/// Copies blocks read from the trace into a slot array.
+fn unpack(blocks: &[Block], slots: &mut [Slot]) {
+    for (b, block) in blocks.iter().enumerate() {
+        for s in 0..BLOCK_SLOTS {
+            slots[b * BLOCK_SLOTS + s] = block.slot(s);
+        }
     }
 }
 
@@ -363,24 +438,27 @@ impl EpochWorker {
                 li += 1;
             }
             let customer_logs = &logs[start..li];
+            let sampled = (customer_route(&customer).wrapping_add(e)) % COHORT_WINDOW == 0;
             if customer_logs.is_empty() && quiet_customer(&self.old, f_count, e, &self.config) {
+                if sampled {
+                    unpack(&self.old, &mut self.slots);
+                    contribute_customer(&ctx, &self.slots[..=f_count], acc);
+                }
                 continue;
             }
             counts.customers += 1;
-            for (b, block) in self.old.iter().enumerate() {
-                for s in 0..BLOCK_SLOTS {
-                    self.slots[b * BLOCK_SLOTS + s] = block.slot(s);
-                }
-            }
+            unpack(&self.old, &mut self.slots);
             let dups_before = out.duplicates.len();
             step_customer(
                 &ctx,
                 customer,
                 &mut self.slots[..=f_count],
                 customer_logs,
-                acc,
                 &mut out,
             );
+            if sampled {
+                contribute_customer(&ctx, &self.slots[..=f_count], acc);
+            }
             for &i in &out.duplicates[dups_before..] {
                 let l = &customer_logs[i];
                 let mut dl = DeadLetter::new(

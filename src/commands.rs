@@ -102,6 +102,7 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         detector: Arc::clone(&detector),
         read_budget: DEFAULT_READ_BUDGET,
         max_ahead: DEFAULT_MAX_AHEAD,
+        state_size: None,
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
 }

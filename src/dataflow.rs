@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub read_budget: usize,
     /// Epochs the sources may read ahead of the last completed one.
     pub max_ahead: u64,
+    /// Where to count the series-state arrangement's size at the end (benchmarks).
+    pub state_size: Option<Arc<crate::arrangement::StateSize>>,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -202,6 +204,7 @@ fn build<'scope>(
         cohort_cycle,
         ModelConfig::from_spec(&cfg.spec),
         Arc::clone(&cfg.detector),
+        cfg.state_size.clone(),
     );
     model.cohort.broadcast().connect_loop(cohort_handle);
     let counts = model.counts.probe_with(probe);

@@ -51,6 +51,8 @@ pub struct GenerateConfig {
     pub history_epochs: usize,
     /// Worker threads for formatting (0: all cores).
     pub threads: usize,
+    /// Features written per log: the first `features` of the home Wi-Fi set (1..=20).
+    pub features: usize,
 }
 
 impl Default for GenerateConfig {
@@ -68,6 +70,7 @@ impl Default for GenerateConfig {
             malformed_rate: 0.0,
             history_epochs: 288,
             threads: 0,
+            features: 20,
         }
     }
 }
@@ -617,7 +620,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             InjectedKind::Dropout,
         ][rng.weighted(&[0.3, 0.18, 0.12, 0.14, 0.13, 0.13])];
         // Stuck values are injected into real-valued features (integer counts repeat by nature).
-        let candidates: Vec<usize> = (0..18)
+        let candidates: Vec<usize> = (0..18.min(cfg.features.max(1)))
             .filter(|k| {
                 kind != InjectedKind::StuckValue || matches!(FEATURES[*k].shape, Shape::Real { .. })
             })
@@ -1010,6 +1013,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     report.bytes += header.len() as u64 + 1;
     let mut offsets = vec![0u64; cfg.partitions as usize];
     let parts = cfg.partitions as usize;
+    let features = cfg.features.clamp(1, FEATURES.len());
     let mut mrng = Rng::new(cfg.seed, 0xBAD);
     // Customers are processed in chunks with buffers reused from chunk to chunk: memory stays bounded and
     // no page of it is touched for the first time twice, whatever the fleet size.
@@ -1077,6 +1081,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                                     c.id.as_str(),
                                     ts,
                                     vals,
+                                    features,
                                 );
                             }
                         }
@@ -1140,13 +1145,14 @@ fn format_message(
     id: &str,
     ts: i64,
     vals: &[f64; 20],
+    features: usize,
 ) {
     let _ = write!(
         s,
         "{{\"partition\":{partition},\"offset\":{offset},\"timestamp\":{},\"key\":\"{id}\",\"value\":{{\"customer_id\":\"{id}\",\"ts\":{ts}",
         ts * 1000 + 137
     );
-    for (k, f) in FEATURES.iter().enumerate() {
+    for (k, f) in FEATURES.iter().enumerate().take(features) {
         s.push_str(",\"");
         s.push_str(f.name);
         s.push_str("\":");

@@ -18,11 +18,13 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod arrangement;
+pub mod bench;
 pub mod cluster;
 pub mod commands;
 pub mod dataflow;
 pub mod epoch;
 pub mod eval;
+pub mod f16;
 pub mod generate;
 pub mod json;
 pub mod keys;

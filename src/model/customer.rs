@@ -25,6 +25,8 @@ pub const CUSTOMER_FEATURE: u16 = u16::MAX;
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub features: usize,
+    /// The order features are processed in a log: the reboot feature first, then the rest.
+    pub order: Vec<usize>,
     pub transforms: Vec<Transform>,
     pub reboot_feature: Option<usize>,
     pub alert: AlertParams,
@@ -46,8 +48,14 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn from_spec(spec: &Spec) -> ModelConfig {
+        let reboot_feature = spec.feature_index(&spec.alerting.reboot_feature);
+        let order = reboot_feature
+            .into_iter()
+            .chain((0..spec.features.len()).filter(|f| Some(*f) != reboot_feature))
+            .collect();
         ModelConfig {
             features: spec.features.len(),
+            order,
             transforms: spec.features.iter().map(|f| f.transform).collect(),
             reboot_feature: spec.feature_index(&spec.alerting.reboot_feature),
             alert: AlertParams::from_spec(&spec.alerting),
@@ -152,238 +160,262 @@ pub struct StepContext<'a> {
 }
 
 /// Runs one customer's epoch. `slots` holds `features + 1` slots (the last is the meta slot) and is updated
-/// in place; `old_slots` is their content before the epoch (for cohort differences). `logs` must be sorted by
-/// `(ts, pos)`.
+/// in place. `logs` must be sorted by `(ts, pos)`.
 pub fn step_customer(
     ctx: &StepContext<'_>,
     customer: CustomerId,
     slots: &mut [Slot],
     logs: &[Log],
-    cohort: &mut CohortAccumulator,
+    out: &mut StepOut,
+) {
+    let f_count = ctx.config.features;
+    let mut meta = CustomerMeta::decode(&slots[f_count]);
+
+    // Quick check for duplicates and whether the customer reported at all.
+    let mut reported = false;
+    {
+        let mut last_ts = meta.last_ts as i64;
+        for (i, log) in logs.iter().enumerate() {
+            if last_ts != 0 && log.ts == last_ts {
+                out.duplicates.push(i);
+            } else {
+                reported = true;
+                last_ts = log.ts;
+            }
+        }
+    }
+    if reported {
+        step_reported(ctx, customer, slots, logs, &mut meta, out);
+    } else if meta.last_seen != 0 {
+        step_silent(ctx, customer, &mut meta, out);
+    }
+    slots[f_count] = meta.encode();
+}
+
+/// The epoch of a customer that sent logs: every series learns and is scored, alerts move, silence clears.
+fn step_reported(
+    ctx: &StepContext<'_>,
+    customer: CustomerId,
+    slots: &mut [Slot],
+    logs: &[Log],
+    meta: &mut CustomerMeta,
     out: &mut StepOut,
 ) {
     let cfg = ctx.config;
     let f_count = cfg.features;
     let e = ctx.epoch;
-    let old_slots: [Slot; 33] = {
-        let mut o = [[0u8; SLOT_BYTES]; 33];
-        o[..=f_count].copy_from_slice(&slots[..=f_count]);
-        o
-    };
-    let mut meta = CustomerMeta::decode(&slots[f_count]);
-
-    // The best (most surprising, relative to the series' own threshold) assessment per feature this epoch.
-    let mut best: [Option<(Assessment, f32, f32, AnomalyKind)>; 32] = [None; 32];
-    let mut reported = false;
+    // Decode every series once; work on the decoded form; encode once at the end.
+    let mut series: [SeriesSlot; 32] = [SeriesSlot::ZERO; 32];
+    for f in 0..f_count {
+        series[f] = SeriesSlot::decode(&slots[f]);
+    }
+    // The best (highest normalised score) assessment per feature this epoch, and each series' threshold
+    // (computed once per epoch, when first needed).
+    let mut best: [Option<(Assessment, f32, AnomalyKind)>; 32] = [None; 32];
+    let mut bars = [alert::Bar::default(); 32];
     let mut last_ts = meta.last_ts as i64;
     let mut max_ts = meta.last_ts as i64;
 
-    for (i, log) in logs.iter().enumerate() {
+    for log in logs {
         if last_ts != 0 && log.ts == last_ts {
-            out.duplicates.push(i);
-            continue;
+            continue; // a duplicate (already reported by step_customer)
         }
         last_ts = log.ts;
         max_ts = max_ts.max(log.ts);
-        reported = true;
         let phase = Observation::daily_phase(log.ts);
         // The reboot feature goes first so the rest of the log already knows about the reboot.
-        let order = cfg
-            .reboot_feature
-            .into_iter()
-            .chain((0..f_count).filter(|f| Some(*f) != cfg.reboot_feature));
-        for f in order {
+        for &f in &cfg.order {
             let v = log.values[f];
-            let mut series = SeriesSlot::decode(&slots[f]);
+            let s = &mut series[f];
             if v.is_nan() {
-                series.miss_run = series.miss_run.saturating_add(1).min(31);
-                slots[f] = series.encode();
+                s.miss_run = s.miss_run.saturating_add(1).min(31);
                 continue;
             }
-            let gap = if series.seen == 0 {
+            let gap = if s.seen == 0 {
                 0
             } else {
-                header::epochs_since(series.last_epoch, e)
+                header::epochs_since(s.last_epoch, e)
             };
-            series.decimals = series.decimals.max(header::decimals_of(v));
+            s.decimals = header::raise_decimals(s.decimals, v);
             let obs = Observation {
                 value: v,
                 ts: log.ts,
                 gap_epochs: gap,
-                seen: series.seen,
-                resolution: RESOLUTION[series.decimals.min(6) as usize],
+                seen: s.seen,
+                resolution: RESOLUTION[s.decimals.min(6) as usize],
                 phase,
                 transform: cfg.transforms[f],
             };
-            let a = ctx
-                .detector
-                .observe(&mut series.detector, &obs, &ctx.priors[f]);
-            series.seen = series.seen.saturating_add(1);
-            series.last_epoch = e as u16;
-            series.miss_run = 0;
+            let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
+            s.seen = s.seen.saturating_add(1);
+            s.last_epoch = e as u16;
+            s.miss_run = 0;
             if a.reset && Some(f) == cfg.reboot_feature {
                 meta.reboot = epoch_u32(e + 1);
             }
             if a.scored {
-                let t = cfg.alert.threshold(series.q_hi, series.q_lo);
-                let (score, kind) = cfg.alert.score(a.surprise, a.sustained, a.kind, t);
+                if bars[f].threshold == 0.0 {
+                    bars[f] = cfg.alert.bar(s.q_hi, s.q_lo);
+                }
+                let t = bars[f].threshold;
+                let (score, kind) = cfg.alert.score(a.surprise, a.sustained, a.kind, &bars[f]);
                 // A young series (cold start on a cohort prior) needs up to twice the evidence.
-                let score = score / (2.0 - series.seen as f32 / 255.0);
+                let score = score / (2.0 - s.seen as f32 / 255.0);
                 // Calibrate on ordinary observations only: not during alerts, not on anomalous points, not
                 // while sustained evidence builds up (a shift in progress is not the series' normal).
                 let sustained_quiet = kind == AnomalyKind::Spike || score < 0.5;
-                if series.alert.is_none()
+                if s.alert.is_none()
                     && a.surprise < t
                     && sustained_quiet
-                    && series.seen >= cfg.calibrate_after
+                    && s.seen >= cfg.calibrate_after
                 {
-                    (series.q_hi, series.q_lo) =
-                        cfg.alert
-                            .update_quantiles(series.q_hi, series.q_lo, a.surprise);
-                } else if series.q_hi == 0.0 {
-                    (series.q_hi, series.q_lo) = (alert::Q0_HI, alert::Q0_LO);
+                    (s.q_hi, s.q_lo) = cfg.alert.update_quantiles(s.q_hi, s.q_lo, a.surprise);
+                } else if s.q_hi == 0.0 {
+                    (s.q_hi, s.q_lo) = (alert::Q0_HI, alert::Q0_LO);
                 }
-                if best[f].is_none_or(|(_, _, s, _)| score > s) {
-                    best[f] = Some((a, t, score, kind));
+                if best[f].is_none_or(|(_, bs, _)| score > bs) {
+                    best[f] = Some((a, score, kind));
                 }
             }
-            slots[f] = series.encode();
         }
     }
 
     let in_grace = meta.reboot != 0 && e + 1 - meta.reboot as u64 <= cfg.reboot_grace as u64;
-    if reported {
-        for f in 0..f_count {
-            let mut series = SeriesSlot::decode(&slots[f]);
-            let (score, kind, evidence) = if let Some((a, t, score, kind)) = best[f] {
-                out.series_scored += 1;
-                let ev = Evidence {
-                    customer,
-                    feature: f as u16,
-                    score,
-                    observed: a.observed,
-                    expected: a.expected,
-                    lower: a.expected - t * a.sigma,
-                    upper: a.expected + t * a.sigma,
-                };
-                (score, kind, Some(ev))
-            } else if series.miss_run >= cfg.dropout_logs && series.seen >= cfg.warm_for_dropout {
-                let (p, sigma) = ctx
-                    .detector
-                    .predict(&series.detector, max_ts, cfg.transforms[f]);
-                let t = cfg.alert.threshold(series.q_hi, series.q_lo);
-                let score = series.miss_run as f32 / cfg.dropout_logs as f32;
-                let ev = Evidence {
-                    customer,
-                    feature: f as u16,
-                    score,
-                    observed: f32::NAN,
-                    expected: p,
-                    lower: p - t * sigma,
-                    upper: p + t * sigma,
-                };
-                (score, AnomalyKind::Dropout, Some(ev))
-            } else {
-                (0.0, AnomalyKind::Spike, None)
-            };
-            // Without a cohort prior a young series cannot know its own noise yet: it needs more history.
-            let min_seen = if ctx.priors[f].count >= cfg.min_prior_count {
-                cfg.min_seen_to_raise
-            } else {
-                cfg.min_seen_without_prior
-            };
-            let can_raise = !in_grace
-                && series.seen >= min_seen
-                && (kind != AnomalyKind::Dropout || series.seen >= cfg.warm_for_dropout);
-            let before = series.alert;
-            let (after, run, transition) =
-                alert::step(&cfg.alert, before, series.clear_run, score, kind, can_raise);
-            series.alert = after;
-            series.clear_run = run;
-            if let Some(t) = transition {
-                emit(out, customer, f as u16, before, after, t, evidence, score);
-            }
-            slots[f] = series.encode();
-        }
-    }
-
-    // Silence: the customer as a whole.
-    if reported {
-        if let Some(open) = meta.silent {
-            let silent_for = e + 1 - meta.last_seen.max(1) as u64;
-            emit(
-                out,
-                customer,
-                CUSTOMER_FEATURE,
-                Some(open),
-                None,
-                Transition::Cleared,
-                Some(Evidence {
-                    customer,
-                    feature: CUSTOMER_FEATURE,
-                    score: 0.0,
-                    observed: silent_for as f32,
-                    expected: 1.0,
-                    lower: 0.0,
-                    upper: cfg.silence_epochs as f32,
-                }),
-                0.0,
-            );
-            meta.silent = None;
-            meta.silent_run = 0;
-        }
-        meta.last_seen = epoch_u32(e + 1);
-        meta.last_ts = max_ts.clamp(0, u32::MAX as i64) as u32;
-    } else if meta.last_seen != 0 {
-        let silent_for = e + 1 - meta.last_seen as u64;
-        let score = silent_for as f32 / cfg.silence_epochs as f32;
-        let before = meta.silent;
-        let (after, run, transition) = alert::step(
-            &cfg.alert,
-            before,
-            meta.silent_run,
-            score,
-            AnomalyKind::Silent,
-            true,
-        );
-        meta.silent = after;
-        meta.silent_run = run;
-        if let Some(t) = transition {
+    for f in 0..f_count {
+        let s = &mut series[f];
+        let (score, kind, evidence) = if let Some((a, score, kind)) = best[f] {
+            out.series_scored += 1;
+            let t = bars[f].threshold;
             let ev = Evidence {
                 customer,
-                feature: CUSTOMER_FEATURE,
+                feature: f as u16,
                 score,
-                observed: silent_for as f32,
-                expected: 1.0,
-                lower: 0.0,
-                upper: cfg.silence_epochs as f32,
+                observed: a.observed,
+                expected: a.expected,
+                lower: a.expected - t * a.sigma,
+                upper: a.expected + t * a.sigma,
             };
-            emit(
-                out,
+            (score, kind, Some(ev))
+        } else if s.miss_run >= cfg.dropout_logs && s.seen >= cfg.warm_for_dropout {
+            let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
+            let t = cfg.alert.threshold(s.q_hi, s.q_lo);
+            let score = s.miss_run as f32 / cfg.dropout_logs as f32;
+            let ev = Evidence {
                 customer,
-                CUSTOMER_FEATURE,
-                before,
-                after,
-                t,
-                Some(ev),
+                feature: f as u16,
                 score,
-            );
+                observed: f32::NAN,
+                expected: p,
+                lower: p - t * sigma,
+                upper: p + t * sigma,
+            };
+            (score, AnomalyKind::Dropout, Some(ev))
+        } else {
+            (0.0, AnomalyKind::Spike, None)
+        };
+        // Without a cohort prior a young series cannot know its own noise yet: it needs more history.
+        let min_seen = if ctx.priors[f].count >= cfg.min_prior_count {
+            cfg.min_seen_to_raise
+        } else {
+            cfg.min_seen_without_prior
+        };
+        let can_raise = !in_grace
+            && s.seen >= min_seen
+            && (kind != AnomalyKind::Dropout || s.seen >= cfg.warm_for_dropout);
+        let before = s.alert;
+        let (after, run, transition) =
+            alert::step(&cfg.alert, before, s.clear_run, score, kind, can_raise);
+        s.alert = after;
+        s.clear_run = run;
+        if let Some(t) = transition {
+            emit(out, customer, f as u16, before, after, t, evidence, score);
         }
-    }
-    slots[f_count] = meta.encode();
-    if !reported {
-        return; // no series changed
+        slots[f] = s.encode();
     }
 
-    // Cohort statistics: replace each series' old summary by its new one.
-    for f in 0..f_count {
-        let old = SeriesSlot::decode(&old_slots[f]);
-        let new = SeriesSlot::decode(&slots[f]);
-        let t = cfg.transforms[f];
-        let so = ctx.detector.summary(&old.detector, old.seen, t);
-        let sn = ctx.detector.summary(&new.detector, new.seen, t);
-        if so != sn {
-            cohort.replace(f, so.as_ref(), sn.as_ref());
+    // The customer is back: its silence, if reported, clears.
+    if let Some(open) = meta.silent {
+        let silent_for = e + 1 - meta.last_seen.max(1) as u64;
+        let ev = Evidence {
+            customer,
+            feature: CUSTOMER_FEATURE,
+            score: 0.0,
+            observed: silent_for as f32,
+            expected: 1.0,
+            lower: 0.0,
+            upper: cfg.silence_epochs as f32,
+        };
+        emit(
+            out,
+            customer,
+            CUSTOMER_FEATURE,
+            Some(open),
+            None,
+            Transition::Cleared,
+            Some(ev),
+            0.0,
+        );
+        meta.silent = None;
+        meta.silent_run = 0;
+    }
+    meta.last_seen = epoch_u32(e + 1);
+    meta.last_ts = max_ts.clamp(0, u32::MAX as i64) as u32;
+}
+
+/// The epoch of a known customer without a log: its silence grows.
+fn step_silent(
+    ctx: &StepContext<'_>,
+    customer: CustomerId,
+    meta: &mut CustomerMeta,
+    out: &mut StepOut,
+) {
+    let cfg = ctx.config;
+    let e = ctx.epoch;
+    let silent_for = e + 1 - meta.last_seen as u64;
+    let score = silent_for as f32 / cfg.silence_epochs as f32;
+    let before = meta.silent;
+    let (after, run, transition) = alert::step(
+        &cfg.alert,
+        before,
+        meta.silent_run,
+        score,
+        AnomalyKind::Silent,
+        true,
+    );
+    meta.silent = after;
+    meta.silent_run = run;
+    if let Some(t) = transition {
+        let ev = Evidence {
+            customer,
+            feature: CUSTOMER_FEATURE,
+            score,
+            observed: silent_for as f32,
+            expected: 1.0,
+            lower: 0.0,
+            upper: cfg.silence_epochs as f32,
+        };
+        emit(
+            out,
+            customer,
+            CUSTOMER_FEATURE,
+            before,
+            after,
+            t,
+            Some(ev),
+            score,
+        );
+    }
+}
+
+/// Adds a customer's mature series to this epoch's cohort sample.
+pub fn contribute_customer(ctx: &StepContext<'_>, slots: &[Slot], cohort: &mut CohortAccumulator) {
+    for f in 0..ctx.config.features {
+        let s = SeriesSlot::decode(&slots[f]);
+        if let Some(summary) = ctx
+            .detector
+            .summary(&s.detector, s.seen, ctx.config.transforms[f])
+        {
+            cohort.contribute(f, &summary, 1);
         }
     }
 }
@@ -493,14 +525,7 @@ mod tests {
                 epoch: e,
             };
             let mut out = StepOut::default();
-            step_customer(
-                &ctx,
-                self.c,
-                &mut self.slots,
-                logs,
-                &mut self.cohort,
-                &mut out,
-            );
+            step_customer(&ctx, self.c, &mut self.slots, logs, &mut out);
             out
         }
     }
@@ -639,18 +664,35 @@ mod tests {
     #[test]
     fn cohort_contributions_appear_once_mature() {
         let mut h = Harness::new();
-        let base: i64 = 1_700_000_100; // a multiple of 300: epochs start on it
+        let base: i64 = 1_700_000_100;
         let mut up = 0.0;
-        let mut stats = CohortStats::new(2);
-        for e in 0..300u64 {
-            up += 300.0;
-            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0, up)]);
+        let priors = [FeaturePrior::NONE; 2];
+        let contributed = |h: &mut Harness| {
+            let ctx = StepContext {
+                config: &h.cfg,
+                detector: &h.det,
+                priors: &priors,
+                epoch: 0,
+            };
+            contribute_customer(&ctx, &h.slots, &mut h.cohort);
             let mut d = Vec::new();
             h.cohort.drain(&mut d);
+            let mut stats = CohortStats::new(2);
             for x in &d {
                 stats.apply(x);
             }
+            stats
+        };
+        for e in 0..100u64 {
+            up += 300.0;
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0, up)]);
         }
+        assert_eq!(contributed(&mut h).prior(0).count, 0, "not mature yet");
+        for e in 100..300u64 {
+            up += 300.0;
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, 10.0, up)]);
+        }
+        let stats = contributed(&mut h);
         assert_eq!(stats.prior(0).count, 1);
         assert!((stats.prior(0).level - 10.0).abs() < 1.5);
     }

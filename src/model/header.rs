@@ -84,6 +84,19 @@ pub struct SeriesSlot {
 }
 
 impl SeriesSlot {
+    /// A fresh series.
+    pub const ZERO: SeriesSlot = SeriesSlot {
+        last_epoch: 0,
+        q_hi: 0.0,
+        q_lo: 0.0,
+        seen: 0,
+        alert: None,
+        clear_run: 0,
+        miss_run: 0,
+        decimals: 0,
+        detector: [0; DETECTOR_BYTES],
+    };
+
     pub fn decode(slot: &Slot) -> SeriesSlot {
         let mut copy = *slot;
         let v = SlotView(&mut copy);
@@ -136,6 +149,20 @@ pub fn decimals_of(x: f32) -> u8 {
         scale *= 10.0;
     }
     6
+}
+
+/// The decimals a series has shown, after seeing `x` (cheap when `x` has no more decimals than before).
+#[inline]
+pub fn raise_decimals(current: u8, x: f32) -> u8 {
+    if current >= 6 {
+        return current;
+    }
+    let v = x as f64 * [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6][current as usize];
+    if (v - v.round()).abs() <= (v.abs() * 1e-6).max(1e-9) {
+        current
+    } else {
+        current.max(decimals_of(x))
+    }
 }
 
 /// Epochs between a stored 16-bit epoch and the current one (wrapping), for gaps under 2^16 epochs.

@@ -1,23 +1,21 @@
-//! `seasonal-robust`: the default per-series model. A robust level with a local trend, a learned daily rhythm
-//! and a learned noise memory, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term
-//! volatility tracker and a stuck-value detector — 24 of its 30 bytes used, O(1) per observation.
+//! `seasonal-robust`: the default per-series model. A robust level with a learned daily rhythm and a learned
+//! noise memory, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term volatility tracker
+//! and a stuck-value detector — 30 bytes of state, O(1) per observation.
 //!
 //! # State (30 bytes, little-endian)
 //!
 //! ```text
 //! 0..4    L     f32      level (de-seasonalised)
 //! 4..6    S     f16      0.8-expectile of the absolute one-step residual (σ̂ = 0.8605·S)
-//! 6..14   θ     [f16;4]  daily harmonics a1 b1 a2 b2          (rate series: 6..10 = previous raw value, f32)
-//! 14..16  B     f16      local trend, per epoch (damped)
-//! 16      C⁺    u8       upper CUSUM, σ units ×8
-//! 17      C⁻    u8       lower CUSUM, σ units ×8
-//! 18      m     u8       short-term mean of min(|z|, 4), ×32
-//! 19      run   u8       current run of exactly repeated raw values
-//! 20      R     u8       the longest benign run the series normally shows, ×2 (decays slowly)
-//! 21      h     u8       8-bit hash of the last raw value
-//! 22      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
-//! 23      ρ     i8       sign autocorrelation of residuals, ×127
-//! 24..30  —              unused
+//! 6..22   θ     [f32;4]  daily harmonics a1 b1 a2 b2          (rate series: 6..10 = previous raw value)
+//! 22      C⁺    u8       upper CUSUM, σ units ×8
+//! 23      C⁻    u8       lower CUSUM, σ units ×8
+//! 24      m     u8       short-term mean of min(|z|, 4), ×32
+//! 25      run   u8       current run of exactly repeated raw values
+//! 26      R     u8       the longest benign run the series normally shows, ×2 (decays slowly)
+//! 27      h     u8       8-bit hash of the last raw value
+//! 28      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
+//! 29      ρ     i8       sign autocorrelation of residuals, ×127
 //! ```
 //!
 //! # Equations (per observation x at daily phase φ, n = observations so far)
@@ -25,7 +23,7 @@
 //! ```text
 //! f      = [cos φ, sin φ, cos 2φ, sin 2φ]
 //! ρ_r    = sin(π/2 · ρ) clamped to [0, 0.6]             (Gaussian: E[sgn z_t · sgn z_t−1] = (2/π)·asin ρ_r)
-//! base   = L + φ·B + θ·f                                (damped trend, φ = 0.98)
+//! base   = L + θ·f
 //! p      = base + ρ_r·σ·ψ₋                              prediction with the residual's own memory
 //! σ_own  = 0.8605·S                                     (S → 1.162σ for Gaussian noise, see S below)
 //! σ      = √((n·σ_own² + k·σ_prior²)/(n + k))  while n < warm, else σ_own; floored; inflated after gaps
@@ -40,7 +38,7 @@
 //! sustained = max(max(C⁺, C⁻)/h, max(0, m − 0.8)/(m_alarm − 0.8), run/(2R + 4))   1 = alarm
 //!   (the stuck term only for series with real noise: σ above twice its floor)
 //! learning (gain a = max(α, 1/(n+1)), b = max(β, 1/(n+1)), η_n = η·(1 + 4·(1 − n/255))):
-//!   L = L + φ·B + a·σ·ψ_b,   B = φ·B + τ·a·σ·ψ_b,   θ += η_n·σ·ψ_b·f   (the base residual: the carry is noise)
+//!   L += a·σ·ψ_b,   θ += η_n·σ·ψ_b·f                   (the base residual: the carry is noise)
 //!   S += b·(min(|r|, 4σ) − S) when it grows, b/4 of that when it shrinks: an expectile, slow to collapse
 //!   during quiet hours (nights of zero clients) and quick to widen when the noise rises
 //!   if max(C⁺, C⁻) ≥ 3h: L = x − θ·f, C± = 0            (a confirmed shift: jump to the new level)
@@ -70,8 +68,6 @@ pub struct SeasonalRobust {
     pub vol_alarm: f32,
     pub prior_weight: f32,
     pub warm: u8,
-    pub trend_gain: f32,
-    pub trend_damping: f32,
 }
 
 impl Default for SeasonalRobust {
@@ -87,8 +83,6 @@ impl Default for SeasonalRobust {
             vol_alarm: 2.2,
             prior_weight: 6.0,
             warm: 24,
-            trend_gain: 0.0,
-            trend_damping: 0.98,
         }
     }
 }
@@ -100,7 +94,6 @@ struct St {
     mad: f32,
     season: [f32; 4],
     prev: f32,
-    trend: f32,
     c_hi: f32,
     c_lo: f32,
     vol: f32,
@@ -115,62 +108,29 @@ fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 fn rd_f16(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    crate::f16::to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 fn wr_f32(b: &mut [u8], at: usize, v: f32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 fn wr_f16(b: &mut [u8], at: usize, v: f32) {
-    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    b[at..at + 2].copy_from_slice(&crate::f16::from_f32(v).to_le_bytes());
 }
-/// Writes `v` as f16 rounded *stochastically* with the dither `u` ∈ [0, 1): unbiased in expectation, so the
-/// many small learning steps of a coefficient add up instead of each rounding away to nothing. The dither is
-/// derived from the observation, so the result stays deterministic.
-fn wr_f16_dithered(b: &mut [u8], at: usize, v: f32, u: f32) {
-    let near = half::f16::from_f32(v);
-    let nv = near.to_f32();
-    let out = if !v.is_finite() || !nv.is_finite() || nv == v {
-        near
-    } else {
-        // The f16 on the other side of v.
-        let bits = near.to_bits();
-        let away_from_zero = (nv.abs() < v.abs()) == (nv >= 0.0 || nv == 0.0 && v > 0.0);
-        let other = if nv == 0.0 {
-            half::f16::from_bits(if v > 0.0 { 0x0001 } else { 0x8001 })
-        } else if away_from_zero {
-            half::f16::from_bits(bits + 1)
-        } else {
-            half::f16::from_bits(bits - 1)
-        };
-        let ov = other.to_f32();
-        let (lo, hi, lo_h, hi_h) = if nv < ov {
-            (nv, ov, near, other)
-        } else {
-            (ov, nv, other, near)
-        };
-        if !(lo <= v && v <= hi) || hi == lo {
-            near
-        } else if u < (v - lo) / (hi - lo) {
-            hi_h
-        } else {
-            lo_h
-        }
-    };
-    b[at..at + 2].copy_from_slice(&out.to_le_bytes());
-}
-
+// Rounding half away from zero without a libm call (`as` truncates toward zero, saturating).
 fn q_u8(v: f32, scale: f32) -> u8 {
-    (v * scale).round().clamp(0.0, 255.0) as u8
+    (v * scale + 0.5).clamp(0.0, 255.0) as u8
 }
 fn q_i8(v: f32, scale: f32) -> u8 {
-    ((v * scale).round().clamp(-127.0, 127.0) as i8) as u8
+    let x = v * scale;
+    let r = if x >= 0.0 { x + 0.5 } else { x - 0.5 };
+    (r.clamp(-127.0, 127.0) as i8) as u8
 }
 
 impl St {
     fn decode(b: &DetectorState, transform: Transform) -> St {
         let (season, prev) = match transform {
             Transform::Level => (
-                [rd_f16(b, 6), rd_f16(b, 8), rd_f16(b, 10), rd_f16(b, 12)],
+                [rd_f32(b, 6), rd_f32(b, 10), rd_f32(b, 14), rd_f32(b, 18)],
                 0.0,
             ),
             Transform::Rate => ([0.0; 4], rd_f32(b, 6)),
@@ -180,50 +140,37 @@ impl St {
             mad: rd_f16(b, 4),
             season,
             prev,
-            trend: rd_f16(b, 14),
-            c_hi: b[16] as f32 / 8.0,
-            c_lo: b[17] as f32 / 8.0,
-            vol: b[18] as f32 / 32.0,
-            run: b[19],
-            run_max: b[20] as f32 / 2.0,
-            hash: b[21],
-            psi_prev: (b[22] as i8) as f32 / 50.0,
-            rho: (b[23] as i8) as f32 / 127.0,
+            c_hi: b[22] as f32 / 8.0,
+            c_lo: b[23] as f32 / 8.0,
+            vol: b[24] as f32 / 32.0,
+            run: b[25],
+            run_max: b[26] as f32 / 2.0,
+            hash: b[27],
+            psi_prev: (b[28] as i8) as f32 / 50.0,
+            rho: (b[29] as i8) as f32 / 127.0,
         }
     }
 
-    /// Encodes the state; `dither` (any 64 bits derived from the observation) drives the stochastic rounding
-    /// of the seasonal coefficients.
     fn encode(&self, transform: Transform) -> DetectorState {
-        self.encode_dithered(transform, 0)
-    }
-
-    fn encode_dithered(&self, transform: Transform, dither: u64) -> DetectorState {
         let mut b = [0u8; super::DETECTOR_BYTES];
         wr_f32(&mut b, 0, self.level);
         wr_f16(&mut b, 4, self.mad);
         match transform {
             Transform::Level => {
                 for k in 0..4 {
-                    let u = ((dither >> (16 * k)) & 0xFFFF) as f32 / 65536.0;
-                    if dither == 0 {
-                        wr_f16(&mut b, 6 + 2 * k, self.season[k]);
-                    } else {
-                        wr_f16_dithered(&mut b, 6 + 2 * k, self.season[k], u);
-                    }
+                    wr_f32(&mut b, 6 + 4 * k, self.season[k]);
                 }
             }
             Transform::Rate => wr_f32(&mut b, 6, self.prev),
         }
-        wr_f16(&mut b, 14, self.trend);
-        b[16] = q_u8(self.c_hi, 8.0);
-        b[17] = q_u8(self.c_lo, 8.0);
-        b[18] = q_u8(self.vol, 32.0);
-        b[19] = self.run;
-        b[20] = q_u8(self.run_max, 2.0);
-        b[21] = self.hash;
-        b[22] = q_i8(self.psi_prev, 50.0);
-        b[23] = q_i8(self.rho, 127.0);
+        b[22] = q_u8(self.c_hi, 8.0);
+        b[23] = q_u8(self.c_lo, 8.0);
+        b[24] = q_u8(self.vol, 32.0);
+        b[25] = self.run;
+        b[26] = q_u8(self.run_max, 2.0);
+        b[27] = self.hash;
+        b[28] = q_i8(self.psi_prev, 50.0);
+        b[29] = q_i8(self.rho, 127.0);
         b
     }
 
@@ -269,8 +216,6 @@ impl SeasonalRobust {
             vol_alarm: p.f32("vol_alarm", d.vol_alarm, 1.0, 4.0)?,
             prior_weight: p.f32("prior_weight", d.prior_weight, 0.0, 1000.0)?,
             warm: p.f32("warm", d.warm as f32, 1.0, 255.0)? as u8,
-            trend_gain: p.f32("trend_gain", d.trend_gain, 0.0, 1.0)?,
-            trend_damping: p.f32("trend_damping", d.trend_damping, 0.0, 1.0)?,
         })
     }
 
@@ -353,14 +298,7 @@ impl Detector for SeasonalRobust {
             return Assessment::learn_only(x, x);
         }
 
-        let phi = self.trend_damping;
-        let steps = obs.gap_epochs.clamp(1, 50) as i32;
-        let drift = if phi < 1.0 {
-            st.trend * phi * (1.0 - phi.powi(steps)) / (1.0 - phi)
-        } else {
-            st.trend * steps as f32
-        };
-        let base = st.level + drift + st.seasonal(&season);
+        let base = st.level + st.seasonal(&season);
         let sigma_own = self.sigma(
             &st,
             n,
@@ -444,8 +382,7 @@ impl Detector for SeasonalRobust {
         // Level and rhythm learn from the base residual: the carried memory is short-term noise, and
         // letting it explain away a misfit of the rhythm would stop the rhythm from ever being learned.
         let correction = a * sigma * psi_base;
-        st.level += drift + correction;
-        st.trend = st.trend * phi.powi(steps) + self.trend_gain * correction;
+        st.level += correction;
         if obs.transform == Transform::Level {
             let eta = self.eta * (1.0 + 4.0 * (1.0 - n as f32 / 255.0));
             for (k, f) in season.iter().enumerate() {
@@ -458,15 +395,11 @@ impl Detector for SeasonalRobust {
         if st.c_hi.max(st.c_lo) >= 3.0 * self.cusum_h {
             // A confirmed shift: adopt the new level instead of crawling towards it.
             st.level = x - st.seasonal(&season);
-            st.trend = 0.0;
             st.c_hi = 0.0;
             st.c_lo = 0.0;
             st.psi_prev = 0.0;
         }
-        let dither = crate::rng::splitmix64(
-            &mut ((raw.to_bits() as u64) << 32 ^ obs.ts as u64 ^ st.level.to_bits() as u64),
-        ) | 1;
-        *state = st.encode_dithered(obs.transform, dither);
+        *state = st.encode(obs.transform);
 
         Assessment {
             observed: x,
@@ -483,7 +416,7 @@ impl Detector for SeasonalRobust {
     fn predict(&self, state: &DetectorState, ts: i64, transform: Transform) -> (f32, f32) {
         let st = St::decode(state, transform);
         let p = match transform {
-            Transform::Level => st.level + st.trend + st.seasonal(&Observation::daily_phase(ts)),
+            Transform::Level => st.level + st.seasonal(&Observation::daily_phase(ts)),
             Transform::Rate => st.level,
         };
         (p, (MAD_TO_SIGMA * st.mad).max(sigma_floor(p, 0.0)))
@@ -688,41 +621,12 @@ mod tests {
     }
 
     #[test]
-    fn dithered_rounding_is_unbiased() {
-        // 2.0003 lies between the f16 values 2.0 and 2.001953125: a quarter of the ulp above 2.0... in
-        // expectation the stored values average back to it.
-        let v = 2.0003f32;
-        let mut sum = 0.0f64;
-        let n = 20_000;
-        for i in 0..n {
-            let mut b = [0u8; 2];
-            wr_f16_dithered(&mut b, 0, v, (i as f32 + 0.5) / n as f32);
-            sum += rd_f16(&b, 0) as f64;
-        }
-        assert!(
-            ((sum / n as f64) - v as f64).abs() < 1e-5,
-            "{}",
-            sum / n as f64
-        );
-        for v in [-3.3f32, 0.0, 1e-6, -1e-6, 65_000.0] {
-            let mut b = [0u8; 2];
-            wr_f16_dithered(&mut b, 0, v, 0.7);
-            let back = rd_f16(&b, 0);
-            assert!(
-                (back - v).abs() <= (v.abs() * 1e-3).max(1e-7),
-                "{v} -> {back}"
-            );
-        }
-    }
-
-    #[test]
     fn state_round_trips_through_bytes() {
         let st = St {
             level: -61.25,
             mad: 1.5,
             season: [1.0, -2.0, 0.5, 0.25],
             prev: 0.0,
-            trend: 0.125,
             c_hi: 3.0,
             c_lo: 0.0,
             vol: 1.25,
