@@ -61,7 +61,7 @@ fn model(c: &mut Criterion) {
     let priors = vec![FeaturePrior::NONE; spec.features.len()];
     let mut slots = vec![[0u8; SLOT_BYTES]; spec.features.len() + 1];
     let mut epoch = (base.ts / 300) as u64;
-    let mut step = |epoch: &mut u64, slots: &mut [fleetwatch::state::Slot]| {
+    let step = |epoch: &mut u64, slots: &mut [fleetwatch::state::Slot]| {
         *epoch += 1;
         let mut log = logs[(*epoch % 288) as usize];
         log.ts = *epoch as i64 * 300 + 17;

@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use differential_dataflow::trace::{Builder, Cursor, Description, Span, Trace, TraceReader};
+use differential_dataflow::trace::implementations::ord_neu::val_batch::OrdValStorage;
+use differential_dataflow::trace::implementations::ord_neu::{OrdValBatch, Upds, Vals};
+use differential_dataflow::trace::implementations::{BatchContainer, ValSpine, Vector};
+use differential_dataflow::trace::{Cursor, Description, Span, Trace, TraceReader};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -41,7 +43,56 @@ use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
 
 /// The trace type of the series-state arrangement.
 pub type StateSpine = ValSpine<CustomerId, u8, u64, Block>;
-type StateBuilder = ValBuilder<CustomerId, u8, u64, Block>;
+type StateLayout = Vector<((CustomerId, u8), u64, Block)>;
+type StateBatch = OrdValBatch<StateLayout>;
+
+/// Builds a batch of the state arrangement directly in its final containers. The model produces its
+/// differences already sorted by (customer, block) and consolidated (one per block), so the generic builder's
+/// staging (a tuple vector, then per-value sort-and-consolidate buffers) would only copy each 320-byte
+/// difference twice more.
+struct DirectBatch {
+    storage: OrdValStorage<StateLayout>,
+    updates: usize,
+    time: u64,
+}
+
+impl DirectBatch {
+    fn new(time: u64, keys: usize, vals: usize) -> Self {
+        DirectBatch {
+            storage: OrdValStorage {
+                keys: Vec::with_capacity(keys),
+                vals: Vals::with_capacity(keys + 1, vals),
+                upds: Upds::with_capacity(vals + 1, vals),
+            },
+            updates: 0,
+            time,
+        }
+    }
+
+    /// Appends one customer's changed blocks (in block order); customers must come in key order.
+    fn push(&mut self, customer: CustomerId, blocks: &[(u8, Block)]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let s = &mut self.storage;
+        s.keys.push(customer);
+        for (v, d) in blocks {
+            s.vals.vals.push(*v);
+            s.upds.times.push(self.time);
+            s.upds.diffs.push(*d);
+            s.upds.offs.push_ref(s.upds.times.len());
+            self.updates += 1;
+        }
+        s.vals.offs.push_ref(s.vals.vals.len());
+    }
+
+    fn done(self) -> Option<StateBatch> {
+        (self.updates > 0).then_some(OrdValBatch {
+            storage: self.storage,
+            updates: self.updates,
+        })
+    }
+}
 /// The arranged series state, for downstream readers (queries, checkpoints).
 pub type StateArrangement<'scope> = Arranged<'scope, TraceAgent<StateSpine>>;
 
@@ -155,6 +206,7 @@ pub fn series_model<'scope>(
     builder.build(move |caps| {
         let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
         let mut stash: BTreeMap<u64, Vec<Log>> = BTreeMap::new();
+        let mut spare: Vec<Vec<Log>> = Vec::new();
         let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
         let mut stats = CohortStats::new(config.features);
         let mut acc = CohortAccumulator::new(config.features);
@@ -167,7 +219,10 @@ pub fn series_model<'scope>(
         move |frontiers| {
             in_logs.for_each(|cap, data| {
                 if let Some(&t) = cap.least() {
-                    stash.entry(t).or_default().append(data);
+                    stash
+                        .entry(t)
+                        .or_insert_with(|| spare.pop().unwrap_or_default())
+                        .append(data);
                 }
             });
             in_cohort.for_each(|cap, data| {
@@ -194,7 +249,7 @@ pub fn series_model<'scope>(
                 if bound.is_some_and(|b| e >= b) {
                     break;
                 }
-                let logs = stash.remove(&e).unwrap_or_default();
+                let mut logs = stash.remove(&e).unwrap_or_default();
                 if f_logs.is_none() && logs.is_empty() && stash.is_empty() {
                     // Input exhausted: nothing more will ever change.
                     next = Some(e);
@@ -214,7 +269,12 @@ pub fn series_model<'scope>(
                     writer.seal(Antichain::from_elem(e));
                     upper = e;
                 }
-                let result = worker.run_epoch(e, logs, &mut reader, &priors, &mut acc);
+                let result = worker.run_epoch(e, &mut logs, &mut reader, &priors, &mut acc);
+                // Keep the epoch's buffer (and its capacity) for a later epoch: no fresh pages each epoch.
+                logs.clear();
+                if spare.len() < 2 {
+                    spare.push(logs);
+                }
                 // Compact to the next epoch first, so the new batch is merged as soon as it is inserted.
                 reader.set_logical_compaction(Antichain::from_elem(e + 1).borrow());
                 reader.set_physical_compaction(Antichain::from_elem(e + 1).borrow());
@@ -359,7 +419,6 @@ pub struct EpochWorker {
     blocks: usize,
     slots: Vec<Slot>,
     old: Vec<Block>,
-    upds: Vec<((CustomerId, u8), u64, Block)>,
     /// Approximate number of customers in the trace (capacity hint for the next batch).
     customers_hint: usize,
 }
@@ -372,7 +431,6 @@ impl EpochWorker {
             blocks,
             slots: vec![[0u8; SLOT_BYTES]; blocks * BLOCK_SLOTS],
             old: vec![Block::ZERO; blocks],
-            upds: Vec::with_capacity(4096),
             customers_hint: 0,
         }
     }
@@ -381,7 +439,7 @@ impl EpochWorker {
     pub fn run_epoch(
         &mut self,
         e: u64,
-        mut logs: Vec<Log>,
+        logs: &mut [Log],
         reader: &mut TraceAgent<StateSpine>,
         priors: &[crate::model::FeaturePrior],
         acc: &mut CohortAccumulator,
@@ -397,7 +455,8 @@ impl EpochWorker {
             .expect("the series-state trace is readable through its upper frontier");
         let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
         let hint = self.customers_hint.max(logs.len());
-        let mut builder = StateBuilder::with_capacity(hint, hint * self.blocks, hint * self.blocks);
+        let mut batch = DirectBatch::new(e, hint, hint * self.blocks);
+        let mut changed: Vec<(u8, Block)> = Vec::with_capacity(self.blocks);
         let ctx = StepContext {
             config: &self.config,
             detector: self.detector.as_ref(),
@@ -485,23 +544,18 @@ impl EpochWorker {
                 dl.offset = Some(l.pos.offset);
                 dead.push(dl);
             }
+            changed.clear();
             for b in 0..self.blocks {
                 let mut new = Block::ZERO;
                 for s in 0..BLOCK_SLOTS {
                     new.set_slot(s, &self.slots[b * BLOCK_SLOTS + s]);
                 }
                 if new != self.old[b] {
-                    self.upds
-                        .push(((customer, b as u8), e, new.minus(&self.old[b])));
+                    changed.push((b as u8, new.minus(&self.old[b])));
                 }
             }
-            if self.upds.len() >= 4096 {
-                builder.push(&mut self.upds);
-                self.upds.clear();
-            }
+            batch.push(customer, &changed);
         }
-        builder.push(&mut self.upds);
-        self.upds.clear();
         drop(cursor);
         drop(storage);
         self.customers_hint = counts.customers as usize;
@@ -515,7 +569,7 @@ impl EpochWorker {
         let mut evidence = out.evidence;
         evidence.sort_by_key(|e| (e.customer, e.feature));
         EpochResult {
-            batch: builder.done().map(Rc::new),
+            batch: batch.done().map(Rc::new),
             anomalies,
             evidence,
             counts,

@@ -75,6 +75,11 @@ impl<'a> Scanner<'a> {
         Scanner { b, i: 0 }
     }
 
+    /// A scanner positioned at byte `i` of `b`.
+    pub fn at(b: &'a [u8], i: usize) -> Self {
+        Scanner { b, i }
+    }
+
     /// Current byte offset.
     pub fn pos(&self) -> usize {
         self.i

@@ -14,6 +14,7 @@
 //! * [`cluster`] — `cluster.toml`, multi-process configuration and `launch`.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,9 +27,10 @@ fn malformed_lines_are_dead_lettered_and_good_output_is_unchanged() {
     let input = common::generate(
         &dir.path().join("fleet"),
         60,
-        120,
+        420,
         4,
-        &["--history-epochs", "24", "--anomaly-rate", "3.0"],
+        // a day of clean history first: series are mature (and can alert) only after a day
+        &["--history-epochs", "290", "--anomaly-rate", "3.0"],
     );
     let text = std::fs::read_to_string(&input).unwrap();
     let lines: Vec<&str> = text.lines().collect();

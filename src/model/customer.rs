@@ -409,8 +409,8 @@ fn step_silent(
 
 /// Adds a customer's mature series to this epoch's cohort sample.
 pub fn contribute_customer(ctx: &StepContext<'_>, slots: &[Slot], cohort: &mut CohortAccumulator) {
-    for f in 0..ctx.config.features {
-        let s = SeriesSlot::decode(&slots[f]);
+    for (f, slot) in slots.iter().enumerate().take(ctx.config.features) {
+        let s = SeriesSlot::decode(slot);
         if let Some(summary) = ctx
             .detector
             .summary(&s.detector, s.seen, ctx.config.transforms[f])

@@ -128,102 +128,93 @@ pub fn partition_owner(input: u32, partition: u32, peers: usize) -> usize {
     ((partition as u64 + input as u64 * 7919) % peers.max(1) as u64) as usize
 }
 
-/// Lines of a file, read in large chunks without copying each line.
+/// Lines of a file, straight from a memory map: no copy, and every worker of a process shares the same
+/// page-cache pages however many of them scan the file. Pages behind the cursor are released as it advances,
+/// so a long replay does not accumulate the whole file in the process's resident set.
+///
+/// The inputs must not be modified while a run reads them (a memory-mapped file changing underneath is
+/// undefined behaviour).
 pub struct LineReader {
-    file: File,
-    buf: Vec<u8>,
+    map: Option<memmap2::Mmap>,
     pos: usize,
-    end: usize,
-    eof: bool,
+    released: usize,
     line_no: u64,
 }
 
-/// Lines longer than this are refused (and skipped) rather than buffered without bound.
+/// Lines longer than this are refused (and skipped).
 pub const MAX_LINE: usize = 16 << 20;
+/// Release mapped pages behind the cursor in steps of this many bytes.
+const RELEASE_STEP: usize = 64 << 20;
 
 impl LineReader {
     pub fn open(path: &Path) -> Result<LineReader, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
+        let io = |source| SourceError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the file is only read, and inputs are documented as not modified during a run.
+            let m = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            let _ = m.advise(memmap2::Advice::Sequential);
+            Some(m)
+        };
         Ok(LineReader {
-            file,
-            buf: vec![0u8; 4 << 20],
+            map,
             pos: 0,
-            end: 0,
-            eof: false,
+            released: 0,
             line_no: 0,
         })
     }
 
-    /// The next line as `(line number, byte range in `buf()`, too_long)`, without its newline. The range is
-    /// valid until the next call.
+    /// The next line as `(line number, byte range in `buf()`, too_long)`, without its newline.
     pub fn next_line(&mut self) -> std::io::Result<Option<(u64, std::ops::Range<usize>, bool)>> {
-        loop {
-            if let Some(nl) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
-                let start = self.pos;
-                let mut stop = start + nl;
-                self.pos = stop + 1;
-                self.line_no += 1;
-                if stop > start && self.buf[stop - 1] == b'\r' {
-                    stop -= 1;
-                }
-                return Ok(Some((self.line_no, start..stop, false)));
-            }
-            if self.eof {
-                if self.pos < self.end {
-                    let start = self.pos;
-                    self.pos = self.end;
-                    self.line_no += 1;
-                    return Ok(Some((self.line_no, start..self.end, false)));
-                }
-                return Ok(None);
-            }
-            // Need more data: compact, grow if one line fills the buffer, read.
-            if self.pos > 0 {
-                self.buf.copy_within(self.pos..self.end, 0);
-                self.end -= self.pos;
-                self.pos = 0;
-            }
-            if self.end == self.buf.len() {
-                if self.buf.len() >= MAX_LINE {
-                    // Skip the rest of this over-long line and report it.
-                    self.line_no += 1;
-                    let line_no = self.line_no;
-                    self.skip_to_newline()?;
-                    return Ok(Some((line_no, 0..0, true)));
-                }
-                let n = self.buf.len() * 2;
-                self.buf.resize(n.min(MAX_LINE), 0);
-            }
-            let n = self.file.read(&mut self.buf[self.end..])?;
-            if n == 0 {
-                self.eof = true;
-            }
-            self.end += n;
+        let Some(map) = self.map.as_ref() else {
+            return Ok(None);
+        };
+        let buf: &[u8] = map;
+        if self.pos >= buf.len() {
+            return Ok(None);
         }
-    }
-
-    fn skip_to_newline(&mut self) -> std::io::Result<()> {
-        self.pos = 0;
-        self.end = 0;
-        loop {
-            let n = self.file.read(&mut self.buf)?;
-            if n == 0 {
-                self.eof = true;
-                return Ok(());
-            }
-            if let Some(nl) = memchr::memchr(b'\n', &self.buf[..n]) {
-                self.pos = nl + 1;
-                self.end = n;
-                return Ok(());
+        let start = self.pos;
+        let end = match memchr::memchr(b'\n', &buf[start..]) {
+            Some(nl) => start + nl,
+            None => buf.len(),
+        };
+        self.pos = end + 1;
+        self.line_no += 1;
+        if self.pos - self.released > 2 * RELEASE_STEP {
+            let upto = (self.pos - RELEASE_STEP) / 4096 * 4096;
+            if upto > self.released {
+                // SAFETY: the released range lies wholly behind the cursor; no slice into it is alive
+                // (callers use a line before asking for the next one) and a read-only file mapping
+                // simply re-reads the page cache if touched again.
+                unsafe {
+                    let _ = map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        self.released,
+                        upto - self.released,
+                    );
+                }
+                self.released = upto;
             }
         }
+        if end - start > MAX_LINE {
+            return Ok(Some((self.line_no, start..start, true)));
+        }
+        let stop = if end > start && buf[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        Ok(Some((self.line_no, start..stop, false)))
     }
 
     pub fn buf(&self) -> &[u8] {
-        &self.buf
+        self.map.as_deref().unwrap_or(&[])
     }
 }
 

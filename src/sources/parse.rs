@@ -21,6 +21,8 @@ pub struct Envelope {
 /// A parser configured from a spec; reuse one per worker (it owns scratch space).
 pub struct LogParser {
     names: Vec<Vec<u8>>,
+    /// `,"<name>":` for each feature: the canonical layout's separators.
+    keyed: Vec<Vec<u8>>,
     prefix: Vec<u8>,
     unknown: UnknownFeaturePolicy,
     min_ts: i64,
@@ -99,6 +101,11 @@ impl LogParser {
                 .iter()
                 .map(|f| f.name.as_bytes().to_vec())
                 .collect(),
+            keyed: spec
+                .features
+                .iter()
+                .map(|f| format!(",\"{}\":", f.name).into_bytes())
+                .collect(),
             prefix: spec.input.customer_id_prefix.as_bytes().to_vec(),
             unknown: spec.input.unknown_features,
             min_ts: spec.input.min_timestamp,
@@ -139,6 +146,108 @@ impl LogParser {
 
     /// Parses a recorded-topic line: the envelope and the log it carries.
     pub fn parse_recorded(&mut self, line: &[u8], out: &mut Log) -> Result<Envelope, Rejection> {
+        if let Some(env) = self.parse_canonical(line, out) {
+            return Ok(env);
+        }
+        self.parse_general(line, out)
+    }
+
+    /// The fast path for lines in exactly the layout fleetwatch writes (`generate`, `record`): envelope keys
+    /// in order, the log's features in spec order, plain numbers. It accepts a line only if the general
+    /// parser would accept it with the same result; anything else (`None`) goes the general way, which also
+    /// finds the reason for a refusal.
+    fn parse_canonical(&mut self, line: &[u8], out: &mut Log) -> Option<Envelope> {
+        fn lit(line: &[u8], i: &mut usize, l: &[u8]) -> Option<()> {
+            if line.get(*i..*i + l.len())? == l {
+                *i += l.len();
+                Some(())
+            } else {
+                None
+            }
+        }
+        fn digits(line: &[u8], i: &mut usize) -> Option<u64> {
+            let start = *i;
+            let mut v: u64 = 0;
+            while let Some(&c @ b'0'..=b'9') = line.get(*i) {
+                v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+                *i += 1;
+            }
+            // no leading zeros (JSON), no fraction or exponent after
+            let n = *i - start;
+            if n == 0 || (n > 1 && line[start] == b'0') {
+                return None;
+            }
+            if matches!(line.get(*i), Some(b'.' | b'e' | b'E')) {
+                return None;
+            }
+            Some(v)
+        }
+        fn plain_string<'l>(line: &'l [u8], i: &mut usize) -> Option<&'l [u8]> {
+            let start = *i;
+            let len = memchr::memchr(b'"', &line[start..])?;
+            let s = &line[start..start + len];
+            if s.iter().any(|c| *c == b'\\' || *c < 0x20) {
+                return None;
+            }
+            *i = start + len + 1;
+            Some(s)
+        }
+        let mut i = 0;
+        lit(line, &mut i, b"{\"partition\":")?;
+        let partition = u32::try_from(digits(line, &mut i)?).ok()?;
+        lit(line, &mut i, b",\"offset\":")?;
+        let offset = digits(line, &mut i)?;
+        lit(line, &mut i, b",\"timestamp\":")?;
+        let timestamp = digits(line, &mut i)?;
+        if timestamp >= 9_000_000_000_000_000 {
+            return None;
+        }
+        lit(line, &mut i, b",\"key\":\"")?;
+        let key = plain_string(line, &mut i)?;
+        lit(line, &mut i, b",\"value\":{\"customer_id\":\"")?;
+        let id = plain_string(line, &mut i)?;
+        if id != key {
+            return None;
+        }
+        out.customer = CustomerId::parse(id, &self.prefix).ok()?;
+        lit(line, &mut i, b",\"ts\":")?;
+        let ts = digits(line, &mut i)?;
+        if ts > i64::MAX as u64 {
+            return None;
+        }
+        out.ts = self.check_ts(ts as i64).ok()?;
+        out.values = [f32::NAN; MAX_FEATURES];
+        for f in 0..self.keyed.len() {
+            lit(line, &mut i, &self.keyed[f])?;
+            if line.get(i..i + 4) == Some(b"null") {
+                i += 4;
+                continue;
+            }
+            match line.get(i) {
+                Some(b'-' | b'0'..=b'9') => {}
+                _ => return None,
+            }
+            let mut sc = Scanner::at(line, i);
+            let v = sc.number().ok()?;
+            if v.abs() > f32::MAX as f64 {
+                return None;
+            }
+            out.values[f] = v as f32;
+            i = sc.pos();
+        }
+        lit(line, &mut i, b"}}")?;
+        if i != line.len() {
+            return None;
+        }
+        out.pos = SourcePos { partition, offset };
+        Some(Envelope {
+            partition,
+            offset,
+            timestamp_ms: Some(timestamp as i64),
+        })
+    }
+
+    fn parse_general(&mut self, line: &[u8], out: &mut Log) -> Result<Envelope, Rejection> {
         let mut sc = Scanner::new(line);
         if let Err(e) = sc.expect(b'{', "expected a JSON object") {
             return malformed(e);
@@ -249,9 +358,15 @@ impl LogParser {
                     },
                     EnvField::Value => {
                         let kind = sc.kind();
-                        match sc.value_span() {
-                            Ok((s, e)) => value = Some((kind, s, e)),
-                            Err(e) => return malformed(e),
+                        if kind == Kind::Object {
+                            // Parse the log in place (one pass over the line, not a skip and a parse).
+                            self.parse_log_at(&mut sc, out)?;
+                            value = Some((kind, 0, 0));
+                        } else {
+                            match sc.value_span() {
+                                Ok((s, e)) => value = Some((kind, s, e)),
+                                Err(e) => return malformed(e),
+                            }
                         }
                     }
                     EnvField::Other => {
@@ -307,7 +422,7 @@ impl LogParser {
                 );
             }
         }
-        self.parse_log_object(&line[vs..ve], out)?;
+        let _ = (vs, ve); // the object was parsed in place
         out.pos = SourcePos { partition, offset };
         // The message key, when present, must name the same customer as the log.
         if let Some((ks, ke)) = key {
@@ -333,6 +448,15 @@ impl LogParser {
     /// Parses a JSON log object (`{"customer_id":..,"ts":..,<feature>:..}`) into `out`.
     pub fn parse_log_object(&mut self, text: &[u8], out: &mut Log) -> Result<(), Rejection> {
         let mut sc = Scanner::new(text);
+        self.parse_log_at(&mut sc, out)?;
+        if let Err(e) = sc.end() {
+            return malformed(e);
+        }
+        Ok(())
+    }
+
+    /// Parses the JSON log object starting at the scanner's position, leaving the scanner after it.
+    fn parse_log_at(&mut self, sc: &mut Scanner<'_>, out: &mut Log) -> Result<(), Rejection> {
         if let Err(e) = sc.expect(b'{', "expected a JSON object") {
             return malformed(e);
         }
@@ -398,7 +522,7 @@ impl LogParser {
                             return reject(RejectCode::Malformed, "field 'ts' appears twice");
                         }
                         seen |= 1 << 63;
-                        ts = Some(self.read_ts(&mut sc)?);
+                        ts = Some(self.read_ts(sc)?);
                     }
                     LogField::Feature(i) => {
                         if seen & (1 << i) != 0 {
@@ -412,7 +536,7 @@ impl LogParser {
                         }
                         seen |= 1 << i;
                         hint = i + 1;
-                        out.values[i] = self.read_feature(&mut sc, i)?;
+                        out.values[i] = self.read_feature(sc, i)?;
                     }
                     LogField::Unknown => {
                         let name = name_for_errors.unwrap_or_default();
@@ -439,9 +563,6 @@ impl LogParser {
                 }
                 break;
             }
-        }
-        if let Err(e) = sc.end() {
-            return malformed(e);
         }
         out.customer = match customer {
             Some(c) => c,
@@ -767,6 +888,45 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_matches_the_general_parser() {
+        let mut p = LogParser::new(&spec());
+        let x = CustomerId::parse(b"x", b"").unwrap();
+        let lines = [
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":1700000000,"a":-61.5,"b":null}}"#,
+            r#"{"partition":0,"offset":0,"timestamp":0,"key":"cust-22","value":{"customer_id":"cust-22","ts":1700000300,"a":1e3,"b":0.000125}}"#,
+        ];
+        for line in lines {
+            let (mut a, mut b) = (Log::empty(x), Log::empty(x));
+            let fast = p
+                .parse_canonical(line.as_bytes(), &mut a)
+                .expect("canonical");
+            let general = p.parse_general(line.as_bytes(), &mut b).unwrap();
+            assert_eq!(fast, general);
+            assert_eq!(a.customer, b.customer);
+            assert_eq!(a.ts, b.ts);
+            assert_eq!(a.pos, b.pos);
+            for k in 0..MAX_FEATURES {
+                assert_eq!(a.values[k].to_bits(), b.values[k].to_bits());
+            }
+        }
+        // Anything unusual is left to the general parser.
+        for line in [
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":1700000000,"b":1,"a":2}}"#,
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":1700000000,"a":"1","b":2}}"#,
+            r#"{"partition":03,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":1700000000,"a":1,"b":2}}"#,
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-2","value":{"customer_id":"cust-1","ts":1700000000,"a":1,"b":2}}"#,
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":99,"a":1,"b":2}}"#,
+            r#"{"partition":3,"offset":17,"timestamp":1700000000123,"key":"cust-1","value":{"customer_id":"cust-1","ts":1700000000,"a":1,"b":2}} "#,
+        ] {
+            let mut a = Log::empty(x);
+            assert!(
+                p.parse_canonical(line.as_bytes(), &mut a).is_none(),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn any_key_order_and_rfc3339() {
         let line = r#"{"value":{"a":1,"ts":"2023-11-14T22:13:20Z","customer_id":"cust-2"},"offset":1,"partition":0}"#;
         assert_eq!(fast_partition(line.as_bytes()), None);
@@ -888,6 +1048,31 @@ mod tests {
             let mut p = LogParser::new(&spec());
             let mut log = Log::empty(CustomerId::parse(b"x", b"").unwrap());
             let _ = p.parse_recorded(&m, &mut log);
+        }
+
+        #[test]
+        fn fast_and_general_paths_agree(
+            a in -1.0e7f64..1.0e7,
+            b in proptest::option::of(-1.0e3f64..1.0e3),
+            ts in 1_000_000_000i64..4_000_000_000,
+            part in 0u32..100,
+            off in 0u64..1_000_000_000,
+        ) {
+            let b = b.map(|v| format!("{v}")).unwrap_or_else(|| "null".into());
+            let line = format!(
+                r#"{{"partition":{part},"offset":{off},"timestamp":{},"key":"cust-7","value":{{"customer_id":"cust-7","ts":{ts},"a":{a},"b":{b}}}}}"#,
+                ts * 1000
+            );
+            let mut p = LogParser::new(&spec());
+            let x = CustomerId::parse(b"x", b"").unwrap();
+            let (mut l1, mut l2) = (Log::empty(x), Log::empty(x));
+            let fast = p.parse_canonical(line.as_bytes(), &mut l1);
+            let general = p.parse_general(line.as_bytes(), &mut l2);
+            prop_assert!(fast.is_some());
+            prop_assert_eq!(fast, general.ok());
+            prop_assert_eq!(l1.values[0].to_bits(), l2.values[0].to_bits());
+            prop_assert_eq!(l1.values[1].to_bits(), l2.values[1].to_bits());
+            prop_assert_eq!(l1.ts, l2.ts);
         }
 
         #[test]
