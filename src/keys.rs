@@ -77,9 +77,26 @@ impl CustomerId {
     }
 }
 
+impl CustomerId {
+    /// The padded id as two big-endian words. Ids never contain a NUL byte and the padding is zero, so
+    /// comparing these words is comparing the ids byte-lexicographically (a prefix sorts first) — without
+    /// a `memcmp` call: keys are compared on every sort, merge and cursor step of the arrangement.
+    #[inline]
+    fn words(&self) -> (u128, u64) {
+        let b = &self.bytes;
+        let hi = u128::from_be_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]);
+        let lo = u64::from_be_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], 0]);
+        (hi, lo)
+    }
+}
+
 impl Ord for CustomerId {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        self.words().cmp(&other.words())
     }
 }
 
@@ -145,6 +162,20 @@ mod tests {
         let b = CustomerId::parse(b"cust-9", b"cust-").unwrap();
         assert!(a < b, "byte order, not length order");
         assert_eq!(a.as_str(), "cust-10");
+    }
+
+    proptest::proptest! {
+        /// The word comparison is exactly the byte-lexicographic order of the id texts.
+        #[test]
+        fn order_is_byte_lexicographic(a in "[A-Za-z0-9][A-Za-z0-9._:-]{0,22}", b in "[A-Za-z0-9][A-Za-z0-9._:-]{0,22}") {
+            let (x, y) = (CustomerId::parse(a.as_bytes(), b"").unwrap(), CustomerId::parse(b.as_bytes(), b"").unwrap());
+            proptest::prop_assert_eq!(x.cmp(&y), a.as_bytes().cmp(b.as_bytes()));
+            let p = format!("{a}0");
+            if p.len() <= CUSTOMER_ID_CAP {
+                let z = CustomerId::parse(p.as_bytes(), b"").unwrap();
+                proptest::prop_assert!(x < z, "a prefix sorts first");
+            }
+        }
     }
 
     #[test]

@@ -7,16 +7,13 @@
 //! * [`epoch`] — event-time epochs and the per-partition lateness policy.
 //! * [`keys`] — customer ids and the routing hash (exchange by customer).
 //! * [`model`] — the per-series model: detectors, calibrated thresholds with hysteresis, cohort priors.
-//! * [`state`] — the 32-byte series slots and the Abelian block difference.
+//! * [`state`] — the 40-byte series slots and the Abelian block difference.
 //! * [`arrangement`] — the operator maintaining the series-state arrangement.
 //! * [`sinks`] — output and dead-letter writers.
+//! * [`memory`] — the binary's allocator (recycles the arrangement's large blocks).
 //! * [`dataflow`] — the assembled pipeline and `run`.
 //! * [`cluster`] — `cluster.toml`, multi-process configuration and `launch`.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod arrangement;
 pub mod bench;
@@ -29,6 +26,7 @@ pub mod f16;
 pub mod generate;
 pub mod json;
 pub mod keys;
+pub mod memory;
 pub mod model;
 pub mod record;
 pub mod rng;

@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use fleetwatch::commands::{self, Layout, RunOptions};
 use fleetwatch::generate::GenerateConfig;
 
+#[global_allocator]
+static GLOBAL: fleetwatch::memory::Recycling = fleetwatch::memory::Recycling;
+
 /// Personalised anomaly detection for every (customer, feature) series of a device fleet, every epoch.
 #[derive(Parser)]
 #[command(name = "fleetwatch", version, about, long_about = None)]

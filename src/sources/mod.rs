@@ -138,6 +138,8 @@ pub struct LineReader {
     map: Option<memmap2::Mmap>,
     pos: usize,
     released: usize,
+    /// Bytes up to which the kernel has been asked to read ahead.
+    prefetched: usize,
     line_no: u64,
 }
 
@@ -145,6 +147,10 @@ pub struct LineReader {
 pub const MAX_LINE: usize = 16 << 20;
 /// Release mapped pages behind the cursor in steps of this many bytes.
 const RELEASE_STEP: usize = 64 << 20;
+/// Keep the kernel reading this far ahead of the cursor (asynchronously, `MADV_WILLNEED`), in steps of
+/// `RELEASE_STEP`. Page-fault-driven readahead alone fetched about 190 MB/s on the CI VM, whose disk reads
+/// 0.9–1.1 GB/s sequentially: a replay larger than the page cache was I/O-bound without it.
+const PREFETCH_AHEAD: usize = 256 << 20;
 
 impl LineReader {
     pub fn open(path: &Path) -> Result<LineReader, SourceError> {
@@ -166,6 +172,7 @@ impl LineReader {
             map,
             pos: 0,
             released: 0,
+            prefetched: 0,
             line_no: 0,
         })
     }
@@ -186,6 +193,15 @@ impl LineReader {
         };
         self.pos = end + 1;
         self.line_no += 1;
+        if self.pos + PREFETCH_AHEAD > self.prefetched + RELEASE_STEP && self.prefetched < buf.len()
+        {
+            let from = self.prefetched.max(self.pos / 4096 * 4096);
+            let to = (self.pos + PREFETCH_AHEAD).min(buf.len());
+            if to > from {
+                let _ = map.advise_range(memmap2::Advice::WillNeed, from, to - from);
+            }
+            self.prefetched = to;
+        }
         if self.pos - self.released > 2 * RELEASE_STEP {
             let upto = (self.pos - RELEASE_STEP) / 4096 * 4096;
             if upto > self.released {
