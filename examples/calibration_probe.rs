@@ -5,21 +5,16 @@
 //! cargo run --release --example calibration_probe
 //! ```
 
-use fleetwatch::model::alert::AlertParams;
+use fleetwatch::model::customer::ModelConfig;
 use fleetwatch::model::seasonal::SeasonalRobust;
 use fleetwatch::model::{Detector, FeaturePrior, Observation, Transform};
 use fleetwatch::rng::Rng;
+use fleetwatch::spec::Spec;
 
 fn main() {
     let det = SeasonalRobust::default();
-    let alert = AlertParams {
-        floor: 4.0,
-        margin: 1.15,
-        sustained_tail_exponent: 0.5,
-        clear_ratio: 0.6,
-        clear_epochs: 3,
-        critical_ratio: 2.0,
-    };
+    // The alerting parameters the product ships (the embedded home Wi-Fi spec), not a copy of them.
+    let alert = ModelConfig::from_spec(&Spec::embedded()).alert;
     println!("df    ar    daily  series  obs        exceed  rate      (target 3e-6)");
     for &(df, ar, daily) in &[
         (1000.0, 0.0, 0.0),

@@ -17,18 +17,11 @@ use fleetwatch::model::{
     AnomalyKind, Assessment, Detector, DetectorParams, DetectorState, FeaturePrior, Observation,
     Registry, SeriesSummary, Transform,
 };
+use fleetwatch::state::le;
 
 /// `level-band`: mean `m` and mean absolute deviation `d`, both exponentially weighted.
 struct LevelBand {
     alpha: f32,
-}
-
-fn read(s: &DetectorState, at: usize) -> f32 {
-    f32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]])
-}
-
-fn write(s: &mut DetectorState, at: usize, v: f32) {
-    s[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 impl Detector for LevelBand {
@@ -49,19 +42,19 @@ impl Detector for LevelBand {
             } else {
                 0.0
             };
-            write(state, 0, x);
-            write(state, 4, d);
+            le::set_f32(state, 0, x);
+            le::set_f32(state, 4, d);
             return Assessment::learn_only(x, x);
         }
-        let (m, d) = (read(state, 0), read(state, 4));
+        let (m, d) = (le::f32(state, 0), le::f32(state, 4));
         let sigma = (1.2533 * d).max(0.5 * obs.resolution).max(1e-6);
         let r = x - m;
-        write(
+        le::set_f32(
             state,
             0,
             m + self.alpha * r.clamp(-3.0 * sigma, 3.0 * sigma),
         );
-        write(state, 4, d + self.alpha * (r.abs().min(4.0 * sigma) - d));
+        le::set_f32(state, 4, d + self.alpha * (r.abs().min(4.0 * sigma) - d));
         Assessment {
             observed: x,
             expected: m,
@@ -75,13 +68,13 @@ impl Detector for LevelBand {
     }
 
     fn predict(&self, state: &DetectorState, _ts: i64, _t: Transform) -> (f32, f32) {
-        (read(state, 0), 1.2533 * read(state, 4))
+        (le::f32(state, 0), 1.2533 * le::f32(state, 4))
     }
 
     fn summary(&self, state: &DetectorState, seen: u8, _t: Transform) -> Option<SeriesSummary> {
         (seen == u8::MAX).then(|| SeriesSummary {
-            level: read(state, 0),
-            scale: read(state, 4),
+            level: le::f32(state, 0),
+            scale: le::f32(state, 4),
             season: [0.0; 4],
         })
     }

@@ -270,7 +270,8 @@ pub fn series_model<'scope>(
                     upper = e;
                 }
                 let result = worker.run_epoch(e, &mut logs, &mut reader, &priors, &mut acc);
-                // Keep the epoch's buffer (and its capacity) for a later epoch: no fresh pages each epoch.
+                // Keep the epoch's buffer for a later epoch: its capacity is already the size of an
+                // epoch, so the next epoch's logs append without growing (and copying) a new vector.
                 logs.clear();
                 if spare.len() < 2 {
                     spare.push(logs);

@@ -473,14 +473,6 @@ impl<'a> Scanner<'a> {
             Kind::Invalid => self.err("invalid JSON value"),
         }
     }
-
-    /// Skips a value and returns the byte span it occupied (used to keep a nested object for later).
-    pub fn value_span(&mut self) -> JResult<(usize, usize)> {
-        self.ws();
-        let start = self.i;
-        self.skip_value()?;
-        Ok((start, self.i))
-    }
 }
 
 #[cfg(test)]

@@ -156,49 +156,41 @@ pub fn blocks_for(features: usize) -> usize {
     (features + 1).div_ceil(BLOCK_SLOTS)
 }
 
-/// Little-endian field access on a slot, so the byte layout is the same on every platform.
-pub struct SlotView<'a>(pub &'a mut Slot);
-
-impl SlotView<'_> {
+/// Little-endian fields in a byte buffer (a slot, a detector's state), so the byte layout is the same on every
+/// platform. Single bytes are plain indexing.
+pub mod le {
     #[inline]
-    pub fn f32(&self, at: usize) -> f32 {
-        f32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    pub fn f32(b: &[u8], at: usize) -> f32 {
+        f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
     #[inline]
-    pub fn set_f32(&mut self, at: usize, v: f32) {
-        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    pub fn set_f32(b: &mut [u8], at: usize, v: f32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    /// An IEEE half-precision field, widened to f32.
+    #[inline]
+    pub fn f16(b: &[u8], at: usize) -> f32 {
+        crate::f16::to_f32(u16(b, at))
     }
     #[inline]
-    pub fn f16(&self, at: usize) -> f32 {
-        crate::f16::to_f32(u16::from_le_bytes([self.0[at], self.0[at + 1]]))
+    pub fn set_f16(b: &mut [u8], at: usize, v: f32) {
+        set_u16(b, at, crate::f16::from_f32(v));
     }
     #[inline]
-    pub fn set_f16(&mut self, at: usize, v: f32) {
-        self.0[at..at + 2].copy_from_slice(&crate::f16::from_f32(v).to_le_bytes());
+    pub fn u32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
     #[inline]
-    pub fn u32(&self, at: usize) -> u32 {
-        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    pub fn set_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     #[inline]
-    pub fn set_u32(&mut self, at: usize, v: u32) {
-        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    pub fn u16(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
     }
     #[inline]
-    pub fn u16(&self, at: usize) -> u16 {
-        u16::from_le_bytes([self.0[at], self.0[at + 1]])
-    }
-    #[inline]
-    pub fn set_u16(&mut self, at: usize, v: u16) {
-        self.0[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    }
-    #[inline]
-    pub fn u8(&self, at: usize) -> u8 {
-        self.0[at]
-    }
-    #[inline]
-    pub fn set_u8(&mut self, at: usize, v: u8) {
-        self.0[at] = v;
+    pub fn set_u16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
     }
 }
 

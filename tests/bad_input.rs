@@ -130,28 +130,18 @@ fn malformed_lines_are_dead_lettered_and_good_output_is_unchanged() {
     let clean_out = dir.path().join("clean.out");
     let dirty_out = dir.path().join("dirty.out");
     let dead = dir.path().join("dead.jsonl");
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        clean_out.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--reproducible",
-    ]);
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        dirty.to_str().unwrap(),
-        "--output",
-        dirty_out.to_str().unwrap(),
-        "--dead-letter",
-        dead.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--reproducible",
-    ]);
+    common::run(&input, &clean_out, &["--workers", "2", "--reproducible"]);
+    common::run(
+        &dirty,
+        &dirty_out,
+        &[
+            "--dead-letter",
+            dead.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--reproducible",
+        ],
+    );
 
     let (c_changes, c_sum) = changes_and_summaries(&clean_out);
     let (d_changes, d_sum) = changes_and_summaries(&dirty_out);
@@ -229,26 +219,18 @@ fn late_records_follow_the_policy() {
         std::fs::write(&spec, text).unwrap();
         let out = dir.path().join(format!("{policy}.out"));
         let dead = dir.path().join(format!("{policy}.dead"));
-        common::fleetwatch(&[
-            "run",
-            "--dataflow",
-            spec.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--dead-letter",
-            dead.to_str().unwrap(),
-            "--reproducible",
-        ]);
-        let end: serde_json::Value = serde_json::from_str(
-            std::fs::read_to_string(&out)
-                .unwrap()
-                .lines()
-                .last()
-                .unwrap(),
-        )
-        .unwrap();
+        common::run(
+            &input,
+            &out,
+            &[
+                "--dataflow",
+                spec.to_str().unwrap(),
+                "--dead-letter",
+                dead.to_str().unwrap(),
+                "--reproducible",
+            ],
+        );
+        let end = common::end_record(&out);
         assert_eq!(end["late"], 1, "{policy}: the late record is counted");
         assert_eq!(end["dead_lettered"], late_dead, "{policy}");
         assert_eq!(end["records"], 21 - late_dead, "{policy}");
@@ -276,26 +258,18 @@ fn csv_input_with_bad_rows() {
     std::fs::write(&csv, text).unwrap();
     let out = dir.path().join("out.jsonl");
     let dead = dir.path().join("dead.jsonl");
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        csv.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--dead-letter",
-        dead.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--reproducible",
-    ]);
-    let end: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    common::run(
+        &csv,
+        &out,
+        &[
+            "--dead-letter",
+            dead.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--reproducible",
+        ],
+    );
+    let end = common::end_record(&out);
     assert_eq!(end["records"], 50);
     assert_eq!(end["dead_lettered"], 3);
     let reasons: Vec<String> = std::fs::read_to_string(&dead)

@@ -4,17 +4,11 @@ mod common;
 
 use std::process::Command;
 
+/// A reproducible run (no wall-clock fields) with the given layout arguments.
 fn run(input: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
-    let mut args = vec![
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--reproducible",
-    ];
+    let mut args = vec!["--reproducible"];
     args.extend_from_slice(extra);
-    common::fleetwatch(&args);
+    common::run(input, out, &args);
 }
 
 #[test]
@@ -123,24 +117,8 @@ fn wall_clock_is_the_only_difference_without_reproducible() {
     );
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        a.to_str().unwrap(),
-        "--workers",
-        "1",
-    ]);
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        b.to_str().unwrap(),
-        "--workers",
-        "2",
-    ]);
+    common::run(&input, &a, &["--workers", "1"]);
+    common::run(&input, &b, &["--workers", "2"]);
     let strip = |p: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(p)
             .unwrap()

@@ -10,16 +10,7 @@ fn fleet_of_2000_customers_over_3_days_meets_the_floor() {
     let fleet = dir.path().join("fleet");
     let input = common::generate(&fleet, 2000, 864, 5, &[]);
     let out = dir.path().join("changes.jsonl");
-    common::fleetwatch(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--reproducible",
-    ]);
+    common::run(&input, &out, &["--workers", "2", "--reproducible"]);
     let report = common::fleetwatch(&[
         "eval",
         "--labels",

@@ -14,7 +14,7 @@ use super::{AnomalyKind, Assessment, Detector, FeaturePrior, Observation, Transf
 use crate::keys::CustomerId;
 use crate::record::Log;
 use crate::spec::Spec;
-use crate::state::{SLOT_BYTES, Slot, SlotView};
+use crate::state::{SLOT_BYTES, Slot, le};
 
 const RESOLUTION: [f32; 7] = [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6];
 
@@ -124,25 +124,22 @@ pub struct CustomerMeta {
 
 impl CustomerMeta {
     pub fn decode(s: &Slot) -> CustomerMeta {
-        let mut c = *s;
-        let v = SlotView(&mut c);
         CustomerMeta {
-            last_seen: v.u32(0),
-            last_ts: v.u32(4),
-            reboot: v.u32(8),
-            silent: header::decode_alert(v.u8(12)),
-            silent_run: v.u8(13),
+            last_seen: le::u32(s, 0),
+            last_ts: le::u32(s, 4),
+            reboot: le::u32(s, 8),
+            silent: header::decode_alert(s[12]),
+            silent_run: s[13],
         }
     }
 
     pub fn encode(&self) -> Slot {
         let mut s = [0u8; SLOT_BYTES];
-        let mut v = SlotView(&mut s);
-        v.set_u32(0, self.last_seen);
-        v.set_u32(4, self.last_ts);
-        v.set_u32(8, self.reboot);
-        v.set_u8(12, header::encode_alert(self.silent));
-        v.set_u8(13, self.silent_run);
+        le::set_u32(&mut s, 0, self.last_seen);
+        le::set_u32(&mut s, 4, self.last_ts);
+        le::set_u32(&mut s, 8, self.reboot);
+        s[12] = header::encode_alert(self.silent);
+        s[13] = self.silent_run;
         s
     }
 }
@@ -336,15 +333,7 @@ fn step_reported(
     // The customer is back: its silence, if reported, clears.
     if let Some(open) = meta.silent {
         let silent_for = e + 1 - meta.last_seen.max(1) as u64;
-        let ev = Evidence {
-            customer,
-            feature: CUSTOMER_FEATURE,
-            score: 0.0,
-            observed: silent_for as f32,
-            expected: 1.0,
-            lower: 0.0,
-            upper: cfg.silence_epochs as f32,
-        };
+        let ev = silence_evidence(customer, cfg, silent_for, 0.0);
         emit(
             out,
             customer,
@@ -360,6 +349,25 @@ fn step_reported(
     }
     meta.last_seen = epoch_u32(e + 1);
     meta.last_ts = max_ts.clamp(0, u32::MAX as i64) as u32;
+}
+
+/// The evidence of a customer's silence: epochs without a log (observed) against one expected, with the
+/// spec's silence limit as the band's upper edge.
+fn silence_evidence(
+    customer: CustomerId,
+    cfg: &ModelConfig,
+    silent_for: u64,
+    score: f32,
+) -> Evidence {
+    Evidence {
+        customer,
+        feature: CUSTOMER_FEATURE,
+        score,
+        observed: silent_for as f32,
+        expected: 1.0,
+        lower: 0.0,
+        upper: cfg.silence_epochs as f32,
+    }
 }
 
 /// The epoch of a known customer without a log: its silence grows.
@@ -385,15 +393,7 @@ fn step_silent(
     meta.silent = after;
     meta.silent_run = run;
     if let Some(t) = transition {
-        let ev = Evidence {
-            customer,
-            feature: CUSTOMER_FEATURE,
-            score,
-            observed: silent_for as f32,
-            expected: 1.0,
-            lower: 0.0,
-            upper: cfg.silence_epochs as f32,
-        };
+        let ev = silence_evidence(customer, cfg, silent_for, score);
         emit(
             out,
             customer,

@@ -12,6 +12,7 @@ use super::{
     SeriesSummary, Transform,
 };
 use crate::model::{Detector, DetectorParams};
+use crate::state::le;
 
 #[derive(Debug, Clone)]
 pub struct EwmaZscore {
@@ -28,13 +29,6 @@ impl EwmaZscore {
     }
 }
 
-fn rd(b: &DetectorState, at: usize) -> f32 {
-    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn wr(b: &mut DetectorState, at: usize, v: f32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
 impl Detector for EwmaZscore {
     fn name(&self) -> &'static str {
         "ewma-zscore"
@@ -46,11 +40,11 @@ impl Detector for EwmaZscore {
         obs: &Observation,
         prior: &FeaturePrior,
     ) -> Assessment {
-        let (mut m, mut v, prev) = (rd(state, 0), rd(state, 4), rd(state, 8));
+        let (mut m, mut v, prev) = (le::f32(state, 0), le::f32(state, 4), le::f32(state, 8));
         let x = match obs.transform {
             Transform::Level => obs.value,
             Transform::Rate => {
-                wr(state, 8, obs.value);
+                le::set_f32(state, 8, obs.value);
                 if obs.seen == 0 {
                     return Assessment::learn_only(0.0, 0.0);
                 }
@@ -72,8 +66,8 @@ impl Detector for EwmaZscore {
             } else {
                 (0.05 * x.abs()).max(1e-3)
             };
-            wr(state, 0, x);
-            wr(state, 4, s * s);
+            le::set_f32(state, 0, x);
+            le::set_f32(state, 4, s * s);
             return Assessment::learn_only(x, x);
         }
         let sigma = v.sqrt().max(0.5 * obs.resolution).max(1e-3);
@@ -81,8 +75,8 @@ impl Detector for EwmaZscore {
         let d = x - m;
         m += self.alpha * d;
         v = (1.0 - self.alpha) * (v + self.alpha * d * d);
-        wr(state, 0, m);
-        wr(state, 4, v);
+        le::set_f32(state, 0, m);
+        le::set_f32(state, 4, v);
         Assessment {
             observed: x,
             expected: m - self.alpha * d,
@@ -96,13 +90,13 @@ impl Detector for EwmaZscore {
     }
 
     fn predict(&self, state: &DetectorState, _ts: i64, _t: Transform) -> (f32, f32) {
-        (rd(state, 0), rd(state, 4).sqrt().max(1e-3))
+        (le::f32(state, 0), le::f32(state, 4).sqrt().max(1e-3))
     }
 
     fn summary(&self, state: &DetectorState, seen: u8, _t: Transform) -> Option<SeriesSummary> {
         (seen == u8::MAX).then(|| SeriesSummary {
-            level: rd(state, 0),
-            scale: rd(state, 4).sqrt() / 1.2533,
+            level: le::f32(state, 0),
+            scale: le::f32(state, 4).sqrt() / 1.2533,
             season: [0.0; 4],
         })
     }
@@ -137,7 +131,7 @@ mod tests {
         o.seen = 1;
         let a = d.observe(&mut s, &o, &FeaturePrior::NONE);
         assert!((a.surprise - 2.0).abs() < 1e-5);
-        assert!((rd(&s, 0) - 10.05).abs() < 1e-5);
-        assert!((rd(&s, 4) - 0.285).abs() < 1e-5);
+        assert!((le::f32(&s, 0) - 10.05).abs() < 1e-5);
+        assert!((le::f32(&s, 4) - 0.285).abs() < 1e-5);
     }
 }

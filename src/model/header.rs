@@ -12,7 +12,7 @@
 //! ```
 
 use super::{AnomalyKind, DETECTOR_BYTES, DetectorState};
-use crate::state::{SLOT_BYTES, Slot, SlotView};
+use crate::state::{SLOT_BYTES, Slot, le};
 
 pub const HEADER_BYTES: usize = 10;
 
@@ -98,33 +98,30 @@ impl SeriesSlot {
     };
 
     pub fn decode(slot: &Slot) -> SeriesSlot {
-        let mut copy = *slot;
-        let v = SlotView(&mut copy);
         let mut detector = [0u8; DETECTOR_BYTES];
         detector.copy_from_slice(&slot[HEADER_BYTES..SLOT_BYTES]);
         SeriesSlot {
-            last_epoch: v.u16(0),
-            q_hi: v.f16(2),
-            q_lo: v.f16(4),
-            seen: v.u8(6),
-            alert: decode_alert(v.u8(7)),
-            clear_run: v.u8(8),
-            miss_run: v.u8(9) & 0x1F,
-            decimals: v.u8(9) >> 5,
+            last_epoch: le::u16(slot, 0),
+            q_hi: le::f16(slot, 2),
+            q_lo: le::f16(slot, 4),
+            seen: slot[6],
+            alert: decode_alert(slot[7]),
+            clear_run: slot[8],
+            miss_run: slot[9] & 0x1F,
+            decimals: slot[9] >> 5,
             detector,
         }
     }
 
     pub fn encode(&self) -> Slot {
         let mut slot = [0u8; SLOT_BYTES];
-        let mut v = SlotView(&mut slot);
-        v.set_u16(0, self.last_epoch);
-        v.set_f16(2, self.q_hi);
-        v.set_f16(4, self.q_lo);
-        v.set_u8(6, self.seen);
-        v.set_u8(7, encode_alert(self.alert));
-        v.set_u8(8, self.clear_run);
-        v.set_u8(9, self.miss_run.min(31) | (self.decimals.min(7) << 5));
+        le::set_u16(&mut slot, 0, self.last_epoch);
+        le::set_f16(&mut slot, 2, self.q_hi);
+        le::set_f16(&mut slot, 4, self.q_lo);
+        slot[6] = self.seen;
+        slot[7] = encode_alert(self.alert);
+        slot[8] = self.clear_run;
+        slot[9] = self.miss_run.min(31) | (self.decimals.min(7) << 5);
         slot[HEADER_BYTES..].copy_from_slice(&self.detector);
         slot
     }

@@ -51,6 +51,7 @@ use super::{
     AnomalyKind, Assessment, DetectorState, FeaturePrior, Observation, SeriesSummary, Transform,
 };
 use crate::model::{Detector, DetectorParams};
+use crate::state::le;
 
 /// S tracks the 0.8-expectile of |r| (growth gain b, shrink gain b/4), which is 1.162σ for Gaussian noise.
 const MAD_TO_SIGMA: f32 = 0.8605;
@@ -104,18 +105,6 @@ struct St {
     rho: f32,
 }
 
-fn rd_f32(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn rd_f16(b: &[u8], at: usize) -> f32 {
-    crate::f16::to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
-}
-fn wr_f32(b: &mut [u8], at: usize, v: f32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn wr_f16(b: &mut [u8], at: usize, v: f32) {
-    b[at..at + 2].copy_from_slice(&crate::f16::from_f32(v).to_le_bytes());
-}
 // Rounding half away from zero without a libm call (`as` truncates toward zero, saturating).
 fn q_u8(v: f32, scale: f32) -> u8 {
     (v * scale + 0.5).clamp(0.0, 255.0) as u8
@@ -130,14 +119,19 @@ impl St {
     fn decode(b: &DetectorState, transform: Transform) -> St {
         let (season, prev) = match transform {
             Transform::Level => (
-                [rd_f32(b, 6), rd_f32(b, 10), rd_f32(b, 14), rd_f32(b, 18)],
+                [
+                    le::f32(b, 6),
+                    le::f32(b, 10),
+                    le::f32(b, 14),
+                    le::f32(b, 18),
+                ],
                 0.0,
             ),
-            Transform::Rate => ([0.0; 4], rd_f32(b, 6)),
+            Transform::Rate => ([0.0; 4], le::f32(b, 6)),
         };
         St {
-            level: rd_f32(b, 0),
-            mad: rd_f16(b, 4),
+            level: le::f32(b, 0),
+            mad: le::f16(b, 4),
             season,
             prev,
             c_hi: b[22] as f32 / 8.0,
@@ -153,15 +147,15 @@ impl St {
 
     fn encode(&self, transform: Transform) -> DetectorState {
         let mut b = [0u8; super::DETECTOR_BYTES];
-        wr_f32(&mut b, 0, self.level);
-        wr_f16(&mut b, 4, self.mad);
+        le::set_f32(&mut b, 0, self.level);
+        le::set_f16(&mut b, 4, self.mad);
         match transform {
             Transform::Level => {
                 for k in 0..4 {
-                    wr_f32(&mut b, 6 + 4 * k, self.season[k]);
+                    le::set_f32(&mut b, 6 + 4 * k, self.season[k]);
                 }
             }
-            Transform::Rate => wr_f32(&mut b, 6, self.prev),
+            Transform::Rate => le::set_f32(&mut b, 6, self.prev),
         }
         b[22] = q_u8(self.c_hi, 8.0);
         b[23] = q_u8(self.c_lo, 8.0);

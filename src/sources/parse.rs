@@ -257,7 +257,8 @@ impl LogParser {
         let mut timestamp_ms: Option<i64> = None;
         let mut key: Option<(usize, usize)> = None;
         let mut key_decoded = false;
-        let mut value: Option<(Kind, usize, usize)> = None;
+        // The kind of the message value; an object (the log) is parsed into `out` where it stands.
+        let mut value: Option<Kind> = None;
         if !sc.eat(b'}') {
             loop {
                 let field = match sc.string(&mut self.scratch) {
@@ -361,13 +362,10 @@ impl LogParser {
                         if kind == Kind::Object {
                             // Parse the log in place (one pass over the line, not a skip and a parse).
                             self.parse_log_at(&mut sc, out)?;
-                            value = Some((kind, 0, 0));
-                        } else {
-                            match sc.value_span() {
-                                Ok((s, e)) => value = Some((kind, s, e)),
-                                Err(e) => return malformed(e),
-                            }
+                        } else if let Err(e) = sc.skip_value() {
+                            return malformed(e);
                         }
+                        value = Some(kind);
                     }
                     EnvField::Other => {
                         if let Err(e) = sc.skip_value() {
@@ -400,8 +398,8 @@ impl LogParser {
             offset,
             timestamp_ms,
         };
-        let (kind, vs, ve) = match value {
-            Some(v) => v,
+        let kind = match value {
+            Some(k) => k,
             None => return reject(RejectCode::MissingField, "envelope has no 'value'"),
         };
         match kind {
@@ -422,7 +420,6 @@ impl LogParser {
                 );
             }
         }
-        let _ = (vs, ve); // the object was parsed in place
         out.pos = SourcePos { partition, offset };
         // The message key, when present, must name the same customer as the log.
         if let Some((ks, ke)) = key {

@@ -45,6 +45,26 @@ pub fn generate(dir: &Path, customers: usize, epochs: usize, seed: u64, extra: &
     dir.join("telemetry.jsonl")
 }
 
+/// `fleetwatch run --input <input> --output <out>` followed by `extra` arguments.
+pub fn run(input: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().expect("utf-8 temp path"),
+        "--output",
+        out.to_str().expect("utf-8 temp path"),
+    ];
+    args.extend_from_slice(extra);
+    fleetwatch(&args)
+}
+
+/// The last line of a run's output (its `end` record), parsed.
+pub fn end_record(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out).expect("the run wrote its output");
+    let last = text.lines().last().expect("the output has an end line");
+    serde_json::from_str(last).expect("the end line is JSON")
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
