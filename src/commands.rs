@@ -132,6 +132,61 @@ pub fn eval(labels: &Path, alerts: &Path) -> Result<EvalReport, CommandError> {
     ))
 }
 
+/// `fleetwatch eval --nab`: NAB's three normalised scores (printed as one JSON object).
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct NabReport {
+    pub standard: f64,
+    #[serde(rename = "reward_low_FP_rate")]
+    pub reward_low_fp_rate: f64,
+    #[serde(rename = "reward_low_FN_rate")]
+    pub reward_low_fn_rate: f64,
+}
+
+/// `fleetwatch eval --nab DIR --out OUT`: streams every NAB series through the spec's model (or, with
+/// `results`, takes a detector's published per-row scores from NAB's results layout), writes the per-row
+/// results, the score tables and a summary under `OUT/<name>/`, and scores them with NAB's rules.
+pub fn eval_nab(
+    nab: &Path,
+    out: &Path,
+    spec: Option<&Path>,
+    results: Option<(&Path, &str)>,
+) -> Result<(NabReport, crate::nab::CorpusScore), CommandError> {
+    let corpus = crate::nab::Corpus::load(nab).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let (name, scores) = match results {
+        Some((dir, detector)) => (
+            detector.to_string(),
+            corpus
+                .read_results(dir, detector)
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+        None => {
+            let spec = match spec {
+                Some(p) => Spec::load(p)?,
+                None => Spec::embedded_nab(),
+            };
+            let opts = crate::nab::NabOptions {
+                spec,
+                name: "fleetwatch".into(),
+            };
+            let scores = crate::nab::run_detector(&corpus, &opts)
+                .map_err(|e| CommandError::Usage(e.to_string()))?;
+            crate::nab::runner::write_results(&corpus, &opts.name, &scores, out)
+                .map_err(|e| CommandError::Usage(e.to_string()))?;
+            (opts.name, scores)
+        }
+    };
+    let score = crate::nab::score_corpus(&corpus, &scores);
+    crate::nab::runner::write_scores(&corpus, &name, &score, &out.join(&name))
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let get = |p: &str| score.normalised(p).unwrap_or(f64::NAN);
+    let report = NabReport {
+        standard: get("standard"),
+        reward_low_fp_rate: get("reward_low_FP_rate"),
+        reward_low_fn_rate: get("reward_low_FN_rate"),
+    };
+    Ok((report, score))
+}
+
 /// What `demo` did.
 pub struct DemoReport {
     pub dir: PathBuf,

@@ -26,6 +26,10 @@ pub struct Label {
     pub kind: String,
     pub start: i64,
     pub end: i64,
+    /// When the customer's first log was due (Unix seconds; the generator writes it): labels within an hour
+    /// of it measure cold start.
+    #[serde(default)]
+    pub joined: Option<i64>,
 }
 
 /// One raised change.
@@ -60,6 +64,17 @@ pub struct EvalReport {
     pub series_days: f64,
     pub false_alerts_per_1000_series_days: f64,
     pub by_kind: BTreeMap<String, KindReport>,
+    /// Recall of the customers that joined mid-stream, inside their first hour (12 epochs) and after it,
+    /// next to the fleet that was there from the start (labels that carry `joined` only).
+    pub cold_start: Option<ColdStart>,
+}
+
+/// Cold-start recall.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ColdStart {
+    pub first_hour: KindReport,
+    pub joiners_later: KindReport,
+    pub from_the_start: KindReport,
 }
 
 /// Errors reading the inputs.
@@ -210,6 +225,9 @@ pub fn evaluate(
     };
     let mut delays = Vec::new();
     let mut kind_delays: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let fleet_start = labels.iter().filter_map(|l| l.joined).min();
+    let mut cold = ColdStart::default();
+    let mut cold_delays: [Vec<f64>; 3] = Default::default();
     for l in labels {
         let (s, e) = window(l);
         let hit = by_customer
@@ -221,6 +239,20 @@ pub fn evaluate(
             })
             .map(|r| r.epoch)
             .min();
+        if let (Some(j), Some(f0)) = (l.joined, fleet_start) {
+            let (group, d) = if j == f0 {
+                (&mut cold.from_the_start, &mut cold_delays[2])
+            } else if l.start < j + 12 * epoch_len {
+                (&mut cold.first_hour, &mut cold_delays[0])
+            } else {
+                (&mut cold.joiners_later, &mut cold_delays[1])
+            };
+            group.labels += 1;
+            if let Some(first) = hit {
+                group.detected += 1;
+                d.push((first - s) as f64);
+            }
+        }
         let k = report.by_kind.entry(l.kind.clone()).or_default();
         k.labels += 1;
         if let Some(first) = hit {
@@ -253,6 +285,22 @@ pub fn evaluate(
             0.0
         };
         k.median_delay_epochs = median(kind_delays.remove(kind).unwrap_or_default());
+    }
+    if fleet_start.is_some() {
+        let groups = [
+            &mut cold.first_hour,
+            &mut cold.joiners_later,
+            &mut cold.from_the_start,
+        ];
+        for (g, d) in groups.into_iter().zip(cold_delays) {
+            g.recall = if g.labels > 0 {
+                g.detected as f64 / g.labels as f64
+            } else {
+                0.0
+            };
+            g.median_delay_epochs = median(d);
+        }
+        report.cold_start = Some(cold);
     }
     report.precision = if report.alerts > 0 {
         report.true_alerts as f64 / report.alerts as f64
@@ -290,6 +338,7 @@ mod tests {
             kind: kind.into(),
             start: s,
             end: e,
+            joined: None,
         }
     }
 
@@ -332,5 +381,35 @@ mod tests {
         assert!((r.false_alerts_per_1000_series_days - 200.0).abs() < 1e-9);
         assert_eq!(r.by_kind["level_shift"].detected, 0);
         assert_eq!(r.by_kind["spike"].median_delay_epochs, Some(1.0));
+    }
+
+    #[test]
+    fn cold_start_recall_by_hand() {
+        // the fleet starts at 0; C joins at epoch 100 (30,000 s): its first hour is epochs 100..112
+        let with_join = |mut l: Label, j: i64| {
+            l.joined = Some(j);
+            l
+        };
+        let labels = vec![
+            with_join(label("A", "rssi", "spike", 3000, 3300), 0), // from the start: detected
+            with_join(label("C", "rssi", "spike", 30_900, 31_200), 30_000), // epoch 103: first hour, detected
+            with_join(label("C", "snr", "spike", 33_000, 33_300), 30_000), // epoch 110: first hour, missed
+            with_join(label("C", "cpu", "spike", 36_000, 36_300), 30_000), // epoch 120: later, detected
+        ];
+        let alerts = vec![
+            raised(10, "A", "rssi"),
+            raised(104, "C", "rssi"),
+            raised(121, "C", "cpu"),
+        ];
+        let r = evaluate(&labels, &alerts, 300, 2880);
+        let c = r.cold_start.expect("labels carry join times");
+        assert_eq!((c.first_hour.labels, c.first_hour.detected), (2, 1));
+        assert!((c.first_hour.recall - 0.5).abs() < 1e-12);
+        assert_eq!(c.first_hour.median_delay_epochs, Some(1.0));
+        assert_eq!((c.joiners_later.labels, c.joiners_later.detected), (1, 1));
+        assert_eq!((c.from_the_start.labels, c.from_the_start.detected), (1, 1));
+        // labels without join times: no cold-start section
+        let plain = vec![label("A", "rssi", "spike", 3000, 3300)];
+        assert!(evaluate(&plain, &alerts, 300, 2880).cold_start.is_none());
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Outputs in `--out DIR`: `telemetry.jsonl` (a recorded topic, 16 partitions keyed by customer),
 //! `labels.jsonl` (one line per anomaly: customer, feature or `*`, kind, start and end Unix seconds, end
-//! exclusive) and `topology.csv` (customer, element, region).
+//! exclusive, and `joined`, when the customer's first log was due) and `topology.csv` (customer, element, region).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -41,6 +41,9 @@ pub struct GenerateConfig {
     pub anomaly_rate: f64,
     /// Fraction of customers that join mid-stream.
     pub join_fraction: f64,
+    /// Probability that an anomaly of a customer who joins mid-stream is placed inside its first hour
+    /// (epochs 2–11 after joining): the cold-start measurement. 0 leaves placement uniform.
+    pub cold_start_rate: f64,
     /// Expected element outages per element per day.
     pub outage_rate: f64,
     /// Fraction of messages replaced by malformed ones (for demos of the dead-letter path).
@@ -66,6 +69,7 @@ impl Default for GenerateConfig {
             partitions: 16,
             anomaly_rate: 0.5,
             join_fraction: 0.05,
+            cold_start_rate: 0.0,
             outage_rate: 1.0 / 14.0,
             malformed_rate: 0.0,
             history_epochs: 288,
@@ -658,6 +662,12 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             continue;
         }
         let start = earliest + rng.below((cfg.epochs - earliest - len - 1) as u64) as usize;
+        // (the extra draw only happens when asked for: default fleets stay byte-identical)
+        let start = if join > 0 && cfg.cold_start_rate > 0.0 && rng.chance(cfg.cold_start_rate) {
+            (join + 2 + rng.below(10) as usize).min(cfg.epochs - len - 3)
+        } else {
+            start
+        };
         let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
         // Shifts and drifts move away from a physical bound they would otherwise run into (a percentage
         // pushed below zero just sits at zero: that is not the anomaly being labelled).
@@ -961,7 +971,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
         }
     }
 
-    let mut labels: Vec<(i64, String, String, &'static str, i64)> = Vec::new();
+    let mut labels: Vec<(i64, String, String, &'static str, i64, i64)> = Vec::new();
     for c in parts_c.iter().flatten() {
         for a in &c.anomalies {
             let s = start + a.start as i64 * epoch_len;
@@ -975,6 +985,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                 name,
                 a.kind.as_str(),
                 s + a.len as i64 * epoch_len,
+                start + c.join as i64 * epoch_len,
             ));
         }
     }
@@ -995,6 +1006,7 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                 "*".into(),
                 "outage",
                 st + *len as i64 * epoch_len,
+                start + c.join as i64 * epoch_len,
             ));
         }
     }
@@ -1114,10 +1126,10 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     w.flush()?;
 
     let mut lw = BufWriter::new(File::create(out_dir.join("labels.jsonl"))?);
-    for (s, c, f, k, end) in &labels {
+    for (s, c, f, k, end, joined) in &labels {
         writeln!(
             lw,
-            "{{\"customer\":\"{c}\",\"feature\":\"{f}\",\"kind\":\"{k}\",\"start\":{s},\"end\":{end}}}"
+            "{{\"customer\":\"{c}\",\"feature\":\"{f}\",\"kind\":\"{k}\",\"start\":{s},\"end\":{end},\"joined\":{joined}}}"
         )?;
     }
     lw.flush()?;

@@ -28,6 +28,7 @@ pub mod json;
 pub mod keys;
 pub mod memory;
 pub mod model;
+pub mod nab;
 pub mod record;
 pub mod rng;
 pub mod sinks;

@@ -84,6 +84,9 @@ enum Command {
         /// Fraction of customers that join mid-stream.
         #[arg(long, default_value_t = 0.05)]
         join_fraction: f64,
+        /// Probability that a joiner's anomaly falls inside its first hour (cold-start measurement).
+        #[arg(long, default_value_t = 0.0)]
+        cold_start_rate: f64,
         /// Fraction of messages to corrupt (exercises the dead-letter path).
         #[arg(long, default_value_t = 0.0)]
         malformed_rate: f64,
@@ -118,12 +121,33 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Score an output against labels: event-level precision, recall, F1, delay, false-alert rate.
+    /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
+    /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
     Eval {
+        /// The generator's labels file (with `--alerts`).
+        #[arg(long, requires = "alerts", conflicts_with = "nab")]
+        labels: Option<PathBuf>,
+        /// A `fleetwatch run` output to score against `--labels`.
+        #[arg(long, requires = "labels")]
+        alerts: Option<PathBuf>,
+        /// NAB's root folder (holding data/, labels/, config/): run the model over its 58 series and score
+        /// them with NAB's rules; prints {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}.
+        #[arg(long, requires = "out")]
+        nab: Option<PathBuf>,
+        /// Where NAB results go (`OUT/fleetwatch/<category>/fleetwatch_<file>.csv`, score tables, summary).
         #[arg(long)]
-        labels: PathBuf,
+        out: Option<PathBuf>,
+        /// The dataflow spec whose detector and alerting run on NAB (default: the embedded
+        /// dataflows/nab.toml).
         #[arg(long)]
-        alerts: PathBuf,
+        dataflow: Option<PathBuf>,
+        /// Score another detector's per-row results in NAB's layout (DIR/<category>/<detector>_<file>.csv)
+        /// instead of running the model, e.g. NAB's own results/numenta.
+        #[arg(long, requires_all = ["nab", "detector"])]
+        results: Option<PathBuf>,
+        /// The detector name of `--results`.
+        #[arg(long, requires = "results")]
+        detector: Option<String>,
     },
     /// Start every process of a cluster file that lives on this host, with the given run arguments.
     Launch {
@@ -237,6 +261,7 @@ fn main() -> Result<()> {
             start,
             anomaly_rate,
             join_fraction,
+            cold_start_rate,
             malformed_rate,
             partitions,
             history_epochs,
@@ -248,6 +273,7 @@ fn main() -> Result<()> {
                 seed,
                 anomaly_rate,
                 join_fraction,
+                cold_start_rate,
                 malformed_rate,
                 partitions,
                 history_epochs,
@@ -304,10 +330,26 @@ fn main() -> Result<()> {
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        Command::Eval { labels, alerts } => {
-            let r = commands::eval(&labels, &alerts)?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-        }
+        Command::Eval {
+            labels,
+            alerts,
+            nab,
+            out,
+            dataflow,
+            results,
+            detector,
+        } => match (nab, out, labels, alerts) {
+            (Some(nab), Some(out), _, _) => {
+                let given = results.as_deref().zip(detector.as_deref());
+                let (r, _) = commands::eval_nab(&nab, &out, dataflow.as_deref(), given)?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            (_, _, Some(labels), Some(alerts)) => {
+                let r = commands::eval(&labels, &alerts)?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            _ => anyhow::bail!("give --labels and --alerts, or --nab and --out"),
+        },
         Command::Launch { cluster, run_args } => {
             let exe = std::env::current_exe().context("cannot find this executable")?;
             let started = fleetwatch::cluster::launch(&exe, &cluster, &run_args)?;

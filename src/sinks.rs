@@ -6,7 +6,7 @@
 //! any worker and process layout (with `--reproducible`, which leaves out the wall-clock field).
 //!
 //! ```text
-//! {"type":"change","epoch":5666667,"epoch_start":"2023-11-14T22:15:00Z","customer":"cust-0000042","feature":"rssi_dbm","status":"raised","severity":"warning","kind":"spike","score":1.31,"observed":-83.5,"expected":-61.2,"lower":-78.2,"upper":-44.2,"model":"seasonal-robust"}
+//! {"type":"change","epoch":5666667,"epoch_start":"2023-11-14T22:15:00Z","customer":"cust-0000042","feature":"rssi_dbm","status":"raised","severity":"warning","kind":"spike","score":1.31,"observed":-83.5,"expected":-61.2,"lower":-78.2,"upper":-44.2,"customer_score":1.52,"top_features":[{"feature":"rssi_dbm","score":1.31},{"feature":"snr_db","score":0.87}],"model":"seasonal-robust"}
 //! {"type":"summary","epoch":5666667,"epoch_start":"2023-11-14T22:15:00Z","records":2000,"late":0,"dead_lettered":1,"series_scored":39990,"changes":3,"open_anomalies":17,"wall_seconds":0.41}
 //! {"type":"end","epochs":288,"records":576000,"late":0,"dead_lettered":3,"dead_lettered_unattributed":0,"changes":912}
 //! ```
@@ -18,6 +18,8 @@ use std::path::Path;
 
 use crate::keys::CustomerId;
 use crate::model::alert::Transition;
+#[cfg(test)]
+use crate::model::customer::TopFeature;
 use crate::model::customer::{CUSTOMER_FEATURE, Evidence, OpenAnomaly};
 use crate::record::DeadLetter;
 use crate::timefmt::format_rfc3339;
@@ -119,6 +121,24 @@ impl OutputFormat {
             out.push_str(name);
             out.push_str("\":");
             push_num(out, v.unwrap_or(f32::NAN));
+        }
+        if let Some(e) = ev.filter(|_| c.feature != CUSTOMER_FEATURE) {
+            out.push_str(",\"customer_score\":");
+            push_num(out, e.customer_score);
+            out.push_str(",\"top_features\":[");
+            let mut first = true;
+            for t in e.top.iter().filter(|t| t.feature != CUSTOMER_FEATURE) {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str("{\"feature\":");
+                push_str(out, self.feature_name(t.feature));
+                out.push_str(",\"score\":");
+                push_num(out, t.score);
+                out.push('}');
+            }
+            out.push(']');
         }
         out.push_str(",\"model\":");
         push_str(
@@ -337,6 +357,18 @@ mod tests {
                 expected: -61.25,
                 lower: -70.0,
                 upper: -50.0,
+                customer_score: 1.7,
+                top: [
+                    TopFeature {
+                        feature: 0,
+                        score: 1.5,
+                    },
+                    TopFeature {
+                        feature: 0,
+                        score: 0.8,
+                    },
+                    TopFeature::NONE,
+                ],
             }),
         };
         let mut s = String::new();

@@ -261,6 +261,9 @@ pub struct Spec {
 /// The spec that ships inside the binary: the home Wi-Fi router fleet of `dataflows/home-wifi.toml`.
 pub const EMBEDDED_HOME_WIFI: &str = include_str!("../dataflows/home-wifi.toml");
 
+/// The spec `fleetwatch eval --nab` uses by default: `dataflows/nab.toml`.
+pub const EMBEDDED_NAB: &str = include_str!("../dataflows/nab.toml");
+
 impl Spec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
@@ -288,6 +291,14 @@ impl Spec {
     pub fn embedded() -> Spec {
         // The embedded text is validated by a unit test; a failure here is a build defect.
         match Spec::parse(EMBEDDED_HOME_WIFI, "embedded home-wifi.toml") {
+            Ok(s) => s,
+            Err(e) => panic!("embedded spec is invalid: {e}"),
+        }
+    }
+
+    /// The embedded NAB spec (one feature, `value`).
+    pub fn embedded_nab() -> Spec {
+        match Spec::parse(EMBEDDED_NAB, "embedded nab.toml") {
             Ok(s) => s,
             Err(e) => panic!("embedded spec is invalid: {e}"),
         }
@@ -377,6 +388,10 @@ mod tests {
         let s = Spec::embedded();
         assert_eq!(s.features.len(), 20);
         assert_eq!(s.epoch.length_seconds, 300);
+        let n = Spec::embedded_nab();
+        assert_eq!(n.features.len(), 1);
+        assert_eq!(n.detector.name, s.detector.name);
+        assert_eq!(n.alerting.clear_epochs, 96);
     }
 
     #[test]

@@ -16,9 +16,10 @@
 //! score = s / T                                                                ≥ 1: anomalous for *this* series
 //! ```
 //!
-//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ. The margin pays for the estimation
-//! noise of the two quantiles: the threshold is convex in `r`, so an underestimated tail costs more false
-//! alarms than an overestimated one costs misses (`examples/calibration_probe.rs` measures this).
+//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.7 (7.9σ), which
+//! its heavy-tailed features need. The margin pays for the estimation noise of the two quantiles: the
+//! threshold is convex in `r`, so an underestimated tail costs more false alarms than an overestimated one
+//! costs misses (`examples/calibration_probe.rs` measures this).
 //!
 //! The alert state machine (per series, once per epoch):
 //!
