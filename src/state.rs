@@ -176,6 +176,38 @@ pub mod le {
     pub fn set_f16(b: &mut [u8], at: usize, v: f32) {
         set_u16(b, at, crate::f16::from_f32(v));
     }
+    /// A non-negative scale as an unsigned 16-bit float: 6 exponent bits (bias 32), 10 mantissa bits, code 0
+    /// for zero — 4.7·10⁻¹⁰ … 4.3·10⁹ at an IEEE half's precision (an IEEE half stops at 65504: the noise
+    /// scale of a byte counter overflows it). Bit operations only; encoding rounds to nearest; decode →
+    /// encode is exact.
+    #[inline]
+    pub fn scale16(b: &[u8], at: usize) -> f32 {
+        let v = u16(b, at) as u32;
+        if v == 0 {
+            return 0.0;
+        }
+        f32::from_bits((((v >> 10) + 127 - 32) << 23) | ((v & 0x3ff) << 13))
+    }
+    #[inline]
+    pub fn set_scale16(b: &mut [u8], at: usize, x: f32) {
+        let v = if x > 0.0 && x.is_finite() {
+            // round the mantissa to 10 bits (a carry moves into the exponent, as it should)
+            let bits = x.to_bits() + 0x1000;
+            let e = (bits >> 23) as i32 - 127 + 32;
+            if e < 1 {
+                1 << 10
+            } else if e > 63 {
+                u16::MAX
+            } else {
+                ((e as u32) << 10 | ((bits >> 13) & 0x3ff)) as u16
+            }
+        } else if x > 0.0 {
+            u16::MAX
+        } else {
+            0
+        };
+        set_u16(b, at, v);
+    }
     #[inline]
     pub fn u32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -197,6 +229,36 @@ pub mod le {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale16_round_trips_every_code_and_covers_byte_counters() {
+        let mut b = [0u8; 2];
+        // codes 1..1023 are not produced (exponent field 0 is reserved for zero)
+        for v in (0..=u16::MAX).filter(|v| *v == 0 || *v >= 1 << 10) {
+            le::set_u16(&mut b, 0, v);
+            let x = le::scale16(&b, 0);
+            le::set_scale16(&mut b, 0, x);
+            assert_eq!(le::u16(&b, 0), v, "code {v} ({x})");
+        }
+        // by hand: 1.0 = 2^0 → exponent field 32, mantissa 0; 1.5 → mantissa 0x200
+        le::set_scale16(&mut b, 0, 1.0);
+        assert_eq!(le::u16(&b, 0), 32 << 10);
+        le::set_scale16(&mut b, 0, 1.5);
+        assert_eq!(le::u16(&b, 0), (32 << 10) | 0x200);
+        for x in [1e-6f32, 0.5, 1.162, 3.5, 65504.0, 3.2e6, 1e9] {
+            le::set_scale16(&mut b, 0, x);
+            let y = le::scale16(&b, 0);
+            assert!((y / x - 1.0).abs() <= 1.0 / 2048.0, "{x} -> {y}");
+        }
+        le::set_scale16(&mut b, 0, 0.0);
+        assert_eq!(le::scale16(&b, 0), 0.0);
+        le::set_scale16(&mut b, 0, -3.0);
+        assert_eq!(le::scale16(&b, 0), 0.0);
+        le::set_scale16(&mut b, 0, f32::INFINITY);
+        assert!(le::scale16(&b, 0) > 4e9);
+        le::set_scale16(&mut b, 0, 1e-20);
+        assert!((le::scale16(&b, 0) - 2f32.powi(-31)).abs() < 1e-15);
+    }
 
     #[test]
     fn deltas_reconstruct_state_exactly_in_any_order() {

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! ln q ← ln q + λ·(1[s > q] − (1 − p))     λ_hi = 0.03, λ_lo = 0.05;  q₀ = 2.24, 1.15 (|N(0,1)| quantiles)
-//! r = q_hi/q_lo,  c(r) = piecewise linear through (1.95, 1.10) (2.01, 1.27) (2.16, 1.65) (2.33, 2.04)
+//! r = clamp(q_hi/q_lo, 1.2, 3.9),  c(r) = piecewise linear through (1.95, 1.10) (2.01, 1.27) (2.16, 1.65) (2.33, 2.04)
 //!                                              (2.60, 2.49) (2.94, 2.85), constant outside
 //! T = max(threshold_floor, threshold_margin · q_hi · r^c(r))                   the series' own threshold
 //! score = s / T                                                                ≥ 1: anomalous for *this* series
@@ -124,6 +124,11 @@ fn tail_exponent(r: f32) -> f32 {
     }
     TAIL_FIT[TAIL_FIT.len() - 1].1
 }
+/// The heaviest tail the threshold extrapolates to: r of |t(2)| (q_0.975 = 6.21, q_0.75 = 1.60). A larger
+/// ratio does not mean a heavier tail but a mixture — mostly near-zero residuals (a quantised or often
+/// constant series) with ordinary ones between — where `r^c` would grow without bound and silence the series.
+pub const R_MAX: f32 = 3.9;
+
 /// Quantile step sizes.
 pub const LAMBDA_HI: f32 = 0.03;
 pub const LAMBDA_LO: f32 = 0.05;
@@ -176,7 +181,7 @@ impl AlertParams {
     pub fn threshold(&self, q_hi: f32, q_lo: f32) -> f32 {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
-        let r = (hi / lo).max(1.2);
+        let r = (hi / lo).clamp(1.2, R_MAX);
         self.floor.max(self.margin * hi * tail_factor(r))
     }
 

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 0..4    L     f32      level (de-seasonalised)
-//! 4..6    S     f16      0.8-expectile of the absolute one-step residual (σ̂ = 0.8605·S)
+//! 4..6    S     scale16  0.8-expectile of the absolute one-step residual (σ̂ = 0.8605·S); an unsigned
+//!                        16-bit float (state::le::scale16), a half's precision up to 4·10⁹: byte counters fit
 //! 6..22   θ     [f32;4]  daily harmonics a1 b1 a2 b2          (rate series: 6..10 = previous raw value)
 //! 22      C⁺    u8       upper CUSUM, σ units ×8
 //! 23      C⁻    u8       lower CUSUM, σ units ×8
@@ -131,7 +132,7 @@ impl St {
         };
         St {
             level: le::f32(b, 0),
-            mad: le::f16(b, 4),
+            mad: le::scale16(b, 4),
             season,
             prev,
             c_hi: b[22] as f32 / 8.0,
@@ -148,7 +149,7 @@ impl St {
     fn encode(&self, transform: Transform) -> DetectorState {
         let mut b = [0u8; super::DETECTOR_BYTES];
         le::set_f32(&mut b, 0, self.level);
-        le::set_f16(&mut b, 4, self.mad);
+        le::set_scale16(&mut b, 4, self.mad);
         match transform {
             Transform::Level => {
                 for k in 0..4 {
