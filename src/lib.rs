@@ -25,6 +25,8 @@ pub mod eval;
 pub mod f16;
 pub mod generate;
 pub mod json;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod keys;
 pub mod memory;
 pub mod model;

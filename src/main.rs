@@ -149,6 +149,32 @@ enum Command {
         #[arg(long, requires = "results")]
         detector: Option<String>,
     },
+    /// Push a recorded topic (or a generated fleet) into a Kafka topic, each record to its own partition with
+    /// its key and timestamp (idempotent producer). Prints a JSON report.
+    #[cfg(feature = "kafka")]
+    Produce {
+        #[arg(long)]
+        from: PathBuf,
+        /// kafka://HOST:PORT/TOPIC (created with the file's partition count if missing).
+        #[arg(long)]
+        to: String,
+        /// Messages per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Capture a Kafka topic, every partition from its beginning, into the recorded-topic format (partition,
+    /// offset, timestamp, key, value). Prints a JSON report.
+    #[cfg(feature = "kafka")]
+    Record {
+        /// kafka://HOST:PORT/TOPIC
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this many seconds without a new message.
+        #[arg(long, default_value_t = 10.0)]
+        until_idle: f64,
+    },
     /// Start every process of a cluster file that lives on this host, with the given run arguments.
     Launch {
         #[arg(long)]
@@ -350,6 +376,25 @@ fn main() -> Result<()> {
             }
             _ => anyhow::bail!("give --labels and --alerts, or --nab and --out"),
         },
+        #[cfg(feature = "kafka")]
+        Command::Produce { from, to, rate } => {
+            let to = fleetwatch::kafka::KafkaAddress::parse(&to)?;
+            let r = fleetwatch::kafka::produce(&from, &to, rate)
+                .with_context(|| format!("produce {} failed", from.display()))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        #[cfg(feature = "kafka")]
+        Command::Record {
+            from,
+            out,
+            until_idle,
+        } => {
+            let from = fleetwatch::kafka::KafkaAddress::parse(&from)?;
+            let idle = std::time::Duration::from_secs_f64(until_idle.max(0.1));
+            let r = fleetwatch::kafka::record(&from, &out, idle)
+                .with_context(|| format!("record into {} failed", out.display()))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Command::Launch { cluster, run_args } => {
             let exe = std::env::current_exe().context("cannot find this executable")?;
             let started = fleetwatch::cluster::launch(&exe, &cluster, &run_args)?;

@@ -1,0 +1,484 @@
+//! Kafka at the edges (feature `kafka`, crate `rdkafka` with its bundled librdkafka): `produce` pushes a
+//! recorded topic into a Kafka topic (the load generator), `record` captures a Kafka topic into the
+//! recorded-topic format that `run --input FILE` replays.
+//!
+//! Addresses are `kafka://HOST:PORT/TOPIC`. A recorded topic keeps, per message, its partition, offset,
+//! timestamp (ms), key and value; `produce` sends each record to its own partition (the topic is created with
+//! the file's partition count when it does not exist) with its own key and timestamp, through an idempotent
+//! producer, so `record` of what `produce` sent gives every partition's messages back in the same order.
+
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message, Timestamp};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::sources::RecordedHeader;
+
+/// What can go wrong talking to Kafka or reading and writing the files.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaIoError {
+    #[error("{0:?} is not kafka://HOST:PORT/TOPIC")]
+    Address(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Broker(String),
+}
+
+/// A parsed `kafka://HOST:PORT/TOPIC[,TOPIC...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaAddress {
+    pub brokers: String,
+    pub topics: Vec<String>,
+}
+
+impl KafkaAddress {
+    pub fn parse(s: &str) -> Result<KafkaAddress, KafkaIoError> {
+        let bad = || KafkaIoError::Address(s.to_string());
+        let rest = s.strip_prefix("kafka://").ok_or_else(bad)?;
+        let (brokers, topics) = rest.split_once('/').ok_or_else(bad)?;
+        let topics: Vec<String> = topics
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        let valid_topic = |t: &String| {
+            t.len() <= 249
+                && t.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        };
+        if brokers.is_empty() || !brokers.contains(':') || topics.is_empty() {
+            return Err(bad());
+        }
+        if !topics.iter().all(valid_topic) {
+            return Err(bad());
+        }
+        Ok(KafkaAddress {
+            brokers: brokers.to_string(),
+            topics,
+        })
+    }
+
+    /// The one topic of an address that must name exactly one.
+    pub fn topic(&self) -> Result<&str, KafkaIoError> {
+        match self.topics.as_slice() {
+            [t] => Ok(t),
+            _ => Err(KafkaIoError::Address(format!(
+                "kafka://{}/{} (exactly one topic expected)",
+                self.brokers,
+                self.topics.join(",")
+            ))),
+        }
+    }
+}
+
+/// One line of a recorded topic, borrowed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    partition: i32,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default, borrow)]
+    key: Option<&'a str>,
+    #[serde(borrow)]
+    value: &'a RawValue,
+}
+
+/// Counts delivery failures reported by the broker.
+#[derive(Default)]
+struct Deliveries {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::warn!("delivery failed: {e}");
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// What `produce` did.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct ProduceReport {
+    pub messages: u64,
+    /// Lines that are not a recorded-topic record, sent as they are (value = the line) to the partition of
+    /// the line before them: the pipeline dead-letters them.
+    pub raw_lines: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub partitions: u32,
+    pub seconds: f64,
+}
+
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000");
+    c
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), KafkaIoError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let new = NewTopic::new(topic, partitions.max(1) as i32, TopicReplication::Fixed(1));
+    let results = futures_executor::block_on(admin.create_topics([&new], &opts))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(KafkaIoError::Broker(format!("create topic {t}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of a topic (from the broker's metadata).
+pub fn partition_count(brokers: &str, topic: &str) -> Result<u32, KafkaIoError> {
+    let consumer: BaseConsumer = client_config(brokers).create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| KafkaIoError::Broker(format!("no metadata for topic {topic}")))?;
+    if let Some(e) = t.error() {
+        return Err(KafkaIoError::Broker(format!("topic {topic}: {e:?}")));
+    }
+    Ok(t.partitions().len() as u32)
+}
+
+/// `fleetwatch produce --from FILE --to kafka://HOST:PORT/TOPIC [--rate MSGS_PER_S]`.
+pub fn produce(
+    from: &Path,
+    to: &KafkaAddress,
+    rate: Option<f64>,
+) -> Result<ProduceReport, KafkaIoError> {
+    let topic = to.topic()?;
+    let io = |source| KafkaIoError::Io {
+        path: from.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(from).map_err(io)?;
+    let mut lines = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut first = Vec::new();
+    lines.read_until(b'\n', &mut first).map_err(io)?;
+    let header: Option<RecordedHeader> = first
+        .starts_with(RecordedHeader::MARK)
+        .then(|| serde_json::from_slice(trim_newline(&first)).ok())
+        .flatten();
+    ensure_topic(
+        &to.brokers,
+        topic,
+        header.as_ref().map_or(1, |h| h.partitions),
+    )?;
+    let partitions = partition_count(&to.brokers, topic)?;
+    let producer: BaseProducer<Deliveries> = client_config(&to.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(Deliveries::default())?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut report = ProduceReport {
+        partitions,
+        ..ProduceReport::default()
+    };
+    let mut last_partition = 0i32;
+    let mut pending: Option<Vec<u8>> = (header.is_none() && !first.is_empty()).then_some(first);
+    let mut buf = Vec::new();
+    loop {
+        let line = match pending.take() {
+            Some(l) => l,
+            None => {
+                buf.clear();
+                if lines.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+                    break;
+                }
+                std::mem::take(&mut buf)
+            }
+        };
+        let text = trim_newline(&line);
+        if text.is_empty() {
+            continue;
+        }
+        let env: Option<Envelope<'_>> = serde_json::from_slice(text).ok();
+        let (partition, key, value, ts) = match &env {
+            Some(e) => (e.partition, e.key, e.value.get().as_bytes(), e.timestamp),
+            None => {
+                report.raw_lines += 1;
+                match lenient_envelope(text) {
+                    Some(l) => (l.partition, Some(l.key), l.value, Some(l.timestamp)),
+                    None => (last_partition, None, text, None),
+                }
+            }
+        };
+        last_partition = partition;
+        let mut rec: BaseRecord<'_, str, [u8], ()> = BaseRecord::to(topic).payload(value);
+        if partition >= 0 && (partition as u32) < partitions {
+            rec = rec.partition(partition);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(t) = ts {
+            rec = rec.timestamp(t);
+        }
+        let mut rec = rec;
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        report.messages += 1;
+        producer.poll(Duration::ZERO);
+        if let Some(r) = rate.filter(|r| *r > 0.0) {
+            let due = started + Duration::from_secs_f64(report.messages as f64 / r);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if tty && report.messages % 100_000 == 0 {
+            eprint!(
+                "\rproduced {} messages ({:.0}/s)",
+                report.messages,
+                report.messages as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    if tty {
+        eprintln!();
+    }
+    let ctx = producer.context();
+    report.acknowledged = ctx.acked.load(Ordering::Relaxed);
+    report.failed = ctx.failed.load(Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    if report.failed > 0 || report.acknowledged != report.messages {
+        return Err(KafkaIoError::Broker(format!(
+            "{} of {} messages were not acknowledged",
+            report.messages - report.acknowledged.min(report.messages),
+            report.messages
+        )));
+    }
+    Ok(report)
+}
+
+/// The parts of a line in the canonical recorded layout whose value is not valid JSON
+/// (`{"partition":P,"offset":O,"timestamp":T,"key":"K","value":V}` with a broken V): its partition,
+/// timestamp, key and the value's bytes as they are, so the pipeline sees the same broken value it would
+/// have seen in the file.
+fn lenient_envelope(line: &[u8]) -> Option<Loose<'_>> {
+    fn number<'a>(rest: &'a [u8], field: &[u8]) -> Option<(i64, &'a [u8])> {
+        let rest = rest.strip_prefix(field)?;
+        let n = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        let v = std::str::from_utf8(rest.get(..n)?).ok()?.parse().ok()?;
+        Some((v, &rest[n..]))
+    }
+    let (partition, rest) = number(line, b"{\"partition\":")?;
+    let (_, rest) = number(rest, b",\"offset\":")?;
+    let (ts, rest) = number(rest, b",\"timestamp\":")?;
+    let rest = rest.strip_prefix(b",\"key\":\"")?;
+    let end = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    let key = std::str::from_utf8(&rest[..end]).ok()?;
+    let rest = rest[end + 1..].strip_prefix(b",\"value\":")?;
+    let value = rest.strip_suffix(b"}").unwrap_or(rest);
+    Some(Loose {
+        partition: i32::try_from(partition).ok()?,
+        timestamp: ts,
+        key,
+        value,
+    })
+}
+
+/// A record whose value is not valid JSON, taken apart by [`lenient_envelope`].
+#[derive(Debug, PartialEq)]
+struct Loose<'a> {
+    partition: i32,
+    timestamp: i64,
+    key: &'a str,
+    value: &'a [u8],
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
+/// What `record` did.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct RecordReport {
+    pub messages: u64,
+    pub partitions: u32,
+    pub seconds: f64,
+}
+
+/// `fleetwatch record --from kafka://HOST:PORT/TOPIC --out FILE [--until-idle S]`: reads every partition from
+/// its beginning and writes each message as a recorded-topic line, in the order they arrive, until no message
+/// came for `until_idle`.
+pub fn record(
+    from: &KafkaAddress,
+    out: &Path,
+    until_idle: Duration,
+) -> Result<RecordReport, KafkaIoError> {
+    let topic = from.topic()?;
+    let partitions = partition_count(&from.brokers, topic)?;
+    let consumer: BaseConsumer = client_config(&from.brokers)
+        .set(
+            "group.id",
+            format!("fleetwatch-record-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let io = |source| KafkaIoError::Io {
+        path: out.display().to_string(),
+        source,
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(out).map_err(io)?);
+    let header = serde_json::to_string(&RecordedHeader::new(topic, partitions))
+        .map_err(|e| KafkaIoError::Broker(e.to_string()))?;
+    writeln!(w, "{header}").map_err(io)?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut report = RecordReport {
+        partitions,
+        ..RecordReport::default()
+    };
+    let mut last = Instant::now();
+    let mut line = Vec::with_capacity(1024);
+    while last.elapsed() < until_idle {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        line.clear();
+        line.extend_from_slice(b"{\"partition\":");
+        line.extend_from_slice(m.partition().to_string().as_bytes());
+        line.extend_from_slice(b",\"offset\":");
+        line.extend_from_slice(m.offset().to_string().as_bytes());
+        if let Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) = m.timestamp() {
+            line.extend_from_slice(b",\"timestamp\":");
+            line.extend_from_slice(t.to_string().as_bytes());
+        }
+        line.extend_from_slice(b",\"key\":");
+        match m.key().map(std::str::from_utf8) {
+            Some(Ok(k)) => line.extend_from_slice(
+                serde_json::to_string(k)
+                    .map_err(|e| KafkaIoError::Broker(e.to_string()))?
+                    .as_bytes(),
+            ),
+            _ => line.extend_from_slice(b"null"),
+        }
+        line.extend_from_slice(b",\"value\":");
+        let payload = m.payload().unwrap_or_default();
+        // The value is written as it came, valid JSON or not (the pipeline refuses a broken one with the same
+        // reason in the file as on the topic); only a line break would split the record, so a multi-line
+        // value is compacted (valid JSON) or kept as a JSON string (broken).
+        if !payload.contains(&b'\n') {
+            line.extend_from_slice(payload);
+        } else {
+            let text = match serde_json::from_slice::<serde_json::Value>(payload) {
+                Ok(v) => v.to_string(),
+                Err(_) => serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
+                    .to_string(),
+            };
+            line.extend_from_slice(text.as_bytes());
+        }
+        line.extend_from_slice(b"}\n");
+        w.write_all(&line).map_err(io)?;
+        report.messages += 1;
+        last = Instant::now();
+        if tty && report.messages % 100_000 == 0 {
+            eprint!("\rrecorded {} messages", report.messages);
+        }
+    }
+    w.flush().map_err(io)?;
+    if tty {
+        eprintln!();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_envelope_keeps_a_broken_value_as_it_is() {
+        let line = br#"{"partition":3,"offset":41,"timestamp":1700000000123,"key":"cust-1","value":{"ts":1,"snr_db":NaN}}"#;
+        let l = lenient_envelope(line).expect("canonical layout");
+        assert_eq!(
+            (l.partition, l.timestamp, l.key),
+            (3, 1_700_000_000_123, "cust-1")
+        );
+        assert_eq!(l.value, br#"{"ts":1,"snr_db":NaN}"#);
+        // a truncated line keeps what it has
+        let cut = br#"{"partition":3,"offset":41,"timestamp":17,"key":"c","value":{"ts":1,"sn"#;
+        assert_eq!(
+            lenient_envelope(cut).map(|e| e.value),
+            Some(&br#"{"ts":1,"sn"#[..])
+        );
+        assert!(lenient_envelope(br#"{"partition":3,"offs"#).is_none());
+        assert!(lenient_envelope(b"garbage").is_none());
+    }
+
+    #[test]
+    fn addresses() {
+        let a = KafkaAddress::parse("kafka://127.0.0.1:9092/telemetry").expect("valid");
+        assert_eq!(a.brokers, "127.0.0.1:9092");
+        assert_eq!(a.topics, ["telemetry"]);
+        let b = KafkaAddress::parse("kafka://h:1/a,b.c").expect("valid");
+        assert_eq!(b.topics, ["a", "b.c"]);
+        assert!(b.topic().is_err());
+        for bad in [
+            "kafka://h:1/",
+            "kafka:///t",
+            "http://h:1/t",
+            "kafka://h/t",
+            "kafka://h:1/a b",
+        ] {
+            assert!(KafkaAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
