@@ -24,6 +24,8 @@ pub enum CommandError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    #[error(transparent)]
+    Nab(#[from] crate::nab::NabError),
     #[error("{0}")]
     Usage(String),
     #[error("{context}: {source}")]
@@ -151,14 +153,9 @@ pub fn eval_nab(
     spec: Option<&Path>,
     results: Option<(&Path, &str)>,
 ) -> Result<(NabReport, crate::nab::CorpusScore), CommandError> {
-    let corpus = crate::nab::Corpus::load(nab).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let corpus = crate::nab::Corpus::load(nab)?;
     let (name, scores) = match results {
-        Some((dir, detector)) => (
-            detector.to_string(),
-            corpus
-                .read_results(dir, detector)
-                .map_err(|e| CommandError::Usage(e.to_string()))?,
-        ),
+        Some((dir, detector)) => (detector.to_string(), corpus.read_results(dir, detector)?),
         None => {
             let spec = match spec {
                 Some(p) => Spec::load(p)?,
@@ -168,16 +165,13 @@ pub fn eval_nab(
                 spec,
                 name: "fleetwatch".into(),
             };
-            let scores = crate::nab::run_detector(&corpus, &opts)
-                .map_err(|e| CommandError::Usage(e.to_string()))?;
-            crate::nab::runner::write_results(&corpus, &opts.name, &scores, out)
-                .map_err(|e| CommandError::Usage(e.to_string()))?;
+            let scores = crate::nab::run_detector(&corpus, &opts)?;
+            crate::nab::runner::write_results(&corpus, &opts.name, &scores, out)?;
             (opts.name, scores)
         }
     };
     let score = crate::nab::score_corpus(&corpus, &scores);
-    crate::nab::runner::write_scores(&corpus, &name, &score, &out.join(&name))
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    crate::nab::runner::write_scores(&corpus, &name, &score, &out.join(&name))?;
     let get = |p: &str| score.normalised(p).unwrap_or(f64::NAN);
     let report = NabReport {
         standard: get("standard"),
