@@ -49,6 +49,18 @@ pub struct KindReport {
     pub median_delay_epochs: Option<f64>,
 }
 
+impl KindReport {
+    /// Sets recall and median delay from the counts and the detected labels' delays.
+    fn finish(&mut self, delays: Vec<f64>) {
+        self.recall = if self.labels > 0 {
+            self.detected as f64 / self.labels as f64
+        } else {
+            0.0
+        };
+        self.median_delay_epochs = median(delays);
+    }
+}
+
 /// The evaluation result (printed as one JSON object).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct EvalReport {
@@ -279,12 +291,7 @@ pub fn evaluate(
         }
     }
     for (kind, k) in report.by_kind.iter_mut() {
-        k.recall = if k.labels > 0 {
-            k.detected as f64 / k.labels as f64
-        } else {
-            0.0
-        };
-        k.median_delay_epochs = median(kind_delays.remove(kind).unwrap_or_default());
+        k.finish(kind_delays.remove(kind).unwrap_or_default());
     }
     if fleet_start.is_some() {
         let groups = [
@@ -293,12 +300,7 @@ pub fn evaluate(
             &mut cold.from_the_start,
         ];
         for (g, d) in groups.into_iter().zip(cold_delays) {
-            g.recall = if g.labels > 0 {
-                g.detected as f64 / g.labels as f64
-            } else {
-                0.0
-            };
-            g.median_delay_epochs = median(d);
+            g.finish(d);
         }
         report.cold_start = Some(cold);
     }

@@ -392,21 +392,20 @@ pub fn record(
         };
         let m = m?;
         line.clear();
-        line.extend_from_slice(b"{\"partition\":");
-        line.extend_from_slice(m.partition().to_string().as_bytes());
-        line.extend_from_slice(b",\"offset\":");
-        line.extend_from_slice(m.offset().to_string().as_bytes());
+        // (writes into a Vec<u8> cannot fail)
+        let _ = write!(
+            line,
+            "{{\"partition\":{},\"offset\":{}",
+            m.partition(),
+            m.offset()
+        );
         if let Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) = m.timestamp() {
-            line.extend_from_slice(b",\"timestamp\":");
-            line.extend_from_slice(t.to_string().as_bytes());
+            let _ = write!(line, ",\"timestamp\":{t}");
         }
         line.extend_from_slice(b",\"key\":");
         match m.key().map(std::str::from_utf8) {
-            Some(Ok(k)) => line.extend_from_slice(
-                serde_json::to_string(k)
-                    .map_err(|e| KafkaIoError::Broker(e.to_string()))?
-                    .as_bytes(),
-            ),
+            Some(Ok(k)) => serde_json::to_writer(&mut line, k)
+                .map_err(|e| KafkaIoError::Broker(e.to_string()))?,
             _ => line.extend_from_slice(b"null"),
         }
         line.extend_from_slice(b",\"value\":");

@@ -289,16 +289,17 @@ impl Spec {
 
     /// The embedded default spec.
     pub fn embedded() -> Spec {
-        // The embedded text is validated by a unit test; a failure here is a build defect.
-        match Spec::parse(EMBEDDED_HOME_WIFI, "embedded home-wifi.toml") {
-            Ok(s) => s,
-            Err(e) => panic!("embedded spec is invalid: {e}"),
-        }
+        Spec::parse_embedded(EMBEDDED_HOME_WIFI, "embedded home-wifi.toml")
     }
 
     /// The embedded NAB spec (one feature, `value`).
     pub fn embedded_nab() -> Spec {
-        match Spec::parse(EMBEDDED_NAB, "embedded nab.toml") {
+        Spec::parse_embedded(EMBEDDED_NAB, "embedded nab.toml")
+    }
+
+    fn parse_embedded(text: &str, origin: &str) -> Spec {
+        // The embedded texts are validated by a unit test; a failure here is a build defect.
+        match Spec::parse(text, origin) {
             Ok(s) => s,
             Err(e) => panic!("embedded spec is invalid: {e}"),
         }

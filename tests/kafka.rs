@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +21,7 @@ impl Broker {
         let bin = std::env::var_os("FLEETWATCH_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("tansu"));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = common::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("broker.log")).expect("broker log");
         let child = Command::new(&bin)
@@ -140,18 +137,17 @@ fn produce_then_record_round_trips_a_fleet_and_replays_byte_identically() {
     let (out_a, out_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
     let (dl_a, dl_b) = (dir.path().join("a.dead"), dir.path().join("b.dead"));
     for (inp, out, dl) in [(&input, &out_a, &dl_a), (&recorded_path, &out_b, &dl_b)] {
-        common::fleetwatch(&[
-            "run",
-            "--input",
-            inp.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--dead-letter",
-            dl.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--reproducible",
-        ]);
+        common::run(
+            inp,
+            out,
+            &[
+                "--dead-letter",
+                dl.to_str().unwrap(),
+                "--workers",
+                "2",
+                "--reproducible",
+            ],
+        );
     }
     let (ra, rb) = (
         std::fs::read(&out_a).unwrap(),
@@ -172,10 +168,7 @@ fn produce_to_an_unreachable_broker_fails_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::generate(&dir.path().join("fleet"), 5, 30, 1, &[]);
     // a port nothing listens on
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let started = Instant::now();
     let out = Command::new(common::bin())
         .args(["produce", "--from", input.to_str().unwrap(), "--to"])

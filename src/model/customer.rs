@@ -176,10 +176,10 @@ pub struct StepOut {
     pub duplicates: Vec<usize>,
     /// Series that got a prediction and score this epoch.
     pub series_scored: u64,
-    /// When set, the evidence of every scored series (not only of changes) also goes to `scored`, with the
-    /// kind its score points at: a per-observation trace (the NAB runner, `explain_series`).
+    /// When set, the evidence of every scored series (not only of changes) also goes to `scored`: a
+    /// per-observation trace (the NAB runner).
     pub trace: bool,
-    pub scored: Vec<(Evidence, AnomalyKind)>,
+    pub scored: Vec<Evidence>,
 }
 
 /// The customer's meta slot.
@@ -399,7 +399,7 @@ fn step_reported(
         if out.trace
             && let Some(ev) = evidence
         {
-            out.scored.push((ev, kind));
+            out.scored.push(ev);
         }
         // Without a cohort prior a young series cannot know its own noise yet: it needs more history.
         let min_seen = if ctx.priors[f].count >= cfg.min_prior_count {

@@ -20,7 +20,7 @@ use super::NabError;
 use super::corpus::{Corpus, DataFile};
 use crate::keys::CustomerId;
 use crate::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
-use crate::model::{AnomalyKind, Detector, FeaturePrior, Registry};
+use crate::model::{Detector, FeaturePrior, Registry};
 use crate::record::Log;
 use crate::spec::{FeatureSpec, Spec, Transform};
 use crate::state::SLOT_BYTES;
@@ -94,11 +94,11 @@ impl SeriesModel {
                 epoch: i as u64,
             };
             step_customer(&ctx, customer, &mut slots, &[log], &mut out);
-            let (score, kind) = out
+            let score = out
                 .scored
                 .iter()
-                .find(|(e, _)| e.feature == 0)
-                .map_or((0.0, AnomalyKind::Spike), |(e, k)| (e.score, *k));
+                .find(|e| e.feature == 0)
+                .map_or(0.0, |e| e.score);
             let score = if score.is_finite() {
                 score.max(0.0)
             } else {
@@ -113,8 +113,6 @@ impl SeriesModel {
                 learning: i < self.config.min_seen_without_prior as usize,
                 score,
                 open_before,
-                raised: !open_before && alert_open,
-                kind,
             });
         }
         rows
@@ -130,10 +128,6 @@ pub struct RowTrace {
     pub score: f32,
     /// An alert was open before this row.
     pub open_before: bool,
-    /// This row raised an alert.
-    pub raised: bool,
-    /// What the score points at.
-    pub kind: AnomalyKind,
 }
 
 /// NAB's anomaly score of each row: `s/(1 + s)` while no alert is open, `0` while one is (and while the
@@ -275,24 +269,11 @@ pub fn write_scores(
         .iter()
         .map(|p| {
             let tp_weight = corpus.profile(&p.profile).map_or(1.0, |x| x.tp_weight);
-            let per_category: serde_json::Map<String, serde_json::Value> = categories
-                .iter()
-                .map(|c| {
-                    let raw: f64 = p
-                        .files
-                        .iter()
-                        .filter(|f| f.category == *c)
-                        .map(|f| f.at.score)
-                        .sum();
-                    (
-                        c.to_string(),
-                        serde_json::json!({
-                            "normalised": p.category(c, tp_weight),
-                            "raw": raw,
-                        }),
-                    )
-                })
-                .collect();
+            let per_category: std::collections::BTreeMap<&str, super::scorer::CategoryScore> =
+                categories
+                    .iter()
+                    .map(|c| (*c, p.category(c, tp_weight)))
+                    .collect();
             serde_json::json!({
                 "profile": p.profile,
                 "threshold": p.threshold,

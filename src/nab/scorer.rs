@@ -63,6 +63,21 @@ pub struct ThresholdScore {
     pub total: u64,
 }
 
+impl ThresholdScore {
+    /// The row for a threshold and its counts (`total` is their sum).
+    pub fn new(threshold: f64, score: f64, tp: u64, tn: u64, fp: u64, fn_: u64) -> ThresholdScore {
+        ThresholdScore {
+            threshold,
+            score,
+            tp,
+            tn,
+            fp,
+            fn_,
+            total: tp + tn + fp + fn_,
+        }
+    }
+}
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -193,15 +208,14 @@ impl Sweeper {
         let mut threshold = 1.1f64;
         for p in &scorable {
             if p.score != threshold {
-                out.push(ThresholdScore {
+                out.push(ThresholdScore::new(
                     threshold,
-                    score: sum(fp_part, &part),
+                    sum(fp_part, &part),
                     tp,
                     tn,
                     fp,
                     fn_,
-                    total: tp + tn + fp + fn_,
-                });
+                ));
                 threshold = p.score;
             }
             match p.zone {
@@ -218,15 +232,14 @@ impl Sweeper {
                 }
             }
         }
-        out.push(ThresholdScore {
+        out.push(ThresholdScore::new(
             threshold,
-            score: sum(fp_part, &part),
+            sum(fp_part, &part),
             tp,
             tn,
             fp,
             fn_,
-            total: tp + tn + fp + fn_,
-        });
+        ));
         out
     }
 
@@ -244,15 +257,9 @@ impl Sweeper {
             }
             prev = Some(r);
         }
-        rows.last().copied().unwrap_or(ThresholdScore {
-            threshold,
-            score: 0.0,
-            tp: 0,
-            tn: 0,
-            fp: 0,
-            fn_: 0,
-            total: 0,
-        })
+        rows.last()
+            .copied()
+            .unwrap_or(ThresholdScore::new(threshold, 0.0, 0, 0, 0, 0))
     }
 }
 
@@ -288,9 +295,9 @@ pub struct ProfileScore {
 }
 
 impl ProfileScore {
-    /// The normalised score over one category's files (`None` when it has no windows: nothing to normalise
-    /// against; see the raw figures then).
-    pub fn category(&self, category: &str, tp_weight: f64) -> Option<f64> {
+    /// One category's raw score (Σ of its files') and normalised score over its files (`None` when it has no
+    /// windows: nothing to normalise against).
+    pub fn category(&self, category: &str, tp_weight: f64) -> CategoryScore {
         let files = self.files.iter().filter(|f| f.category == category);
         let (mut raw, mut null, mut windows) = (0.0, 0.0, 0usize);
         for f in files {
@@ -299,8 +306,18 @@ impl ProfileScore {
             windows += f.windows;
         }
         let perfect = windows as f64 * tp_weight;
-        (windows > 0).then(|| 100.0 * (raw - null) / (perfect - null))
+        CategoryScore {
+            raw,
+            normalised: (windows > 0).then(|| 100.0 * (raw - null) / (perfect - null)),
+        }
     }
+}
+
+/// A category's figures at the corpus threshold.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CategoryScore {
+    pub raw: f64,
+    pub normalised: Option<f64>,
 }
 
 /// A detector's result on the corpus, per profile in [`Corpus::profiles`] order.
@@ -344,15 +361,7 @@ fn optimise_and_score(
             _ => Some(r),
         })
         .copied()
-        .unwrap_or(ThresholdScore {
-            threshold: 1.1,
-            score: 0.0,
-            tp: 0,
-            tn: 0,
-            fp: 0,
-            fn_: 0,
-            total: 0,
-        });
+        .unwrap_or(ThresholdScore::new(1.1, 0.0, 0, 0, 0, 0));
     let files = per_file
         .into_iter()
         .map(|r| {
@@ -389,13 +398,12 @@ pub fn score_corpus(corpus: &Corpus, scores: &[Vec<f64>]) -> CorpusScore {
                     windows: f.windows.len(),
                 })
                 .collect();
-            let probation = |n: usize| sweeper.probationary_length(n);
             let windows_detected = corpus
                 .files
                 .iter()
                 .zip(scores)
                 .map(|(f, s)| {
-                    let first = probation(f.len());
+                    let first = sweeper.probationary_length(f.len());
                     f.windows
                         .iter()
                         .filter(|&&(a, b)| {
