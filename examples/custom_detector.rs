@@ -116,6 +116,8 @@ fn main() -> anyhow::Result<()> {
         dead_letter: None,
         layout: Layout::Threads(2),
         reproducible: true,
+        speed: None,
+        kafka: Default::default(),
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

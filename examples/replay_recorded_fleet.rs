@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         dead_letter: Some(dir.join("dead-letters.jsonl")),
         layout: Layout::Threads(2),
         reproducible: true,
+        speed: None,
+        kafka: Default::default(),
     };
     let run = commands::run(&opts)?;
     println!(

@@ -20,6 +20,8 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         dead_letter: None,
         layout,
         reproducible: true,
+        speed: None,
+        kafka: Default::default(),
     }
 }
 

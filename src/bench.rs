@@ -139,9 +139,12 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
     let size = Arc::new(StateSize::default());
     let cfg = RunConfig {
         spec,
-        inputs: vec![InputFile::detect(&input)?],
-        output: dir.join("changes.jsonl"),
-        dead_letter: None,
+        inputs: crate::dataflow::Inputs::Files(vec![InputFile::detect(&input)?]),
+        outputs: crate::dataflow::Outputs::Files {
+            output: dir.join("changes.jsonl"),
+            dead_letter: None,
+        },
+        speed: None,
         reproducible: false,
         detector,
         read_budget: DEFAULT_READ_BUDGET,

@@ -54,6 +54,158 @@ pub struct RunOptions {
     pub dead_letter: Option<PathBuf>,
     pub layout: Layout,
     pub reproducible: bool,
+    /// Pace a file replay at this many times event time (`None`: as fast as possible).
+    pub speed: Option<f64>,
+    /// Settings for `kafka://` inputs and outputs.
+    pub kafka: KafkaRunOptions,
+}
+
+/// `run` settings that apply to `kafka://` inputs and outputs (feature `kafka`).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaRunOptions {
+    /// The consumer group (default: the spec's `kafka.group_id`, else `fleetwatch-<spec name>`).
+    pub group_id: Option<String>,
+    /// Stop once every input partition has been caught up and silent this many seconds.
+    pub until_idle: Option<f64>,
+    /// Summaries and the end record go to this topic (default: partition 0 of the output topic).
+    pub summary_topic: Option<String>,
+    /// Partitions of the output topic if it has to be created (default: as many as the first input topic
+    /// has, or 1).
+    pub output_partitions: Option<u32>,
+}
+
+fn kafka_address(p: &Path) -> Option<&str> {
+    p.to_str().filter(|s| s.starts_with("kafka://"))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn no_kafka(what: &str) -> CommandError {
+    CommandError::Usage(format!(
+        "{what} is a kafka:// address, but this binary was built without Kafka support \
+         (cargo build --release --features kafka)"
+    ))
+}
+
+/// Decides the run's inputs and outputs from the options (files, or Kafka addresses).
+fn endpoints(
+    opts: &RunOptions,
+    spec: &Spec,
+) -> Result<(crate::dataflow::Inputs, crate::dataflow::Outputs), CommandError> {
+    use crate::dataflow::{Inputs, Outputs};
+    let kafka_in: Vec<&str> = opts
+        .inputs
+        .iter()
+        .filter_map(|p| kafka_address(p))
+        .collect();
+    let kafka_out = kafka_address(&opts.output);
+    let kafka_dead = opts.dead_letter.as_deref().and_then(kafka_address);
+    if !kafka_in.is_empty() && kafka_in.len() != opts.inputs.len() {
+        return Err(CommandError::Usage(
+            "give either files or one kafka://HOST:PORT/TOPIC[,TOPIC...] as --input, not both"
+                .into(),
+        ));
+    }
+    if kafka_in.len() > 1 {
+        return Err(CommandError::Usage(
+            "name several topics in one --input kafka://HOST:PORT/T1,T2".into(),
+        ));
+    }
+    if kafka_dead.is_some() != kafka_out.is_some() && opts.dead_letter.is_some() {
+        return Err(CommandError::Usage(
+            "a kafka:// --dead-letter goes with a kafka:// --output (and a file with a file)"
+                .into(),
+        ));
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = spec;
+        if let Some(a) = kafka_in.first().or(kafka_out.as_ref()) {
+            return Err(no_kafka(a));
+        }
+        let inputs = opts
+            .inputs
+            .iter()
+            .map(|p| InputFile::detect(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            Inputs::Files(inputs),
+            Outputs::Files {
+                output: opts.output.clone(),
+                dead_letter: opts.dead_letter.clone(),
+            },
+        ))
+    }
+    #[cfg(feature = "kafka")]
+    {
+        use crate::kafka::{KafkaAddress, KafkaOutputConfig};
+        let usage = |e: crate::kafka::KafkaIoError| CommandError::Usage(e.to_string());
+        let mut first_topic_partitions = None;
+        let inputs = match kafka_in.first() {
+            Some(a) => {
+                let addr = KafkaAddress::parse(a).map_err(usage)?;
+                first_topic_partitions =
+                    crate::kafka::partition_count(&addr.brokers, &addr.topics[0]).ok();
+                let k = &spec.kafka;
+                Inputs::Kafka(crate::sources::kafka::KafkaInput {
+                    brokers: addr.brokers,
+                    topics: addr.topics,
+                    group_id: opts
+                        .kafka
+                        .group_id
+                        .clone()
+                        .or_else(|| k.group_id.clone())
+                        .unwrap_or_else(|| format!("fleetwatch-{}", spec.name)),
+                    until_idle: opts
+                        .kafka
+                        .until_idle
+                        .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+                    idle_partition: std::time::Duration::from_secs_f64(k.idle_partition_seconds),
+                    epoch_timeout: std::time::Duration::from_secs_f64(k.epoch_timeout_seconds),
+                })
+            }
+            None => Inputs::Files(
+                opts.inputs
+                    .iter()
+                    .map(|p| InputFile::detect(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let outputs = match kafka_out {
+            Some(a) => {
+                let addr = KafkaAddress::parse(a).map_err(usage)?;
+                let topic = addr.topic().map_err(usage)?.to_string();
+                let dead_letter_topic = match kafka_dead {
+                    Some(d) => {
+                        let d = KafkaAddress::parse(d).map_err(usage)?;
+                        if d.brokers != addr.brokers {
+                            return Err(CommandError::Usage(
+                                "the dead-letter topic must live on the output's brokers".into(),
+                            ));
+                        }
+                        Some(d.topic().map_err(usage)?.to_string())
+                    }
+                    None => None,
+                };
+                Outputs::Kafka(KafkaOutputConfig {
+                    brokers: addr.brokers,
+                    topic,
+                    summary_topic: opts.kafka.summary_topic.clone(),
+                    dead_letter_topic,
+                    partitions: opts
+                        .kafka
+                        .output_partitions
+                        .or(first_topic_partitions)
+                        .unwrap_or(1)
+                        .max(1),
+                })
+            }
+            None => Outputs::Files {
+                output: opts.output.clone(),
+                dead_letter: opts.dead_letter.clone(),
+            },
+        };
+        Ok((inputs, outputs))
+    }
 }
 
 /// Loads the spec named by `--dataflow`, or the embedded one.
@@ -78,11 +230,7 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
     let detector = registry
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(|m| CommandError::Usage(format!("[detector] in the spec: {m}")))?;
-    let inputs = opts
-        .inputs
-        .iter()
-        .map(|p| InputFile::detect(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (inputs, outputs) = endpoints(opts, &spec)?;
     let (timely, process) = match &opts.layout {
         Layout::Threads(w) => {
             if *w == 0 {
@@ -98,8 +246,8 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
     let cfg = RunConfig {
         spec,
         inputs,
-        output: opts.output.clone(),
-        dead_letter: opts.dead_letter.clone(),
+        outputs,
+        speed: opts.speed,
         reproducible: opts.reproducible,
         detector: Arc::clone(&detector),
         read_budget: DEFAULT_READ_BUDGET,
@@ -211,6 +359,8 @@ pub fn demo(
         dead_letter: Some(dir.join("dead-letters.jsonl")),
         layout: Layout::Threads(workers),
         reproducible: false,
+        speed: None,
+        kafka: Default::default(),
     };
     let run = run(&opts)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;

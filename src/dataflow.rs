@@ -1,7 +1,7 @@
 //! The whole pipeline as one timely dataflow, and `run`, which executes it on a worker/process layout.
 //!
 //! ```text
-//!  FileSource (per worker: its partitions)          ──dead letters, counts──────────────────────┐
+//!  Source (per worker: its partitions; files or Kafka) ──dead letters, counts─────────────────────┐
 //!     │ logs @ epoch                                                                              │
 //!     ▼ exchange by customer                                                                      │
 //!  SeriesModel ── owns the series-state arrangement (key customer, Abelian block diffs) ──▶ state │
@@ -10,9 +10,13 @@
 //!     │ open-anomaly differences, evidence, counts, duplicate dead letters                        │
 //!     ▼                                                                                           │
 //!  arrange_by_key (open anomalies, keyed by customer) ── its changes ──▶ Sink (worker 0) ◀────────┘
-//!                                                       JSON lines: changes + summary per epoch
+//!                                                       JSON lines: changes + summary per epoch,
+//!                                                       to files or Kafka topics
+//!  Sink ── "acknowledged" frontier (a held capability: every epoch below it is durable) ──▶ probe
+//!       ──▶ every source (Kafka commits its input offsets there)
 //! ```
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -34,8 +38,11 @@ use crate::model::Detector;
 use crate::model::cohort::CohortDelta;
 use crate::model::customer::{Evidence, ModelConfig, OpenAnomaly};
 use crate::record::{DeadLetter, Log};
-use crate::sinks::{EpochSummary, LineFile, OutputFormat, dead_letter_line, derive_changes};
-use crate::sources::{FileSource, InputFile, SourceCounts, SourceError};
+use crate::sinks::{
+    EpochSummary, FileOutput, LineKind, Output, OutputError, OutputFormat, dead_letter_line,
+    derive_changes,
+};
+use crate::sources::{FileSource, InputFile, Source, SourceCounts, SourceError};
 use crate::spec::Spec;
 
 /// Errors of a run.
@@ -43,24 +50,56 @@ use crate::spec::Spec;
 pub enum RunError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("timely could not start: {0}")]
     Timely(String),
     #[error("{0}")]
     Worker(String),
 }
 
+/// Where a run reads.
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    /// Recorded topics and CSV files, read in order.
+    Files(Vec<InputFile>),
+    /// Kafka topics, consumed live.
+    #[cfg(feature = "kafka")]
+    Kafka(crate::sources::kafka::KafkaInput),
+}
+
+impl Inputs {
+    /// The inputs' names, as dead letters name them.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Inputs::Files(f) => f.iter().map(|i| i.path.display().to_string()).collect(),
+            #[cfg(feature = "kafka")]
+            Inputs::Kafka(k) => k.names(),
+        }
+    }
+}
+
+/// Where a run writes.
+#[derive(Debug, Clone)]
+pub enum Outputs {
+    /// Changes and summaries to `output`, dead letters to `dead_letter`.
+    Files {
+        output: PathBuf,
+        dead_letter: Option<PathBuf>,
+    },
+    /// Kafka topics.
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::KafkaOutputConfig),
+}
+
 /// Everything a run needs.
 #[derive(Clone)]
 pub struct RunConfig {
     pub spec: Spec,
-    pub inputs: Vec<InputFile>,
-    pub output: PathBuf,
-    pub dead_letter: Option<PathBuf>,
+    pub inputs: Inputs,
+    pub outputs: Outputs,
+    /// Pace a replay at this many times event time (`None`: as fast as possible).
+    pub speed: Option<f64>,
     /// Leave out wall-clock fields so output can be compared byte for byte.
     pub reproducible: bool,
     pub detector: Arc<dyn Detector>,
@@ -102,25 +141,32 @@ fn record_error(slot: &Shared<String>, msg: String) {
 /// Runs the pipeline on a timely configuration (threads, or one process of a cluster).
 pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<RunReport, RunError> {
     // Validate inputs up front (readable, CSV headers map), so usage errors are reported before any work.
-    for input in &cfg.inputs {
-        FileSource::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
+    #[allow(irrefutable_let_patterns)] // (refutable with the `kafka` feature)
+    if let Inputs::Files(files) = &cfg.inputs {
+        for input in files {
+            FileSource::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
+        }
     }
-    // Process 0 writes the output; create the files now so a bad path fails fast.
-    let files: Shared<(LineFile, Option<LineFile>)> = Arc::new(Mutex::new(None));
+    // Process 0 writes the output; open it now so a bad path or an unreachable broker fails fast.
+    let output: Shared<(Box<dyn Output>, Option<u64>)> = Arc::new(Mutex::new(None));
     if process == 0 {
-        let out = LineFile::create(&cfg.output).map_err(|source| RunError::Write {
-            path: cfg.output.display().to_string(),
-            source,
-        })?;
-        let dead = match &cfg.dead_letter {
-            Some(p) => Some(LineFile::create(p).map_err(|source| RunError::Write {
-                path: p.display().to_string(),
-                source,
-            })?),
-            None => None,
+        let opened: (Box<dyn Output>, Option<u64>) = match &cfg.outputs {
+            Outputs::Files {
+                output,
+                dead_letter,
+            } => (
+                Box::new(FileOutput::create(output, dead_letter.as_deref())?),
+                None,
+            ),
+            #[cfg(feature = "kafka")]
+            Outputs::Kafka(k) => {
+                let out = crate::kafka::KafkaOutput::connect(k)?;
+                let written = out.written_through();
+                (Box::new(out), written)
+            }
         };
-        if let Ok(mut g) = files.lock() {
-            *g = Some((out, dead));
+        if let Ok(mut g) = output.lock() {
+            *g = Some(opened);
         }
     }
     let errors: Shared<String> = Arc::new(Mutex::new(None));
@@ -132,15 +178,24 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
         let guards = timely::execute(timely, move |worker| {
             let index = worker.index();
             let peers = worker.peers();
-            let source = match FileSource::new(&cfg.spec, cfg.inputs.clone(), index, peers) {
+            let source: Result<Box<dyn Source>, SourceError> = match &cfg.inputs {
+                Inputs::Files(files) => FileSource::new(&cfg.spec, files.clone(), index, peers)
+                    .map(|s| Box::new(s) as Box<dyn Source>),
+                #[cfg(feature = "kafka")]
+                Inputs::Kafka(k) => {
+                    crate::sources::kafka::KafkaSource::new(&cfg.spec, k, index, peers)
+                        .map(|s| Box::new(s) as Box<dyn Source>)
+                }
+            };
+            let source = Rc::new(RefCell::new(match source {
                 Ok(s) => Some(s),
                 Err(e) => {
                     record_error(&errors, e.to_string());
                     None
                 }
-            };
-            let sink_files = if index == 0 {
-                files.lock().ok().and_then(|mut g| g.take())
+            }));
+            let sink_output = if index == 0 {
+                output.lock().ok().and_then(|mut g| g.take())
             } else {
                 None
             };
@@ -149,8 +204,8 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
                 build(
                     scope,
                     &cfg,
-                    source,
-                    sink_files,
+                    Rc::clone(&source),
+                    sink_output,
                     &probe,
                     Arc::clone(&errors),
                     Arc::clone(&report),
@@ -158,6 +213,14 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
                 );
             });
             while worker.step_or_park(None) {}
+            // The dataflow is complete, so the sink has made every output durable (it held the
+            // acknowledged frontier until then): unless something failed, the source commits all it read.
+            if errors.lock().map(|g| g.is_none()).unwrap_or(false)
+                && let Some(src) = source.borrow_mut().as_mut()
+                && src.wants_acks()
+            {
+                src.acknowledged(u64::MAX);
+            }
         })
         .map_err(RunError::Timely)?;
         for r in guards.join() {
@@ -183,19 +246,25 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
 fn build<'scope>(
     scope: Scope<'scope, u64>,
     cfg: &RunConfig,
-    source: Option<FileSource>,
-    sink_files: Option<(LineFile, Option<LineFile>)>,
+    source: SharedSource,
+    sink_output: Option<(Box<dyn Output>, Option<u64>)>,
     probe: &ProbeHandle<u64>,
     errors: Shared<String>,
     report: Shared<RunReport>,
     started: Instant,
 ) {
-    let (logs, src_dead, src_counts) = file_source(
+    let acked = ProbeHandle::new();
+    let (logs, src_dead, src_counts) = source_operator(
         scope,
         source,
-        probe.clone(),
-        cfg.read_budget,
-        cfg.max_ahead,
+        SourceControl {
+            completed: probe.clone(),
+            acked: acked.clone(),
+            budget: cfg.read_budget,
+            max_ahead: cfg.max_ahead,
+            speed: cfg.speed.filter(|s| *s > 0.0),
+            epoch_len: cfg.spec.epoch.length_seconds as f64,
+        },
         Arc::clone(&errors),
     );
     let (cohort_handle, cohort_cycle) = scope.feedback::<Vec<CohortDelta>>(1);
@@ -218,36 +287,46 @@ fn build<'scope>(
         epoch_len: cfg.spec.epoch.length_seconds as i64,
         reproducible: cfg.reproducible,
     };
-    let inputs: Vec<String> = cfg
-        .inputs
-        .iter()
-        .map(|i| i.path.display().to_string())
-        .collect();
+    let inputs = cfg.inputs.names();
     sink(
         changes.inner,
         model.evidence,
         counts,
         src_counts,
         dead,
-        SinkState::new(format, inputs, sink_files, errors, report, started),
-    );
+        SinkState::new(format, inputs, sink_output, errors, report, started),
+    )
+    .probe_with(&acked);
 }
 
-/// The per-worker file source operator: outputs logs, dead letters and per-epoch counts.
-#[allow(clippy::type_complexity)]
-fn file_source<'scope>(
-    scope: Scope<'scope, u64>,
-    source: Option<FileSource>,
-    probe: ProbeHandle<u64>,
+/// A worker's source, shared by its operator and `run` (which makes the last commit).
+type SharedSource = Rc<RefCell<Option<Box<dyn Source>>>>;
+
+/// What steers a source operator besides its source.
+struct SourceControl {
+    /// The model's progress (flow control).
+    completed: ProbeHandle<u64>,
+    /// The sink's acknowledged frontier (commits).
+    acked: ProbeHandle<u64>,
     budget: usize,
     max_ahead: u64,
+    speed: Option<f64>,
+    epoch_len: f64,
+}
+
+/// The per-worker source operator: outputs logs, dead letters and per-epoch counts.
+#[allow(clippy::type_complexity)]
+fn source_operator<'scope>(
+    scope: Scope<'scope, u64>,
+    source: SharedSource,
+    ctl: SourceControl,
     errors: Shared<String>,
 ) -> (
     Stream<'scope, u64, Vec<Log>>,
     Stream<'scope, u64, Vec<DeadLetter>>,
     Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
 ) {
-    let mut builder = OperatorBuilder::new("FileSource".to_owned(), scope);
+    let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
     let (out_logs, logs) = builder.new_output::<Vec<Log>>();
     let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
@@ -260,46 +339,19 @@ fn file_source<'scope>(
         CapacityContainerBuilder<Vec<(Option<u64>, SourceCounts)>>,
     >::from(out_counts);
     let activator = scope.activator_for(Rc::clone(&info.address));
-    builder.build(move |caps| {
-        let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
-        let mut source = source;
-        move |_frontiers| {
-            let (Some(held), Some(src)) = (caps.as_mut(), source.as_mut()) else {
-                caps = None;
-                return;
-            };
-            // Hold capabilities no lower than the source can still emit at (first call: the prescan's
-            // start epochs), so the rest of the dataflow learns where the data begins.
-            if let Some(f) = src.frontier() {
-                for c in held.iter_mut() {
-                    if *c.time() < f && f != u64::MAX {
-                        c.downgrade(&f);
-                    }
-                }
-            }
-            // Flow control: do not read more than `max_ahead` epochs past the last completed one.
-            let completed = probe.with_frontier(|f| f.first().copied());
-            if let (Some(front), Some(done)) = (src.frontier(), completed)
-                && front != u64::MAX
-                && front > done.saturating_add(max_ahead)
-            {
-                activator.activate_after(Duration::from_millis(2));
-                return;
-            }
-            if let Err(e) = src.pump(budget) {
-                record_error(&errors, e.to_string());
-                caps = None;
-                return;
-            }
-            for (e, mut logs) in std::mem::take(&mut src.logs) {
+    // Sends what the source buffered, each at its epoch (never below the held capabilities).
+    macro_rules! ship {
+        ($src:expr, $held:expr) => {{
+            let intake = $src.intake();
+            for (e, mut logs) in std::mem::take(&mut intake.logs) {
                 out_logs
                     .activate()
-                    .session(&held[0].delayed(&e))
+                    .session(&$held[0].delayed(&e))
                     .give_container(&mut logs);
             }
-            let now = *held[1].time();
+            let now = *$held[1].time();
             let mut by_time: BTreeMap<u64, Vec<DeadLetter>> = BTreeMap::new();
-            for d in src.dead.drain(..) {
+            for d in intake.dead.drain(..) {
                 by_time
                     .entry(d.epoch.unwrap_or(now).max(now))
                     .or_default()
@@ -308,25 +360,103 @@ fn file_source<'scope>(
             for (t, mut v) in by_time {
                 out_dead
                     .activate()
-                    .session(&held[1].delayed(&t))
+                    .session(&$held[1].delayed(&t))
                     .give_container(&mut v);
             }
-            for (k, c) in std::mem::take(&mut src.counts) {
+            for (k, c) in std::mem::take(&mut intake.counts) {
                 let t = k.unwrap_or(now).max(now);
                 out_counts
                     .activate()
-                    .session(&held[2].delayed(&t))
+                    .session(&$held[2].delayed(&t))
                     .give((k, c));
             }
+        }};
+    }
+    builder.build(move |caps| {
+        let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
+        // Pacing (`--speed`): the first epoch and when it was read.
+        let mut pace_origin: Option<(u64, Instant)> = None;
+        move |_frontiers| {
+            let mut slot = source.borrow_mut();
+            let Some(src) = slot.as_mut() else {
+                caps = None;
+                return;
+            };
+            let Some(held) = caps.as_mut() else {
+                return;
+            };
+            // Tell the source how far the outputs are durable (it commits its positions there; the last
+            // commit, once the dataflow is complete, is `run`'s).
+            if src.wants_acks()
+                && let Some(acked) = ctl.acked.with_frontier(|f| f.first().copied())
+            {
+                src.acknowledged(acked);
+            }
+            if errors.lock().map(|g| g.is_some()).unwrap_or(true) {
+                // Another part of the run failed: stop reading so the run ends and reports it.
+                caps = None;
+                activator.activate();
+                return;
+            }
+            // Hold capabilities no lower than the source can still emit at (first call: the prescan's
+            // start epochs), so the rest of the dataflow learns where the data begins. What the source
+            // buffered while deciding (a guard's note on the epoch it closes) leaves before the downgrade.
+            let front = src.frontier();
+            ship!(src, held);
+            if let Some(f) = front {
+                for c in held.iter_mut() {
+                    if *c.time() < f && f != u64::MAX {
+                        c.downgrade(&f);
+                    }
+                }
+            }
+            // Flow control: do not read more than `max_ahead` epochs past the last completed one.
+            let completed = ctl.completed.with_frontier(|f| f.first().copied());
+            if let (Some(front), Some(done)) = (front, completed)
+                && front != u64::MAX
+                && front > done.saturating_add(ctl.max_ahead)
+            {
+                activator.activate_after(Duration::from_millis(2));
+                return;
+            }
+            // Pacing: epoch e is read no sooner than (e − first)·L / speed seconds after the first.
+            if let (Some(speed), Some(front)) = (ctl.speed, front)
+                && front != u64::MAX
+            {
+                let (first, t0) = *pace_origin.get_or_insert((front, Instant::now()));
+                let due = (front.saturating_sub(first)) as f64 * ctl.epoch_len / speed;
+                let elapsed = t0.elapsed().as_secs_f64();
+                if elapsed < due {
+                    activator.activate_after(Duration::from_secs_f64((due - elapsed).min(1.0)));
+                    return;
+                }
+            }
+            let read = match src.pump(ctl.budget) {
+                Ok(n) => n,
+                Err(e) => {
+                    record_error(&errors, e.to_string());
+                    caps = None;
+                    activator.activate();
+                    return;
+                }
+            };
+            ship!(src, held);
             match src.frontier() {
-                None => caps = None,
+                None => {
+                    ship!(src, held);
+                    caps = None;
+                    activator.activate();
+                }
                 Some(f) => {
                     for c in held.iter_mut() {
                         if *c.time() < f {
                             c.downgrade(&f);
                         }
                     }
-                    activator.activate();
+                    match src.idle_wait().filter(|_| read == 0) {
+                        Some(wait) => activator.activate_after(wait),
+                        None => activator.activate(),
+                    }
                 }
             }
         }
@@ -344,11 +474,15 @@ struct Bucket {
     dead: Vec<DeadLetter>,
 }
 
-/// The sink's state (only worker 0 has files; other workers forward everything to it).
+/// The sink's state (only worker 0 has the output; other workers forward everything to it).
 pub struct SinkState {
     format: OutputFormat,
     inputs: Vec<String>,
-    files: Option<(LineFile, Option<LineFile>)>,
+    output: Option<Box<dyn Output>>,
+    /// Epochs up to this one were made durable by an earlier run of the same job (a restart): they are
+    /// recomputed, not written again.
+    written_through: Option<u64>,
+    writer: bool,
     errors: Shared<String>,
     report: Shared<RunReport>,
     buckets: BTreeMap<u64, Bucket>,
@@ -359,21 +493,33 @@ pub struct SinkState {
     totals: RunReport,
     last: Instant,
     line: String,
+    progress: bool,
 }
 
 impl SinkState {
     fn new(
         format: OutputFormat,
         inputs: Vec<String>,
-        files: Option<(LineFile, Option<LineFile>)>,
+        output: Option<(Box<dyn Output>, Option<u64>)>,
         errors: Shared<String>,
         report: Shared<RunReport>,
         started: Instant,
     ) -> Self {
+        let writer = output.is_some();
+        let (output, written_through) = match output {
+            Some((o, w)) => (Some(o), w),
+            None => (None, None),
+        };
+        if let Some(w) = written_through {
+            tracing::info!("epochs up to {w} were written before: recomputing them silently");
+        }
+        let progress = writer && std::io::IsTerminal::is_terminal(&std::io::stderr());
         SinkState {
             format,
             inputs,
-            files,
+            output,
+            written_through,
+            writer,
             errors,
             report,
             buckets: BTreeMap::new(),
@@ -384,20 +530,17 @@ impl SinkState {
             totals: RunReport::default(),
             last: started,
             line: String::with_capacity(1 << 16),
+            progress,
         }
     }
 
-    fn write(&mut self, dead: bool, text: &str) {
-        let Some((out, dl)) = self.files.as_mut() else {
+    fn write(&mut self, text: &str, kinds: &[LineKind<'_>]) {
+        let Some(out) = self.output.as_mut() else {
             return;
         };
-        let target = if dead { dl.as_mut() } else { Some(out) };
-        if let Some(f) = target
-            && let Err(e) = f.write(text)
-        {
-            let msg = format!("cannot write {}: {e}", f.path());
-            record_error(&self.errors, msg);
-            self.files = None;
+        if let Err(e) = out.write(text, kinds).and_then(|_| out.barrier()) {
+            record_error(&self.errors, e.to_string());
+            self.output = None;
         }
     }
 
@@ -432,6 +575,7 @@ impl SinkState {
     fn emit_epoch(&mut self, e: u64, mut b: Bucket) {
         b.evidence.sort_by_key(|e| (e.customer, e.feature));
         let changes = derive_changes(std::mem::take(&mut b.diffs), &b.evidence);
+        let silent = self.written_through.is_some_and(|w| e <= w);
         let mut text = std::mem::take(&mut self.line);
         text.clear();
         for c in &changes {
@@ -442,6 +586,23 @@ impl SinkState {
             }
             self.format.change_line(e, c, &mut text);
         }
+        if !silent && !changes.is_empty() {
+            let kinds: Vec<LineKind<'_>> = changes
+                .iter()
+                .map(|c| LineKind::Change(&c.customer))
+                .collect();
+            self.write(&text, &kinds);
+        }
+        if !silent && !b.dead.is_empty() {
+            b.dead
+                .sort_by_key(|d| (d.input, d.line, d.partition, d.offset));
+            text.clear();
+            for d in &b.dead {
+                dead_letter_line(d, &self.inputs, &mut text);
+            }
+            let kinds: Vec<LineKind<'_>> = b.dead.iter().map(LineKind::DeadLetter).collect();
+            self.write(&text, &kinds);
+        }
         let summary = EpochSummary {
             // Duplicates pass the source as well-formed records; the model refuses them.
             records: b.source.records.saturating_sub(b.model.duplicates),
@@ -450,21 +611,31 @@ impl SinkState {
             series_scored: b.model.series_scored,
             changes: changes.len() as u64,
             open_anomalies: self.open,
+            closed_by_guard: b.source.guard_closed > 0,
         };
         let now = Instant::now();
         let wall = now.duration_since(self.last).as_secs_f64();
         self.last = now;
+        text.clear();
         self.format.summary_line(e, &summary, wall, &mut text);
-        self.write(false, &text);
-        if !b.dead.is_empty() {
-            b.dead.sort_by_key(|d| (d.input, d.line, d.offset));
-            text.clear();
-            for d in &b.dead {
-                dead_letter_line(d, &self.inputs, &mut text);
-            }
-            self.write(true, &text);
+        if !silent {
+            self.write(&text, &[LineKind::Summary(e)]);
         }
         self.line = text;
+        if self.progress {
+            eprint!(
+                "\repoch {e} ({}): {} records, {} changes, {} open{}   ",
+                crate::timefmt::format_rfc3339(e as i64 * self.format.epoch_len),
+                summary.records,
+                summary.changes,
+                self.open,
+                if silent {
+                    " (rebuilt, not rewritten)"
+                } else {
+                    ""
+                }
+            );
+        }
         let t = &mut self.totals;
         t.epochs += 1;
         t.records += summary.records;
@@ -475,8 +646,16 @@ impl SinkState {
         t.epoch_seconds.push(wall);
     }
 
+    /// The epoch below which every output is durable (the sink's acknowledged frontier).
+    fn acknowledged(&self) -> Option<u64> {
+        self.output.as_ref().and(self.next)
+    }
+
     fn finish(&mut self) {
         self.emit_until(None);
+        if self.progress {
+            eprintln!();
+        }
         let mut text = String::new();
         let _ = std::fmt::Write::write_fmt(
             &mut text,
@@ -493,26 +672,23 @@ impl SinkState {
                 self.open
             ),
         );
-        self.write(false, &text);
+        self.write(&text, &[LineKind::End]);
         if !self.unattributed.is_empty() {
             let mut dead = std::mem::take(&mut self.unattributed);
-            dead.sort_by_key(|d| (d.input, d.line, d.offset));
+            dead.sort_by_key(|d| (d.input, d.line, d.partition, d.offset));
             text.clear();
             for d in &dead {
                 dead_letter_line(d, &self.inputs, &mut text);
             }
-            self.write(true, &text);
+            let kinds: Vec<LineKind<'_>> = dead.iter().map(LineKind::DeadLetter).collect();
+            self.write(&text, &kinds);
         }
-        if let Some((mut out, dl)) = self.files.take() {
-            let mut results = vec![out.flush().map_err(|e| (out.path().to_string(), e))];
-            if let Some(mut d) = dl {
-                results.push(d.flush().map_err(|e| (d.path().to_string(), e)));
-            }
-            for r in results {
-                if let Err((p, e)) = r {
-                    record_error(&self.errors, format!("cannot write {p}: {e}"));
-                }
-            }
+        if let Some(mut out) = self.output.take()
+            && let Err(e) = out.finish()
+        {
+            record_error(&self.errors, e.to_string());
+        }
+        if self.writer {
             self.totals.dead_lettered += self.unattributed_count;
             if let Ok(mut g) = self.report.lock() {
                 *g = Some(self.totals.clone());
@@ -528,16 +704,24 @@ fn sink<'scope>(
     src_counts: Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
     dead: Stream<'scope, u64, Vec<DeadLetter>>,
     mut state: SinkState,
-) {
+) -> Stream<'scope, u64, Vec<()>> {
     let scope = changes.scope();
     let mut builder = OperatorBuilder::new("Sink".to_owned(), scope);
+    // Carries no data: the writer holds a capability at the first epoch not yet durable.
+    let (acks_out, acks) = builder.new_output::<Vec<()>>();
     let mut in_changes = builder.new_input(changes, Exchange::new(|_: &_| 0u64));
     let mut in_ev = builder.new_input(evidence, Exchange::new(|_: &_| 0u64));
     let mut in_counts = builder.new_input(counts, Exchange::new(|_: &_| 0u64));
     let mut in_src = builder.new_input(src_counts, Exchange::new(|_: &_| 0u64));
     let mut in_dead = builder.new_input(dead, Exchange::new(|_: &_| 0u64));
-    builder.build(move |_caps| {
+    builder.build(move |caps| {
         let mut finished = false;
+        let _acks_out = acks_out;
+        let mut ack_cap: Option<Capability<u64>> = if state.writer {
+            caps.into_iter().next()
+        } else {
+            None
+        };
         move |frontiers| {
             in_changes.for_each(|_cap, data| {
                 for (k, t, d) in data.drain(..) {
@@ -566,6 +750,7 @@ fn sink<'scope>(
                             b.source.records += c.records;
                             b.source.late += c.late;
                             b.source.dead += c.dead;
+                            b.source.guard_closed += c.guard_closed;
                         }
                         None => state.unattributed_count += c.dead,
                     }
@@ -587,14 +772,23 @@ fn sink<'scope>(
                 .filter_map(|f| f.frontier().first().copied())
                 .min();
             match bound {
-                Some(b) => state.emit_until(Some(b)),
+                Some(b) => {
+                    state.emit_until(Some(b));
+                    if let (Some(cap), Some(n)) = (ack_cap.as_mut(), state.acknowledged())
+                        && n > *cap.time()
+                    {
+                        cap.downgrade(&n);
+                    }
+                }
                 None => {
                     state.finish();
                     finished = true;
+                    ack_cap = None;
                 }
             }
         }
     });
+    acks
 }
 
 /// The default number of lines a source reads per activation.

@@ -136,11 +136,16 @@ pub struct ProduceReport {
     pub seconds: f64,
 }
 
-fn client_config(brokers: &str) -> ClientConfig {
+pub(crate) fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("broker.address.family", "v4")
         .set("socket.timeout.ms", "10000");
+    // librdkafka's own debug contexts (e.g. `fetch,consumer`), logged at debug level (RUST_LOG=debug).
+    if let Ok(d) = std::env::var("FLEETWATCH_KAFKA_DEBUG") {
+        c.set("debug", d)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
     c
 }
 
@@ -387,43 +392,16 @@ pub fn record(
     let mut last = Instant::now();
     let mut line = Vec::with_capacity(1024);
     while last.elapsed() < until_idle {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // Broker restarts, leader moves: librdkafka reconnects and resumes by itself.
+                tracing::warn!("kafka consumer: {e}");
+                continue;
+            }
         };
-        let m = m?;
-        line.clear();
-        // (writes into a Vec<u8> cannot fail)
-        let _ = write!(
-            line,
-            "{{\"partition\":{},\"offset\":{}",
-            m.partition(),
-            m.offset()
-        );
-        if let Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) = m.timestamp() {
-            let _ = write!(line, ",\"timestamp\":{t}");
-        }
-        line.extend_from_slice(b",\"key\":");
-        match m.key().map(std::str::from_utf8) {
-            Some(Ok(k)) => serde_json::to_writer(&mut line, k)
-                .map_err(|e| KafkaIoError::Broker(e.to_string()))?,
-            _ => line.extend_from_slice(b"null"),
-        }
-        line.extend_from_slice(b",\"value\":");
-        let payload = m.payload().unwrap_or_default();
-        // The value is written as it came, valid JSON or not (the pipeline refuses a broken one with the same
-        // reason in the file as on the topic); only a line break would split the record, so a multi-line
-        // value is compacted (valid JSON) or kept as a JSON string (broken).
-        if !payload.contains(&b'\n') {
-            line.extend_from_slice(payload);
-        } else {
-            let text = match serde_json::from_slice::<serde_json::Value>(payload) {
-                Ok(v) => v.to_string(),
-                Err(_) => serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
-                    .to_string(),
-            };
-            line.extend_from_slice(text.as_bytes());
-        }
-        line.extend_from_slice(b"}\n");
+        recorded_line(&mut line, &m);
         w.write_all(&line).map_err(io)?;
         report.messages += 1;
         last = Instant::now();
@@ -437,6 +415,274 @@ pub fn record(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Writes a consumed message as one recorded-topic line (with its newline) into `line`: the layout `record`
+/// captures and `run --input FILE` replays, and what the live Kafka source parses, so both decide alike.
+pub(crate) fn recorded_line<M: Message>(line: &mut Vec<u8>, m: &M) {
+    line.clear();
+    // (writes into a Vec<u8> cannot fail)
+    let _ = write!(
+        line,
+        "{{\"partition\":{},\"offset\":{}",
+        m.partition(),
+        m.offset()
+    );
+    if let Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) = m.timestamp() {
+        let _ = write!(line, ",\"timestamp\":{t}");
+    }
+    line.extend_from_slice(b",\"key\":");
+    match m.key().map(std::str::from_utf8) {
+        Some(Ok(k)) => {
+            let _ = serde_json::to_writer(&mut *line, k);
+        }
+        _ => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(b",\"value\":");
+    let payload = m.payload().unwrap_or_default();
+    // The value is written as it came, valid JSON or not (the pipeline refuses a broken one with the same
+    // reason in the file as on the topic); only a line break would split the record, so a multi-line
+    // value is compacted (valid JSON) or kept as a JSON string (broken).
+    if !payload.contains(&b'\n') {
+        line.extend_from_slice(payload);
+    } else {
+        let text = match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(v) => v.to_string(),
+            Err(_) => {
+                serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()).to_string()
+            }
+        };
+        line.extend_from_slice(text.as_bytes());
+    }
+    line.extend_from_slice(b"}\n");
+}
+
+/// Where a run's outputs go on Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaOutputConfig {
+    pub brokers: String,
+    /// The anomaly changes, one message per change keyed by customer.
+    pub topic: String,
+    /// The per-epoch summaries (key `epoch`) and the end record (key `end`); `None`: partition 0 of `topic`.
+    pub summary_topic: Option<String>,
+    /// Dead letters (value: the dead-letter JSON line; headers `reason`, `detail`, `source`).
+    pub dead_letter_topic: Option<String>,
+    /// Partitions of `topic` when it has to be created.
+    pub partitions: u32,
+}
+
+/// The Kafka output: an idempotent producer; every `barrier` waits until the broker has acknowledged
+/// everything sent so far.
+pub struct KafkaOutput {
+    producer: BaseProducer<Deliveries>,
+    cfg: KafkaOutputConfig,
+    sent: u64,
+    written_through: Option<u64>,
+}
+
+fn output_error(target: &str, message: impl std::fmt::Display) -> crate::sinks::OutputError {
+    crate::sinks::OutputError {
+        target: target.to_string(),
+        message: message.to_string(),
+    }
+}
+
+impl KafkaOutput {
+    /// Creates the topics that do not exist, connects the producer, and reads which epochs an earlier run of
+    /// the same job has already made durable (the last summary on the summary partition).
+    pub fn connect(cfg: &KafkaOutputConfig) -> Result<KafkaOutput, crate::sinks::OutputError> {
+        let target = format!("kafka://{}/{}", cfg.brokers, cfg.topic);
+        let fail = |e: KafkaIoError| output_error(&target, e);
+        ensure_topic(&cfg.brokers, &cfg.topic, cfg.partitions).map_err(fail)?;
+        for t in [&cfg.summary_topic, &cfg.dead_letter_topic]
+            .into_iter()
+            .flatten()
+        {
+            ensure_topic(&cfg.brokers, t, 1).map_err(fail)?;
+        }
+        let summary = cfg.summary_topic.as_deref().unwrap_or(&cfg.topic);
+        let written_through = last_summary_epoch(&cfg.brokers, summary).map_err(fail)?;
+        let producer: BaseProducer<Deliveries> = client_config(&cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "120000")
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(Deliveries::default())
+            .map_err(|e| output_error(&target, e))?;
+        Ok(KafkaOutput {
+            producer,
+            cfg: cfg.clone(),
+            sent: 0,
+            written_through,
+        })
+    }
+
+    /// The last epoch whose summary an earlier run made durable.
+    pub fn written_through(&self) -> Option<u64> {
+        self.written_through
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<rdkafka::message::OwnedHeaders>,
+    ) -> Result<(), crate::sinks::OutputError> {
+        let mut rec: BaseRecord<'_, str, [u8], ()> = BaseRecord::to(topic).payload(payload);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+                Err((e, _)) => return Err(output_error(topic, e)),
+            }
+        }
+        self.sent += 1;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+}
+
+impl crate::sinks::Output for KafkaOutput {
+    fn write(
+        &mut self,
+        text: &str,
+        kinds: &[crate::sinks::LineKind<'_>],
+    ) -> Result<(), crate::sinks::OutputError> {
+        use crate::sinks::LineKind;
+        let topic = self.cfg.topic.clone();
+        let summary = self.cfg.summary_topic.clone();
+        let dead = self.cfg.dead_letter_topic.clone();
+        for (line, kind) in text.lines().zip(kinds) {
+            match kind {
+                LineKind::Change(c) => {
+                    self.send(&topic, None, Some(c.as_str()), line.as_bytes(), None)?
+                }
+                LineKind::Summary(_) | LineKind::End => {
+                    let key = if matches!(kind, LineKind::End) {
+                        "end"
+                    } else {
+                        "epoch"
+                    };
+                    let t = summary.as_deref().unwrap_or(&topic);
+                    self.send(t, Some(0), Some(key), line.as_bytes(), None)?
+                }
+                LineKind::DeadLetter(d) => {
+                    let Some(t) = dead.as_deref() else { continue };
+                    let source = format!(
+                        "{}:{}:{}",
+                        d.input,
+                        d.partition.map_or(-1, |p| p as i64),
+                        d.offset.map_or(-1, |o| o as i64)
+                    );
+                    let headers = rdkafka::message::OwnedHeaders::new()
+                        .insert(rdkafka::message::Header {
+                            key: "reason",
+                            value: Some(d.code.as_str()),
+                        })
+                        .insert(rdkafka::message::Header {
+                            key: "detail",
+                            value: Some(d.detail.as_str()),
+                        })
+                        .insert(rdkafka::message::Header {
+                            key: "source",
+                            value: Some(source.as_str()),
+                        });
+                    self.send(t, None, None, line.as_bytes(), Some(headers))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), crate::sinks::OutputError> {
+        let target = format!("kafka://{}/{}", self.cfg.brokers, self.cfg.topic);
+        // (BaseProducer::flush sleeps in steps of up to 100 ms; an epoch's barrier polls finely instead.)
+        let deadline = Instant::now() + Duration::from_secs(130);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(output_error(
+                    &target,
+                    "the broker did not acknowledge within 130 s",
+                ));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        let acked = ctx.acked.load(Ordering::Relaxed);
+        if failed > 0 || acked < self.sent {
+            return Err(output_error(
+                &target,
+                format!(
+                    "{} of {} messages were not acknowledged",
+                    self.sent.saturating_sub(acked),
+                    self.sent
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), crate::sinks::OutputError> {
+        crate::sinks::Output::barrier(self)
+    }
+}
+
+/// The largest `epoch` of the summary records (key `epoch`) on partition 0 of `topic`, reading it whole.
+pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, KafkaIoError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .set(
+            "group.id",
+            format!("fleetwatch-resume-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last: Option<u64> = None;
+    #[derive(Deserialize)]
+    struct Summary {
+        epoch: u64,
+    }
+    while Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        if m.key() == Some(b"epoch".as_slice())
+            && let Some(s) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Summary>(p).ok())
+        {
+            last = Some(last.map_or(s.epoch, |l: u64| l.max(s.epoch)));
+        }
+        if m.offset() + 1 >= high {
+            return Ok(last);
+        }
+    }
+    Err(KafkaIoError::Broker(format!(
+        "could not read {topic} partition 0 up to offset {high} within 120 s"
+    )))
 }
 
 #[cfg(test)]

@@ -38,20 +38,42 @@ enum Command {
         #[arg(long, default_value_t = 25)]
         show: usize,
     },
-    /// Run the pipeline over recorded-topic or CSV files.
+    /// Run the pipeline over recorded-topic or CSV files, or live from Kafka.
     Run {
         /// Dataflow spec (TOML). Default: the embedded dataflows/home-wifi.toml.
         #[arg(long)]
         dataflow: Option<PathBuf>,
-        /// Input files: recorded topics (JSON lines) or CSV (customer_id,ts,<feature>...). Read in order.
+        /// Input files: recorded topics (JSON lines) or CSV (customer_id,ts,<feature>...), read in order; or
+        /// one kafka://HOST:PORT/TOPIC[,TOPIC...] (feature `kafka`).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
-        /// Where the anomaly changes and per-epoch summaries go (JSON lines).
+        /// Where the anomaly changes and per-epoch summaries go: a file (JSON lines) or
+        /// kafka://HOST:PORT/TOPIC (one message per change, keyed by customer).
         #[arg(long)]
         output: PathBuf,
-        /// Where refused records go, with their reasons (JSON lines).
+        /// Where refused records go, with their reasons: a file (JSON lines), or with a Kafka output a
+        /// kafka://HOST:PORT/TOPIC (the reason in the `reason` header).
         #[arg(long)]
         dead_letter: Option<PathBuf>,
+        /// Replay at this many times event time (1 = real time, 288 = a day in 5 minutes); default: as fast
+        /// as possible.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Kafka input: the consumer group that gets the committed offsets (default: the spec's
+        /// kafka.group_id).
+        #[arg(long)]
+        group_id: Option<String>,
+        /// Kafka input: stop once every partition has been caught up and silent this many seconds (default:
+        /// run until stopped).
+        #[arg(long)]
+        until_idle: Option<f64>,
+        /// Kafka output: send the per-epoch summaries and the end record to this topic (default: partition
+        /// 0 of the output topic, keys `epoch` and `end`).
+        #[arg(long)]
+        summary_topic: Option<String>,
+        /// Kafka output: partitions of the output topic if it must be created (default: the input topic's).
+        #[arg(long)]
+        output_partitions: Option<u32>,
         /// Worker threads (ignored with --cluster).
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -246,7 +268,15 @@ fn main() -> Result<()> {
             cluster,
             process,
             reproducible,
+            speed,
+            group_id,
+            until_idle,
+            summary_topic,
+            output_partitions,
         } => {
+            if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                bail!("--speed must be a positive number");
+            }
             let layout = match (cluster, process) {
                 (Some(file), Some(index)) => Layout::Cluster { file, index },
                 (None, None) => Layout::Threads(workers),
@@ -259,6 +289,13 @@ fn main() -> Result<()> {
                 dead_letter,
                 layout,
                 reproducible,
+                speed,
+                kafka: commands::KafkaRunOptions {
+                    group_id,
+                    until_idle,
+                    summary_topic,
+                    output_partitions,
+                },
             };
             let report = commands::run(&opts).context("run failed")?;
             if !report.writer {

@@ -43,6 +43,8 @@ pub struct EpochSummary {
     pub series_scored: u64,
     pub changes: u64,
     pub open_anomalies: i64,
+    /// A live source's wall-clock guard closed the epoch before every partition had passed it.
+    pub closed_by_guard: bool,
 }
 
 /// Writes a number as JSON (`null` for NaN/∞), shortest round-trip form.
@@ -165,6 +167,9 @@ impl OutputFormat {
             s.changes,
             s.open_anomalies
         );
+        if s.closed_by_guard {
+            out.push_str(",\"closed_by_guard\":true");
+        }
         if !self.reproducible {
             let _ = write!(out, ",\"wall_seconds\":{:.3}", wall);
         }
@@ -265,6 +270,92 @@ pub fn dead_letter_line(d: &DeadLetter, inputs: &[String], out: &mut String) {
     out.push_str(",\"raw\":");
     push_str(out, &d.raw);
     out.push_str("}\n");
+}
+
+/// What one output line is, for outputs that route lines (a Kafka sink keys changes by customer, sends
+/// summaries and the end record apart, and dead letters to their own topic).
+#[derive(Debug, Clone, Copy)]
+pub enum LineKind<'a> {
+    Change(&'a CustomerId),
+    Summary(u64),
+    End,
+    DeadLetter(&'a DeadLetter),
+}
+
+/// An output failure.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {target}: {message}")]
+pub struct OutputError {
+    pub target: String,
+    pub message: String,
+}
+
+/// Where the sink's lines go: files, or Kafka topics (`kafka::KafkaOutput`).
+pub trait Output: Send {
+    /// Writes lines: `text` holds them, each ending in a newline, and `kinds[i]` says what line `i` is.
+    fn write(&mut self, text: &str, kinds: &[LineKind<'_>]) -> Result<(), OutputError>;
+    /// Returns once everything written so far is durable (a broker acknowledged it). The sink calls this
+    /// after an epoch's changes and dead letters, and again after its summary: an epoch's summary is never
+    /// durable before its changes.
+    fn barrier(&mut self) -> Result<(), OutputError>;
+    /// Flushes and closes.
+    fn finish(&mut self) -> Result<(), OutputError>;
+}
+
+/// The file output: changes, summaries and the end line to one file, dead letters to another (or nowhere).
+pub struct FileOutput {
+    pub out: LineFile,
+    pub dead: Option<LineFile>,
+}
+
+impl FileOutput {
+    /// Creates (truncates) the files.
+    pub fn create(out: &Path, dead: Option<&Path>) -> Result<FileOutput, OutputError> {
+        let open = |p: &Path| {
+            LineFile::create(p).map_err(|e| OutputError {
+                target: p.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        Ok(FileOutput {
+            out: open(out)?,
+            dead: dead.map(open).transpose()?,
+        })
+    }
+}
+
+fn file_error(f: &LineFile, e: std::io::Error) -> OutputError {
+    OutputError {
+        target: f.path().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Output for FileOutput {
+    fn write(&mut self, text: &str, kinds: &[LineKind<'_>]) -> Result<(), OutputError> {
+        let to_dead = matches!(kinds.first(), Some(LineKind::DeadLetter(_)));
+        let f = if to_dead {
+            match self.dead.as_mut() {
+                Some(f) => f,
+                None => return Ok(()),
+            }
+        } else {
+            &mut self.out
+        };
+        f.write(text).map_err(|e| file_error(f, e))
+    }
+
+    fn barrier(&mut self) -> Result<(), OutputError> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), OutputError> {
+        self.out.flush().map_err(|e| file_error(&self.out, e))?;
+        if let Some(d) = self.dead.as_mut() {
+            d.flush().map_err(|e| file_error(d, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A buffered file writer that reports the path on error.

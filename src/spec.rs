@@ -110,6 +110,39 @@ fn default_max_ts() -> i64 {
     4_102_444_800 // 2100-01-01
 }
 
+/// How a run consumes and produces Kafka (used with `kafka://` inputs and outputs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// The consumer group whose offsets the run commits (default: `fleetwatch-<spec name>`).
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// A partition caught up with the broker and silent this long stops holding epochs open.
+    #[serde(default = "default_idle_partition")]
+    pub idle_partition_seconds: f64,
+    /// The wall-clock guard: an epoch held open this long while later data exists is closed with what
+    /// arrived (its summary says `"closed_by_guard":true`; what comes later for it is late).
+    #[serde(default = "default_epoch_timeout")]
+    pub epoch_timeout_seconds: f64,
+}
+
+impl Default for KafkaSpec {
+    fn default() -> Self {
+        KafkaSpec {
+            group_id: None,
+            idle_partition_seconds: default_idle_partition(),
+            epoch_timeout_seconds: default_epoch_timeout(),
+        }
+    }
+}
+
+fn default_idle_partition() -> f64 {
+    30.0
+}
+fn default_epoch_timeout() -> f64 {
+    60.0
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochSpec {
@@ -255,6 +288,8 @@ pub struct Spec {
     pub detector: DetectorSpec,
     #[serde(default)]
     pub alerting: AlertSpec,
+    #[serde(default)]
+    pub kafka: KafkaSpec,
     pub features: Vec<FeatureSpec>,
 }
 
@@ -306,6 +341,20 @@ impl Spec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            (
+                "kafka.idle_partition_seconds",
+                self.kafka.idle_partition_seconds,
+            ),
+            (
+                "kafka.epoch_timeout_seconds",
+                self.kafka.epoch_timeout_seconds,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return Err(format!("{name} must be a positive number of seconds"));
+            }
+        }
         if self.features.is_empty() {
             return Err("list at least one [[features]]".into());
         }

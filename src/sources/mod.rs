@@ -21,17 +21,21 @@
 //! partitions exist; without it the file is scanned once): a worker may not let the pipeline's epoch advance
 //! past a partition that has not started yet.
 
+pub mod intake;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod parse;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::epoch::{Admission, EpochClock, PartitionClock};
+use crate::epoch::EpochClock;
 use crate::keys::CustomerId;
 use crate::record::{DeadLetter, Log, RejectCode, Rejection, SourcePos};
 use crate::spec::Spec;
+pub use intake::{Admitted, Intake, PartitionState, SourceCounts};
 use parse::LogParser;
 
 /// Errors that stop a source (unreadable files, a CSV header that cannot be mapped). Bad *records* are never
@@ -45,6 +49,43 @@ pub enum SourceError {
     },
     #[error("{path}: {message}")]
     Csv { path: String, message: String },
+    #[error("kafka source: {0}")]
+    Kafka(String),
+}
+
+/// What the source operator drives on each worker: a file replay or a live Kafka consumer. Both parse into
+/// an [`Intake`], which epochs the records and buffers them for the operator to ship.
+pub trait Source {
+    /// The least epoch this worker may still emit records at (`u64::MAX`: nothing more before the end);
+    /// `None` once the source is done.
+    fn frontier(&mut self) -> Option<u64>;
+    /// Reads up to `budget` records; returns how many it consumed.
+    fn pump(&mut self, budget: usize) -> Result<usize, SourceError>;
+    /// The epoched records and dead letters waiting to be shipped.
+    fn intake(&mut self) -> &mut Intake;
+    /// Every output of every epoch below `upto` is durably written (`u64::MAX`: all of them): a source with
+    /// a commit protocol commits its input positions up to there.
+    fn acknowledged(&mut self, _upto: u64) {}
+    /// True if the source wants [`Source::acknowledged`] calls until the sink has finished.
+    fn wants_acks(&self) -> bool {
+        false
+    }
+    /// After a pump that found nothing, how long to wait before the next one (`None`: at once).
+    fn idle_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+impl Source for FileSource {
+    fn frontier(&mut self) -> Option<u64> {
+        FileSource::frontier(self)
+    }
+    fn pump(&mut self, budget: usize) -> Result<usize, SourceError> {
+        FileSource::pump(self, budget)
+    }
+    fn intake(&mut self) -> &mut Intake {
+        &mut self.intake
+    }
 }
 
 /// The format of an input file.
@@ -234,21 +275,6 @@ impl LineReader {
     }
 }
 
-/// Counts of one epoch at one worker's source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SourceCounts {
-    pub records: u64,
-    pub late: u64,
-    pub dead: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct PartitionState {
-    clock: PartitionClock,
-    /// Epoch the partition's first record may open, from the prescan (`None`: no good record at all).
-    start: Option<u64>,
-}
-
 enum Reader {
     Lines(LineReader),
     Csv {
@@ -265,18 +291,12 @@ pub struct FileSource {
     index: usize,
     peers: usize,
     parser: LogParser,
-    clock: EpochClock,
-    partitions: HashMap<(u32, u32), PartitionState>,
     current: usize,
     reader: Option<Reader>,
     last_partition: u32,
     scratch: Log,
-    /// Buffered output: logs by epoch.
-    pub logs: BTreeMap<u64, Vec<Log>>,
-    /// Buffered dead letters (with their epoch attribution).
-    pub dead: Vec<DeadLetter>,
-    /// Buffered counts by epoch (`None`: dead letters of partitions that never had a good record).
-    pub counts: BTreeMap<Option<u64>, SourceCounts>,
+    /// Epoching and the buffered output.
+    pub intake: Intake,
     finished: bool,
 }
 
@@ -314,31 +334,23 @@ impl FileSource {
                 InputKind::Csv => {
                     if partition_owner(i, 0, peers) == index {
                         let start = prescan_csv(&input.path, &mut parser, &clock, &mut scratch)?;
-                        partitions.insert(
-                            (i, 0),
-                            PartitionState {
-                                clock: PartitionClock::default(),
-                                start,
-                            },
-                        );
+                        partitions.insert((i, 0), PartitionState::new(start));
                     }
                 }
             }
         }
+        let mut intake = Intake::new(clock);
+        intake.partitions = partitions;
         Ok(FileSource {
             inputs,
             index,
             peers,
             parser,
-            clock,
-            partitions,
             current: 0,
             reader: None,
             last_partition: 0,
             scratch,
-            logs: BTreeMap::new(),
-            dead: Vec::new(),
-            counts: BTreeMap::new(),
+            intake,
             finished: false,
         })
     }
@@ -346,15 +358,11 @@ impl FileSource {
     /// The least epoch this worker may still emit records at; `None` once every owned partition is done.
     pub fn frontier(&self) -> Option<u64> {
         let mut min: Option<u64> = None;
-        for ((input, _), p) in &self.partitions {
-            if (*input as usize) < self.current {
+        for key in self.intake.partitions.keys() {
+            if (key.0 as usize) < self.current {
                 continue; // input fully read
             }
-            let e = match p.clock.open_epoch(&self.clock) {
-                Some(e) => Some(e),
-                None => p.start,
-            };
-            if let Some(e) = e {
+            if let Some(e) = self.intake.open_epoch(*key) {
                 min = Some(min.map_or(e, |m: u64| m.min(e)));
             }
         }
@@ -450,7 +458,8 @@ impl FileSource {
                         RejectCode::Malformed,
                         format!("line longer than {MAX_LINE} bytes"),
                     );
-                    self.push_dead(DeadLetter::new(input, line_no, b"", rej), (input, p));
+                    self.intake
+                        .push_dead(DeadLetter::new(input, line_no, b"", rej), (input, p));
                 }
                 continue;
             }
@@ -476,10 +485,9 @@ impl FileSource {
                         partition: env.partition,
                         offset: env.offset,
                     };
-                    self.admit(
+                    self.intake.admit(
                         log,
                         (input, env.partition),
-                        input,
                         line_no,
                         Some(env.offset),
                         || line.to_vec(),
@@ -488,7 +496,7 @@ impl FileSource {
                 Err(rej) => {
                     let mut dl = DeadLetter::new(input, line_no, line, rej);
                     dl.partition = parse::envelope_partition(line);
-                    self.push_dead(dl, (input, partition));
+                    self.intake.push_dead(dl, (input, partition));
                 }
             }
         }
@@ -523,7 +531,8 @@ impl FileSource {
                     }
                     let line_no = e.position().map(|p| p.line()).unwrap_or(0);
                     let rej = Rejection::new(RejectCode::Malformed, format!("CSV: {e}"));
-                    self.push_dead(DeadLetter::new(input, line_no, b"", rej), (input, 0));
+                    self.intake
+                        .push_dead(DeadLetter::new(input, line_no, b"", rej), (input, 0));
                     n += 1;
                     continue;
                 }
@@ -548,13 +557,13 @@ impl FileSource {
                         partition: 0,
                         offset: line_no,
                     };
-                    self.admit(log, (input, 0), input, line_no, None, || {
+                    self.intake.admit(log, (input, 0), line_no, None, || {
                         join_csv(&record).into_bytes()
                     });
                 }
                 Err(rej) => {
                     let raw = join_csv(&record);
-                    self.push_dead(
+                    self.intake.push_dead(
                         DeadLetter::new(input, line_no, raw.as_bytes(), rej),
                         (input, 0),
                     );
@@ -567,84 +576,6 @@ impl FileSource {
             record,
         });
         Ok(Some(n))
-    }
-
-    /// Applies the partition's lateness policy to a parsed log and buffers it (or its dead letter).
-    fn admit(
-        &mut self,
-        mut log: Log,
-        key: (u32, u32),
-        input: u32,
-        line_no: u64,
-        offset: Option<u64>,
-        raw: impl FnOnce() -> Vec<u8>,
-    ) {
-        let clock = self.clock;
-        let state = self.partitions.entry(key).or_insert(PartitionState {
-            clock: PartitionClock::default(),
-            start: None,
-        });
-        let admission = state.clock.admit(&clock, log.ts);
-        // The input index distinguishes equal (partition, offset) pairs of different files.
-        log.pos.partition = log.pos.partition.wrapping_add(input << 20);
-        match admission {
-            Admission::OnTime(e) => {
-                self.logs.entry(e).or_default().push(log);
-                self.counts.entry(Some(e)).or_default().records += 1;
-            }
-            Admission::Late { into, .. } => {
-                self.logs.entry(into).or_default().push(log);
-                let c = self.counts.entry(Some(into)).or_default();
-                c.records += 1;
-                c.late += 1;
-            }
-            Admission::LateDeadLetter { epoch, open } => {
-                let mut dl = DeadLetter::new(
-                    input,
-                    line_no,
-                    &raw(),
-                    Rejection::new(
-                        RejectCode::Late,
-                        format!("epoch {epoch} had closed (first open epoch {open})"),
-                    ),
-                );
-                dl.partition = Some(key.1);
-                dl.offset = offset;
-                dl.epoch = Some(open);
-                self.counts.entry(Some(open)).or_default().late += 1;
-                self.counts.entry(Some(open)).or_default().dead += 1;
-                self.dead.push(dl);
-            }
-            Admission::TooFarAhead { watermark } => {
-                let mut dl = DeadLetter::new(
-                    input,
-                    line_no,
-                    &raw(),
-                    Rejection::new(
-                        RejectCode::AbsurdTimestamp,
-                        format!(
-                            "timestamp {} is more than input.max_future_skew_seconds ahead of its \
-                             partition (watermark {watermark})",
-                            log.ts
-                        ),
-                    ),
-                );
-                dl.partition = Some(key.1);
-                dl.offset = offset;
-                self.push_dead(dl, key);
-            }
-        }
-    }
-
-    /// Buffers a dead letter, attributed to its partition's first open epoch.
-    fn push_dead(&mut self, mut dl: DeadLetter, key: (u32, u32)) {
-        let epoch = match self.partitions.get(&key) {
-            Some(p) => p.clock.open_epoch(&self.clock).or(p.start),
-            None => None,
-        };
-        dl.epoch = epoch;
-        self.counts.entry(epoch).or_default().dead += 1;
-        self.dead.push(dl);
     }
 }
 
@@ -746,10 +677,9 @@ fn prescan_recorded(
                 .filter(|p| partition_owner(input, *p, peers) == index)
                 .collect();
             for p in &owned {
-                partitions.entry((input, *p)).or_insert(PartitionState {
-                    clock: PartitionClock::default(),
-                    start: None,
-                });
+                partitions
+                    .entry((input, *p))
+                    .or_insert(PartitionState::new(None));
             }
             pending = Some(owned);
             continue;
@@ -766,10 +696,7 @@ fn prescan_recorded(
         }
         let state = partitions
             .entry((input, partition))
-            .or_insert(PartitionState {
-                clock: PartitionClock::default(),
-                start: None,
-            });
+            .or_insert(PartitionState::new(None));
         if state.start.is_some() {
             continue;
         }
@@ -814,12 +741,12 @@ mod tests {
             while !s.is_finished() {
                 s.pump(3).unwrap();
             }
-            for (e, v) in std::mem::take(&mut s.logs) {
+            for (e, v) in std::mem::take(&mut s.intake.logs) {
                 for l in v {
                     logs.push((e, l.customer.to_string(), l.ts));
                 }
             }
-            dead.append(&mut s.dead);
+            dead.append(&mut s.intake.dead);
         }
         logs.sort();
         dead.sort_by_key(|d| d.line);
