@@ -734,18 +734,15 @@ fn two_processes_share_a_four_partition_topic_like_one() {
     assert!(a == b, "2 processes x 1 worker differ from 1 process");
 }
 
-#[test]
-fn an_idle_partition_does_not_stall_epochs_and_its_late_records_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    let input = common::generate(
-        &dir.path().join("fleet"),
-        40,
-        60,
-        17,
-        &["--partitions", "2"],
-    );
-    // Partition 0 goes silent after its first 30 epochs; its remaining logs come 5 s later.
+/// Produces a fleet whose partition 0 goes silent after its first 30 epochs, runs the pipeline live on it
+/// with `spec_edit` applied to the embedded spec, and sends partition 0's remaining logs 5 s into the run.
+/// Returns (the live run's output, the file run's output of the whole fleet, the logs held back).
+fn run_with_a_lagging_partition(
+    dir: &Path,
+    spec_edit: &[(&str, &str)],
+) -> (PathBuf, PathBuf, usize) {
+    let broker = Broker::start(dir);
+    let input = common::generate(&dir.join("fleet"), 40, 60, 17, &["--partitions", "2"]);
     let text = std::fs::read_to_string(&input).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
@@ -763,16 +760,16 @@ fn an_idle_partition_does_not_stall_epochs_and_its_late_records_are_counted() {
         }
     }
     assert!(later.len() > 100);
-    let (now_path, later_path) = (dir.path().join("now.jsonl"), dir.path().join("later.jsonl"));
+    let (now_path, later_path) = (dir.join("now.jsonl"), dir.join("later.jsonl"));
     std::fs::write(&now_path, now.join("\n") + "\n").unwrap();
     std::fs::write(&later_path, later.join("\n") + "\n").unwrap();
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(
-        &spec,
-        fleetwatch::spec::EMBEDDED_HOME_WIFI
-            .replace("idle_partition_seconds = 30", "idle_partition_seconds = 1"),
-    )
-    .unwrap();
+    let spec = dir.join("spec.toml");
+    let mut text = fleetwatch::spec::EMBEDDED_HOME_WIFI.to_string();
+    for (from, to) in spec_edit {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&spec, text).unwrap();
     common::fleetwatch(&[
         "produce",
         "--from",
@@ -780,7 +777,7 @@ fn an_idle_partition_does_not_stall_epochs_and_its_late_records_are_counted() {
         "--to",
         &broker.address("tele"),
     ]);
-    let out = dir.path().join("out.jsonl");
+    let out = dir.join("out.jsonl");
     let run = Command::new(common::bin())
         .args([
             "run",
@@ -809,40 +806,71 @@ fn an_idle_partition_does_not_stall_epochs_and_its_late_records_are_counted() {
     ]);
     let status = run.wait_with_output().unwrap().status;
     assert!(status.success());
-    // Nothing lost: every log of the file run is counted, the held-back ones as late.
-    let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
-    let (want, got) = (common::end_record(&ref_out), common::end_record(&out));
+    let (ref_out, _) = file_run(&input, dir, "file", &[]);
+    (out, ref_out, later.len() - 1)
+}
+
+/// Per epoch: the summary's records, and whether the guard closed it.
+fn summaries(path: &Path) -> Vec<(u64, bool)> {
+    Output::from_file(path)
+        .summaries
+        .iter()
+        .map(|s| {
+            let v: serde_json::Value = serde_json::from_str(s).unwrap();
+            (v["records"].as_u64().unwrap(), v["closed_by_guard"] == true)
+        })
+        .collect()
+}
+
+/// Nothing lost: every log of the file run is counted, the held-back ones as late; and at least `closed`
+/// epochs were closed while partition 0 was silent (they hold fewer records than in the file run).
+fn check_lagging_run(out: &Path, ref_out: &Path, held_back: usize, closed: usize) {
+    let (want, got) = (common::end_record(ref_out), common::end_record(out));
     assert_eq!(got["records"], want["records"]);
     assert_eq!(want["late"], 0);
     let late = got["late"].as_u64().unwrap();
     assert!(
-        late >= (later.len() - 1) as u64 / 2,
-        "late {late} of {} held back",
-        later.len() - 1
+        late as usize >= held_back / 2,
+        "late {late} of {held_back} held back"
     );
-    // and the epochs closed while partition 0 was silent: they hold only partition 1's logs
-    let summaries = Output::from_file(&out).summaries;
-    let per_epoch: Vec<u64> = summaries
-        .iter()
-        .map(|s| {
-            serde_json::from_str::<serde_json::Value>(s).unwrap()["records"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    let full = Output::from_file(&ref_out).summaries;
-    assert_eq!(per_epoch.len(), full.len());
-    let fewer = per_epoch
-        .iter()
-        .zip(&full)
-        .filter(|(a, b)| {
-            **a < serde_json::from_str::<serde_json::Value>(b).unwrap()["records"]
-                .as_u64()
-                .unwrap()
-        })
-        .count();
+    let (live, full) = (summaries(out), summaries(ref_out));
+    assert_eq!(live.len(), full.len());
+    let fewer = live.iter().zip(&full).filter(|(a, b)| a.0 < b.0).count();
     assert!(
-        fewer >= 20,
+        fewer >= closed,
         "only {fewer} epochs closed without partition 0"
     );
+}
+
+#[test]
+fn an_idle_partition_does_not_stall_epochs_and_its_late_records_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ref_out, held_back) = run_with_a_lagging_partition(
+        dir.path(),
+        &[("idle_partition_seconds = 30", "idle_partition_seconds = 1")],
+    );
+    check_lagging_run(&out, &ref_out, held_back, 20);
+    assert!(
+        summaries(&out).iter().all(|(_, g)| !g),
+        "the guard had no reason to fire"
+    );
+}
+
+#[test]
+fn the_wall_clock_guard_closes_epochs_a_silent_partition_holds() {
+    // Partition 0 is never idle here (1 hour): only the guard (0.2 s per epoch) can close its epochs.
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ref_out, held_back) = run_with_a_lagging_partition(
+        dir.path(),
+        &[
+            (
+                "idle_partition_seconds = 30",
+                "idle_partition_seconds = 3600",
+            ),
+            ("epoch_timeout_seconds = 60", "epoch_timeout_seconds = 0.2"),
+        ],
+    );
+    check_lagging_run(&out, &ref_out, held_back, 10);
+    let guarded = summaries(&out).iter().filter(|(_, g)| *g).count();
+    assert!(guarded >= 10, "{guarded} epochs closed by the guard");
 }

@@ -108,6 +108,8 @@ pub struct KafkaSource {
     /// The largest event time delivered so far, and when it was delivered: the anchor of the event-time
     /// clock that idle partitions follow.
     max_ts: Option<(i64, Instant)>,
+    /// The acknowledged frontier last acted on.
+    acked: u64,
 }
 
 fn kafka_err(e: KafkaError) -> SourceError {
@@ -185,6 +187,7 @@ impl KafkaSource {
             idle_pumps: 0,
             last_status: now,
             max_ts: None,
+            acked: 0,
             // A worker that owns no partition never emits: it holds nothing.
             finished: parts_empty,
         })
@@ -418,6 +421,10 @@ impl Source for KafkaSource {
     }
 
     fn acknowledged(&mut self, upto: u64) {
+        if upto <= self.acked {
+            return;
+        }
+        self.acked = upto;
         let mut tpl = TopicPartitionList::new();
         for (key, part) in self.parts.iter_mut() {
             let keep = part.pending.split_off(&upto);
