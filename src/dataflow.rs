@@ -538,7 +538,18 @@ impl SinkState {
         let Some(out) = self.output.as_mut() else {
             return;
         };
-        if let Err(e) = out.write(text, kinds).and_then(|_| out.barrier()) {
+        if let Err(e) = out.write(text, kinds) {
+            record_error(&self.errors, e.to_string());
+            self.output = None;
+        }
+    }
+
+    /// Waits until everything written is durable.
+    fn barrier(&mut self) {
+        let Some(out) = self.output.as_mut() else {
+            return;
+        };
+        if let Err(e) = out.barrier() {
             record_error(&self.errors, e.to_string());
             self.output = None;
         }
@@ -569,6 +580,10 @@ impl SinkState {
             self.emit_epoch(e, b);
             e += 1;
             self.next = Some(e);
+        }
+        // The summaries written above become durable before the acknowledged frontier moves past them.
+        if e > first {
+            self.barrier();
         }
     }
 
@@ -602,6 +617,10 @@ impl SinkState {
             }
             let kinds: Vec<LineKind<'_>> = b.dead.iter().map(LineKind::DeadLetter).collect();
             self.write(&text, &kinds);
+        }
+        // An epoch's summary is never durable before its changes and dead letters (a restart trusts it).
+        if !silent && (!changes.is_empty() || !b.dead.is_empty()) {
+            self.barrier();
         }
         let summary = EpochSummary {
             // Duplicates pass the source as well-formed records; the model refuses them.

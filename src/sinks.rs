@@ -295,8 +295,8 @@ pub trait Output: Send {
     /// Writes lines: `text` holds them, each ending in a newline, and `kinds[i]` says what line `i` is.
     fn write(&mut self, text: &str, kinds: &[LineKind<'_>]) -> Result<(), OutputError>;
     /// Returns once everything written so far is durable (a broker acknowledged it). The sink calls this
-    /// after an epoch's changes and dead letters, and again after its summary: an epoch's summary is never
-    /// durable before its changes.
+    /// after an epoch's changes and dead letters, before its summary (an epoch's summary is never durable
+    /// before its changes), and after each batch of epochs, before it acknowledges them.
     fn barrier(&mut self) -> Result<(), OutputError>;
     /// Flushes and closes.
     fn finish(&mut self) -> Result<(), OutputError>;

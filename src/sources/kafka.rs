@@ -12,8 +12,9 @@
 //! A worker holds the pipeline's epoch at the least open epoch over its partitions, with three exceptions
 //! that keep a live run from stalling:
 //!
-//! * a partition that has not delivered its first message but may have data (its position is below the
-//!   broker's high watermark) holds the epoch where it is, like the prescan of a file;
+//! * a partition that has not delivered its first message holds the epoch where it is while it may have
+//!   data (its position is below the broker's high watermark) or, empty, until it counts as idle — like the
+//!   prescan of a file, and so that a run started before its data does not run ahead of it;
 //! * an **idle** partition — caught up with the broker and silent for `kafka.idle_partition_seconds` —
 //!   holds nothing; when every partition of a worker is idle the worker follows an event-time clock: the
 //!   latest event time it delivered, advanced at wall-clock speed since (for a live fleet, the wall clock);
@@ -322,8 +323,9 @@ impl Source for KafkaSource {
                 all_quiet = false;
             }
             let Some(open) = self.intake.open_epoch(*key) else {
-                // No record yet: hold while it may still have data.
-                if !part.caught_up {
+                // No record yet: hold while it may still have data, and an empty partition for as long as
+                // any partition may be silent before it counts as idle (a run started before its data).
+                if !part.caught_up || quiet < self.cfg.idle_partition {
                     waiting = true;
                 }
                 continue;
