@@ -494,6 +494,8 @@ pub struct SinkState {
     last: Instant,
     line: String,
     progress: bool,
+    /// A summary was written after the last barrier.
+    summary_unflushed: bool,
 }
 
 impl SinkState {
@@ -531,6 +533,7 @@ impl SinkState {
             last: started,
             line: String::with_capacity(1 << 16),
             progress,
+            summary_unflushed: false,
         }
     }
 
@@ -553,6 +556,7 @@ impl SinkState {
             record_error(&self.errors, e.to_string());
             self.output = None;
         }
+        self.summary_unflushed = false;
     }
 
     /// Writes every epoch below `upto` (exclusive); `None` means the input is exhausted.
@@ -601,6 +605,12 @@ impl SinkState {
             }
             self.format.change_line(e, c, &mut text);
         }
+        // The previous epoch's summary is durable before this epoch's first change is sent (they may go to
+        // different partitions, which the broker does not order): a crash leaves changes without their
+        // summary in one epoch at most.
+        if !silent && self.summary_unflushed && (!changes.is_empty() || !b.dead.is_empty()) {
+            self.barrier();
+        }
         if !silent && !changes.is_empty() {
             let kinds: Vec<LineKind<'_>> = changes
                 .iter()
@@ -639,6 +649,7 @@ impl SinkState {
         self.format.summary_line(e, &summary, wall, &mut text);
         if !silent {
             self.write(&text, &[LineKind::Summary(e)]);
+            self.summary_unflushed = true;
         }
         self.line = text;
         if self.progress {
