@@ -345,8 +345,10 @@ impl Output for FileOutput {
         f.write(text).map_err(|e| file_error(f, e))
     }
 
+    /// Hands the buffered lines to the operating system, so a live run's file shows every epoch it has
+    /// acknowledged (one write per batch of epochs).
     fn barrier(&mut self) -> Result<(), OutputError> {
-        Ok(())
+        self.finish()
     }
 
     fn finish(&mut self) -> Result<(), OutputError> {
