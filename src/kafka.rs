@@ -664,11 +664,26 @@ pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, Kaf
     struct Summary {
         epoch: u64,
     }
+    // Read up to the reported high watermark, then on until the partition has been quiet for a second:
+    // Tansu 0.6 reports the high watermark at the start of a partition's last batch, which may hold several
+    // summaries.
+    let mut reached = false;
+    let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!("kafka consumer: {e}");
+                continue;
+            }
+            None => {
+                if reached && quiet_since.elapsed() >= Duration::from_secs(1) {
+                    return Ok(last);
+                }
+                continue;
+            }
         };
-        let m = m?;
+        quiet_since = Instant::now();
         if m.key() == Some(b"epoch".as_slice())
             && let Some(s) = m
                 .payload()
@@ -677,7 +692,7 @@ pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, Kaf
             last = Some(last.map_or(s.epoch, |l: u64| l.max(s.epoch)));
         }
         if m.offset() + 1 >= high {
-            return Ok(last);
+            reached = true;
         }
     }
     Err(KafkaIoError::Broker(format!(

@@ -586,7 +586,18 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
     // The stated guarantee (README): every epoch's summary exactly once, in order; every epoch's changes
     // complete; duplicates only within the one epoch being written at the crash, identical to the first copy.
     let got = Output::from_topic(&read_topic(&broker, "changes", dir.path()));
-    assert_eq!(got.summaries, want.summaries);
+    if got.summaries != want.summaries {
+        let i = (0..got.summaries.len().max(want.summaries.len()))
+            .find(|&i| got.summaries.get(i) != want.summaries.get(i))
+            .unwrap_or(0);
+        panic!(
+            "summaries differ (crash after epoch {killed_at}): {} vs {} expected; first at {i}:\n got  {:?}\n want {:?}",
+            got.summaries.len(),
+            want.summaries.len(),
+            got.summaries.get(i),
+            want.summaries.get(i)
+        );
+    }
     assert_eq!(got.ends, want.ends);
     assert_eq!(
         got.changes.keys().collect::<Vec<_>>(),
