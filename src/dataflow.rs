@@ -395,7 +395,6 @@ fn source_operator<'scope>(
             if errors.lock().map(|g| g.is_some()).unwrap_or(true) {
                 // Another part of the run failed: stop reading so the run ends and reports it.
                 caps = None;
-                activator.activate();
                 return;
             }
             // Hold capabilities no lower than the source can still emit at (first call: the prescan's
@@ -436,7 +435,6 @@ fn source_operator<'scope>(
                 Err(e) => {
                     record_error(&errors, e.to_string());
                     caps = None;
-                    activator.activate();
                     return;
                 }
             };
@@ -445,7 +443,6 @@ fn source_operator<'scope>(
                 None => {
                     ship!(src, held);
                     caps = None;
-                    activator.activate();
                 }
                 Some(f) => {
                     for c in held.iter_mut() {

@@ -49,16 +49,7 @@ fn byte_identical_for_1_2_4_workers_and_2_processes() {
     }
 
     // Two processes of one worker each, connected over loopback by a cluster file.
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(
-        &cluster,
-        format!(
-            "workers = 1\nprocesses = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    let cluster = common::two_process_cluster(dir.path());
     let out = dir.path().join("p2.jsonl");
     let spawn = |i: &str| {
         Command::new(common::bin())

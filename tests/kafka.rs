@@ -95,6 +95,30 @@ impl Broker {
         std::mem::forget(old); // its child is already reaped
     }
 
+    /// `fleetwatch produce --from FROM --to <topic>`; returns its JSON report.
+    fn produce(&self, from: &Path, topic: &str) -> String {
+        common::fleetwatch(&[
+            "produce",
+            "--from",
+            from.to_str().unwrap(),
+            "--to",
+            &self.address(topic),
+        ])
+    }
+
+    /// `fleetwatch record` of a whole topic into `out`, ending after `idle` quiet seconds; returns its report.
+    fn record(&self, topic: &str, out: &Path, idle: &str) -> String {
+        common::fleetwatch(&[
+            "record",
+            "--from",
+            &self.address(topic),
+            "--out",
+            out.to_str().unwrap(),
+            "--until-idle",
+            idle,
+        ])
+    }
+
     fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -148,26 +172,11 @@ fn produce_then_record_round_trips_a_fleet_and_replays_byte_identically() {
         11,
         &["--partitions", "4", "--malformed-rate", "0.01"],
     );
-    let topic = broker.address("telemetry");
-    let produced: serde_json::Value = serde_json::from_str(&common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &topic,
-    ]))
-    .unwrap();
+    let produced: serde_json::Value =
+        serde_json::from_str(&broker.produce(&input, "telemetry")).unwrap();
     let recorded_path = dir.path().join("recorded.jsonl");
-    let recorded: serde_json::Value = serde_json::from_str(&common::fleetwatch(&[
-        "record",
-        "--from",
-        &topic,
-        "--out",
-        recorded_path.to_str().unwrap(),
-        "--until-idle",
-        "3",
-    ]))
-    .unwrap();
+    let recorded: serde_json::Value =
+        serde_json::from_str(&broker.record("telemetry", &recorded_path, "3")).unwrap();
     assert_eq!(produced["partitions"], 4);
     assert_eq!(produced["failed"], 0);
     assert_eq!(produced["messages"], produced["acknowledged"]);
@@ -239,15 +248,7 @@ fn produce_to_an_unreachable_broker_fails_instead_of_hanging() {
 /// The messages of a topic, every partition from the beginning: (partition, value) in each partition's order.
 fn read_topic(broker: &Broker, topic: &str, dir: &Path) -> Vec<(u32, String)> {
     let path = dir.join(format!("{topic}.recorded.jsonl"));
-    common::fleetwatch(&[
-        "record",
-        "--from",
-        &broker.address(topic),
-        "--out",
-        path.to_str().unwrap(),
-        "--until-idle",
-        "2",
-    ]);
+    broker.record(topic, &path, "2");
     let text = std::fs::read_to_string(&path).unwrap();
     text.lines()
         .skip(1)
@@ -344,13 +345,7 @@ fn kafka_to_kafka_equals_the_file_run_with_dead_letters_and_commits() {
             "100",
         ],
     );
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&input, "tele");
     let (ref_out, ref_dead) = file_run(&input, dir.path(), "file", &[]);
     common::fleetwatch(&[
         "run",
@@ -413,15 +408,7 @@ fn kafka_to_kafka_equals_the_file_run_with_dead_letters_and_commits() {
     // reports a high watermark at the start of a partition's last batch.)
     let mut ends: BTreeMap<u32, i64> = BTreeMap::new();
     let recorded = dir.path().join("tele.recorded.jsonl");
-    common::fleetwatch(&[
-        "record",
-        "--from",
-        &broker.address("tele"),
-        "--out",
-        recorded.to_str().unwrap(),
-        "--until-idle",
-        "2",
-    ]);
+    broker.record("tele", &recorded, "2");
     for line in std::fs::read_to_string(&recorded).unwrap().lines().skip(1) {
         let p = fleetwatch::sources::parse::fast_partition(line.as_bytes()).unwrap();
         let rest = line.split_once("\"offset\":").unwrap().1;
@@ -459,13 +446,7 @@ fn a_live_run_and_the_replay_of_its_recording_are_byte_identical() {
         13,
         &["--partitions", "3", "--malformed-rate", "0.005"],
     );
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&input, "tele");
     let live = dir.path().join("live.jsonl");
     common::fleetwatch(&[
         "run",
@@ -480,15 +461,7 @@ fn a_live_run_and_the_replay_of_its_recording_are_byte_identical() {
         "3",
     ]);
     let recorded = dir.path().join("recorded.jsonl");
-    common::fleetwatch(&[
-        "record",
-        "--from",
-        &broker.address("tele"),
-        "--out",
-        recorded.to_str().unwrap(),
-        "--until-idle",
-        "2",
-    ]);
+    broker.record("tele", &recorded, "2");
     let (replay, _) = file_run(&recorded, dir.path(), "replay", &[]);
     let (original, _) = file_run(&input, dir.path(), "original", &[]);
     let live_bytes = std::fs::read(&live).unwrap();
@@ -514,13 +487,7 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
         14,
         &["--partitions", "4"],
     );
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&input, "tele");
     let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
     let want = Output::from_file(&ref_out);
     assert!(want.changes.values().map(Vec::len).sum::<usize>() > 10);
@@ -629,13 +596,7 @@ fn a_broker_restart_during_a_run_with_durable_storage_is_survived() {
         15,
         &["--partitions", "4"],
     );
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&input, "tele");
     let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
     let mut run = Command::new(common::bin())
         .args([
@@ -682,13 +643,7 @@ fn two_processes_share_a_four_partition_topic_like_one() {
         16,
         &["--partitions", "4"],
     );
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        input.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&input, "tele");
     let one = dir.path().join("one.jsonl");
     common::fleetwatch(&[
         "run",
@@ -704,16 +659,7 @@ fn two_processes_share_a_four_partition_topic_like_one() {
         "--group-id",
         "one",
     ]);
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(
-        &cluster,
-        format!(
-            "workers = 1\nprocesses = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    let cluster = common::two_process_cluster(dir.path());
     let two = dir.path().join("two.jsonl");
     let children: Vec<_> = (0..2)
         .map(|i| {
@@ -781,13 +727,7 @@ fn run_with_a_lagging_partition(
         text = text.replace(from, to);
     }
     std::fs::write(&spec, text).unwrap();
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        now_path.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&now_path, "tele");
     let out = dir.join("out.jsonl");
     let run = Command::new(common::bin())
         .args([
@@ -808,13 +748,7 @@ fn run_with_a_lagging_partition(
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(5));
-    common::fleetwatch(&[
-        "produce",
-        "--from",
-        later_path.to_str().unwrap(),
-        "--to",
-        &broker.address("tele"),
-    ]);
+    broker.produce(&later_path, "tele");
     let status = run.wait_with_output().unwrap().status;
     assert!(status.success());
     let (ref_out, _) = file_run(&input, dir, "file", &[]);

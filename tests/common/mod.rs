@@ -72,3 +72,18 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// Writes `dir/cluster.toml`: two processes of one worker each on free loopback ports.
+pub fn two_process_cluster(dir: &Path) -> PathBuf {
+    let cluster = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "workers = 1\nprocesses = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .expect("cluster file");
+    cluster
+}
