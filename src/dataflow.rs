@@ -169,6 +169,25 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
             *g = Some(opened);
         }
     }
+    // Every recorded-topic input is read once per process and shared by its workers.
+    let local_workers = match &timely.communication {
+        timely::CommunicationConfig::Thread => 1,
+        timely::CommunicationConfig::Process(n) | timely::CommunicationConfig::ProcessBinary(n) => {
+            *n
+        }
+        timely::CommunicationConfig::Cluster { threads, .. } => *threads,
+    };
+    let shared_inputs = match &cfg.inputs {
+        Inputs::Files(files) => {
+            let paths: Vec<&std::path::Path> = files.iter().map(|f| f.path.as_path()).collect();
+            Some(crate::sources::chunks::SharedInputs::new(
+                &paths,
+                local_workers,
+            ))
+        }
+        #[cfg(feature = "kafka")]
+        Inputs::Kafka(_) => None,
+    };
     let errors: Shared<String> = Arc::new(Mutex::new(None));
     let report: Shared<RunReport> = Arc::new(Mutex::new(None));
     let started = Instant::now();
@@ -179,8 +198,19 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
             let index = worker.index();
             let peers = worker.peers();
             let source: Result<Box<dyn Source>, SourceError> = match &cfg.inputs {
-                Inputs::Files(files) => FileSource::new(&cfg.spec, files.clone(), index, peers)
-                    .map(|s| Box::new(s) as Box<dyn Source>),
+                Inputs::Files(files) => {
+                    // (Timely numbers the workers of process p as p·threads + local index.)
+                    let shared = shared_inputs
+                        .as_ref()
+                        .map(|s| s.for_slot(index % local_workers.max(1)));
+                    FileSource::new(&cfg.spec, files.clone(), index, peers).map(|s| {
+                        let s = match shared {
+                            Some(shared) => s.with_shared(shared),
+                            None => s,
+                        };
+                        Box::new(s) as Box<dyn Source>
+                    })
+                }
                 #[cfg(feature = "kafka")]
                 Inputs::Kafka(k) => {
                     crate::sources::kafka::KafkaSource::new(&cfg.spec, k, index, peers)

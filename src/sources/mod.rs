@@ -13,7 +13,8 @@
 //! # Who reads what
 //!
 //! Every worker scans every line (finding a line's partition costs a few nanoseconds in the canonical
-//! layout), but fully parses only the lines of the partitions it owns. A line whose partition cannot be read
+//! layout), but fully parses only the lines of the partitions it owns. The bytes come off the disk once per
+//! process: one reader thread per file fills chunks that all the process's workers read ([`chunks`]). A line whose partition cannot be read
 //! belongs to the partition of the line before it. A CSV file (`customer_id,ts,<feature>...`) is one
 //! partition, read by its owner.
 //!
@@ -21,6 +22,7 @@
 //! partitions exist; without it the file is scanned once): a worker may not let the pipeline's epoch advance
 //! past a partition that has not started yet.
 
+pub mod chunks;
 pub mod intake;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -85,6 +87,11 @@ impl Source for FileSource {
     }
     fn intake(&mut self) -> &mut Intake {
         &mut self.intake
+    }
+    fn idle_wait(&self) -> Option<std::time::Duration> {
+        // The reader thread has not read the next bytes yet.
+        self.waiting
+            .then_some(std::time::Duration::from_micros(500))
     }
 }
 
@@ -169,8 +176,8 @@ pub fn partition_owner(input: u32, partition: u32, peers: usize) -> usize {
     ((partition as u64 + input as u64 * 7919) % peers.max(1) as u64) as usize
 }
 
-/// Lines of a file, straight from a memory map: no copy, and every worker of a process shares the same
-/// page-cache pages however many of them scan the file. Pages behind the cursor are released as it advances,
+/// Lines of a file, straight from a memory map (the prescan's reader: it usually stops after a few lines;
+/// the replay itself reads through [`chunks`]). Pages behind the cursor are released as it advances,
 /// so a long replay does not accumulate the whole file in the process's resident set.
 ///
 /// The inputs must not be modified while a run reads them (a memory-mapped file changing underneath is
@@ -276,7 +283,7 @@ impl LineReader {
 }
 
 enum Reader {
-    Lines(LineReader),
+    Lines(chunks::ChunkLines),
     Csv {
         reader: Box<csv::Reader<File>>,
         columns: Vec<Option<usize>>,
@@ -298,6 +305,10 @@ pub struct FileSource {
     /// Epoching and the buffered output.
     pub intake: Intake,
     finished: bool,
+    /// The process's shared readers of the inputs (`None`: this source reads them on its own).
+    shared: Option<chunks::SharedInputs>,
+    /// The last pump stopped because the reader thread had not read the next bytes yet.
+    waiting: bool,
 }
 
 impl FileSource {
@@ -352,7 +363,16 @@ impl FileSource {
             scratch,
             intake,
             finished: false,
+            shared: None,
+            waiting: false,
         })
+    }
+
+    /// Reads the inputs through readers shared with the other workers of this process (one disk read per
+    /// process; see [`chunks`]). Without this, the source reads each input on its own.
+    pub fn with_shared(mut self, shared: chunks::SharedInputs) -> FileSource {
+        self.shared = Some(shared);
+        self
     }
 
     /// The least epoch this worker may still emit records at; `None` once every owned partition is done.
@@ -381,7 +401,8 @@ impl FileSource {
     /// Reads up to `budget` lines. Returns the number of lines consumed.
     pub fn pump(&mut self, budget: usize) -> Result<usize, SourceError> {
         let mut done = 0;
-        while done < budget && !self.finished {
+        self.waiting = false;
+        while done < budget && !self.finished && !self.waiting {
             if self.reader.is_none() {
                 if self.current >= self.inputs.len() {
                     self.finished = true;
@@ -411,7 +432,15 @@ impl FileSource {
         let input = &self.inputs[self.current];
         let i = self.current as u32;
         match input.kind {
-            InputKind::RecordedTopic => Ok(Reader::Lines(LineReader::open(&input.path)?)),
+            InputKind::RecordedTopic => {
+                let lines = match &self.shared {
+                    Some(shared) => shared.lines(self.current),
+                    None => None,
+                };
+                Ok(Reader::Lines(lines.unwrap_or_else(|| {
+                    chunks::SharedFile::new(&input.path, 1).lines(0)
+                })))
+            }
             InputKind::Csv => {
                 if partition_owner(i, 0, self.peers) != self.index {
                     return Ok(Reader::Skip);
@@ -426,7 +455,8 @@ impl FileSource {
         }
     }
 
-    /// `Some(lines)` read, or `None` at the end of the input.
+    /// `Some(lines)` read, or `None` at the end of the input. Sets `waiting` when it stopped because the
+    /// next bytes are not read yet.
     fn pump_lines(&mut self, budget: usize) -> Result<Option<usize>, SourceError> {
         let input = self.current as u32;
         let mut reader = match self.reader.take() {
@@ -442,16 +472,23 @@ impl FileSource {
                 path: self.inputs[self.current].path.display().to_string(),
                 source,
             })?;
-            let Some((line_no, range, too_long)) = next else {
-                if n == 0 {
-                    return Ok(None);
+            let r = match next {
+                chunks::Next::Line(r) => r,
+                chunks::Next::Wait => {
+                    self.waiting = true;
+                    break;
                 }
-                self.reader = Some(Reader::Lines(reader));
-                return Ok(Some(n));
+                chunks::Next::End => {
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    break;
+                }
             };
             n += 1;
-            let line = &reader.buf()[range];
-            if too_long {
+            let line_no = r.no;
+            let line = reader.line(&r);
+            if r.too_long {
                 let p = self.last_partition;
                 if partition_owner(input, p, self.peers) == self.index {
                     let rej = Rejection::new(
@@ -812,7 +849,11 @@ mod tests {
         drop(f);
         let input = InputFile::detect(&path).unwrap();
         let mut s = FileSource::new(&spec(), vec![input], 0, 1).unwrap();
-        s.pump(5).unwrap();
+        // (The reader thread may not have read the file yet: a pump can return before its budget.)
+        let mut read = 0;
+        while read < 5 {
+            read += s.pump(5 - read).unwrap();
+        }
         // partition 1 starts at epoch e0+1 and holds the frontier there
         assert_eq!(s.frontier(), Some((base / 300) as u64 + 1));
         while !s.is_finished() {
