@@ -65,6 +65,35 @@ impl CustomerId {
         })
     }
 
+    /// Bytes of [`CustomerId::to_wire`].
+    pub const WIRE_BYTES: usize = CUSTOMER_ID_CAP + 1;
+
+    /// The fixed-size binary form used between processes: the length, then the zero-padded bytes.
+    pub fn to_wire(&self) -> [u8; Self::WIRE_BYTES] {
+        let mut w = [0u8; Self::WIRE_BYTES];
+        w[0] = self.len;
+        w[1..].copy_from_slice(&self.bytes);
+        w
+    }
+
+    /// Reads [`CustomerId::to_wire`]'s form; `None` unless it is one (a length within the capacity, zero
+    /// padding, a non-empty id).
+    pub fn from_wire(w: &[u8]) -> Option<Self> {
+        if w.len() != Self::WIRE_BYTES {
+            return None;
+        }
+        let len = w[0] as usize;
+        if len == 0 || len > CUSTOMER_ID_CAP || w[1 + len..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        let mut bytes = [0u8; CUSTOMER_ID_CAP];
+        bytes.copy_from_slice(&w[1..]);
+        Some(CustomerId {
+            len: len as u8,
+            bytes,
+        })
+    }
+
     /// The id as bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]

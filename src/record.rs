@@ -18,8 +18,11 @@ pub struct SourcePos {
 
 /// One parsed router log: a customer, an event time and the feature values (missing = NaN).
 ///
-/// Fixed-size and `Copy`: no heap allocation per record anywhere on the hot path.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// Fixed-size and `Copy`: no heap allocation per record anywhere on the hot path. Serialised (between
+/// processes) as one fixed-size byte string, [`Log::WIRE_BYTES`] long, rather than field by field: bincode
+/// would otherwise make some sixty calls per log (every byte of the id, every value) and timely sizes every
+/// batch before writing it, so exchanging logs across processes cost twice that.
+#[derive(Debug, Clone, Copy)]
 pub struct Log {
     pub customer: CustomerId,
     /// Event time, Unix seconds.
@@ -30,6 +33,52 @@ pub struct Log {
 }
 
 impl Log {
+    /// Bytes of a log's binary form: id, event time, partition, offset, values (little-endian).
+    pub const WIRE_BYTES: usize = CustomerId::WIRE_BYTES + 8 + 4 + 8 + 4 * MAX_FEATURES;
+
+    /// The binary form (values bit for bit, NaN payloads included).
+    pub fn to_wire(&self) -> [u8; Self::WIRE_BYTES] {
+        let mut w = [0u8; Self::WIRE_BYTES];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            w[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&self.customer.to_wire());
+        put(&self.ts.to_le_bytes());
+        put(&self.pos.partition.to_le_bytes());
+        put(&self.pos.offset.to_le_bytes());
+        for v in &self.values {
+            put(&v.to_bits().to_le_bytes());
+        }
+        w
+    }
+
+    /// Reads [`Log::to_wire`]'s form (`None` for anything else).
+    pub fn from_wire(w: &[u8]) -> Option<Log> {
+        if w.len() != Self::WIRE_BYTES {
+            return None;
+        }
+        let (id, rest) = w.split_at(CustomerId::WIRE_BYTES);
+        let customer = CustomerId::from_wire(id)?;
+        let (ts, rest) = rest.split_first_chunk::<8>()?;
+        let (partition, rest) = rest.split_first_chunk::<4>()?;
+        let (offset, rest) = rest.split_first_chunk::<8>()?;
+        let mut values = [0f32; MAX_FEATURES];
+        for (v, b) in values.iter_mut().zip(rest.chunks_exact(4)) {
+            *v = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        Some(Log {
+            customer,
+            ts: i64::from_le_bytes(*ts),
+            pos: SourcePos {
+                partition: u32::from_le_bytes(*partition),
+                offset: u64::from_le_bytes(*offset),
+            },
+            values,
+        })
+    }
+
     /// An empty log (all features missing).
     pub fn empty(customer: CustomerId) -> Log {
         Log {
@@ -41,6 +90,37 @@ impl Log {
             },
             values: [f32::NAN; MAX_FEATURES],
         }
+    }
+}
+
+impl Serialize for Log {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.to_wire())
+    }
+}
+
+impl<'de> Deserialize<'de> for Log {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Log, D::Error> {
+        struct WireVisitor;
+        impl<'de> serde::de::Visitor<'de> for WireVisitor {
+            type Value = Log;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a log's {} bytes", Log::WIRE_BYTES)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Log, E> {
+                Log::from_wire(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))
+            }
+            // Formats without a byte-string type (JSON) write the bytes as a sequence of numbers.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Log, A::Error> {
+                let mut v = Vec::with_capacity(Log::WIRE_BYTES);
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                self.visit_bytes(&v)
+            }
+        }
+        d.deserialize_bytes(WireVisitor)
     }
 }
 
@@ -141,6 +221,92 @@ impl DeadLetter {
             code: rejection.code,
             detail: rejection.detail,
             raw: text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn log(id: &str, ts: i64, partition: u32, offset: u64, values: &[u32]) -> Log {
+        let mut l = Log::empty(CustomerId::parse(id.as_bytes(), b"").unwrap());
+        l.ts = ts;
+        l.pos = SourcePos { partition, offset };
+        for (v, bits) in l.values.iter_mut().zip(values) {
+            *v = f32::from_bits(*bits);
+        }
+        l
+    }
+
+    fn same(a: &Log, b: &Log) -> bool {
+        a.customer == b.customer
+            && a.ts == b.ts
+            && a.pos == b.pos
+            && a.values
+                .iter()
+                .zip(&b.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    #[test]
+    fn the_wire_form_is_what_bincode_and_json_carry() {
+        let l = log(
+            "cust-0000042",
+            1_700_000_000,
+            (3 << 20) | 7,
+            u64::MAX - 1,
+            &[0x3f80_0000, 0x7fc0_1234, 0x8000_0000, 0xff80_0000],
+        );
+        let w = l.to_wire();
+        assert_eq!(w.len(), Log::WIRE_BYTES);
+        assert_eq!(&w[..13], b"\x0ccust-0000042");
+        assert!(same(&Log::from_wire(&w).unwrap(), &l));
+        // bincode (timely's exchange between processes): a length, then the bytes.
+        let b = bincode::serialize(&vec![l, l]).unwrap();
+        assert_eq!(b.len(), 8 + 2 * (8 + Log::WIRE_BYTES));
+        let back: Vec<Log> = bincode::deserialize(&b).unwrap();
+        assert!(back.iter().all(|x| same(x, &l)));
+        // JSON writes the bytes as numbers and reads them back.
+        let j = serde_json::to_string(&l).unwrap();
+        assert!(same(&serde_json::from_str::<Log>(&j).unwrap(), &l));
+    }
+
+    #[test]
+    fn malformed_wire_forms_are_refused() {
+        let w = log("c1", 0, 0, 0, &[]).to_wire();
+        assert!(Log::from_wire(&w[1..]).is_none(), "short");
+        let mut bad = w;
+        bad[0] = 0;
+        assert!(Log::from_wire(&bad).is_none(), "empty id");
+        let mut bad = w;
+        bad[0] = 24;
+        assert!(
+            Log::from_wire(&bad).is_none(),
+            "id longer than the capacity"
+        );
+        let mut bad = w;
+        bad[10] = b'x';
+        assert!(Log::from_wire(&bad).is_none(), "bytes after the id");
+        assert!(
+            bincode::deserialize::<Log>(&bincode::serialize(&[1u8, 2, 3][..]).unwrap()).is_err()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn wire_round_trip(
+            id in "[a-z0-9][a-z0-9._:-]{0,22}",
+            ts in any::<i64>(),
+            partition in any::<u32>(),
+            offset in any::<u64>(),
+            values in proptest::collection::vec(any::<u32>(), 0..=MAX_FEATURES),
+        ) {
+            let l = log(&id, ts, partition, offset, &values);
+            prop_assert!(same(&Log::from_wire(&l.to_wire()).unwrap(), &l));
+            let b: Log = bincode::deserialize(&bincode::serialize(&l).unwrap()).unwrap();
+            prop_assert!(same(&b, &l));
         }
     }
 }
