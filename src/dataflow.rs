@@ -199,15 +199,11 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
             let peers = worker.peers();
             let source: Result<Box<dyn Source>, SourceError> = match &cfg.inputs {
                 Inputs::Files(files) => {
-                    // (Timely numbers the workers of process p as p·threads + local index.)
-                    let shared = shared_inputs
-                        .as_ref()
-                        .map(|s| s.for_slot(index % local_workers.max(1)));
-                    FileSource::new(&cfg.spec, files.clone(), index, peers).map(|s| {
-                        let s = match shared {
-                            Some(shared) => s.with_shared(shared),
-                            None => s,
-                        };
+                    FileSource::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
+                        if let Some(shared) = &shared_inputs {
+                            // (Timely numbers the workers of process p as p·threads + local index.)
+                            s = s.with_shared(shared.for_slot(index % local_workers.max(1)));
+                        }
                         Box::new(s) as Box<dyn Source>
                     })
                 }

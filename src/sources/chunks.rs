@@ -173,8 +173,8 @@ impl SharedFile {
         }
     }
 
-    /// Chunk `index`: `Ok(Some)` when read, `Ok(None)` when not read yet, `Err` when past the end (`Ok`) or
-    /// the reader failed.
+    /// Chunk `index` if it has been read, `NotYet` if not, `End` past the end of the file; `Err` when the
+    /// reader failed. The first call starts the reader thread.
     fn get(self: &Arc<Self>, index: u64) -> io::Result<Fetch> {
         let mut st = self.lock();
         if !st.started {
@@ -440,12 +440,7 @@ impl ChunkLines {
             let rest = &data[self.pos.min(data.len())..];
             match memchr::memchr(b'\n', rest) {
                 Some(i) if self.in_partial => {
-                    let head = &rest[..i];
-                    let keep = (MAX_LINE + 1)
-                        .saturating_sub(self.partial.len())
-                        .min(head.len());
-                    self.partial.extend_from_slice(&head[..keep]);
-                    self.partial_len += head.len();
+                    append_capped(&mut self.partial, &mut self.partial_len, &rest[..i]);
                     self.pos += i + 1;
                     self.in_partial = false;
                     return Ok(Next::Line(self.assembled_line()));
@@ -480,11 +475,7 @@ impl ChunkLines {
             }
             if let Some(c) = self.chunk.take() {
                 let tail = &c.bytes()[self.pos.min(c.len)..];
-                let keep = (MAX_LINE + 1)
-                    .saturating_sub(self.partial.len())
-                    .min(tail.len());
-                self.partial.extend_from_slice(&tail[..keep]);
-                self.partial_len += tail.len();
+                append_capped(&mut self.partial, &mut self.partial_len, tail);
             }
             self.file.advance(self.slot, self.next);
         }
@@ -519,6 +510,16 @@ impl ChunkLines {
     }
 }
 
+/// Appends `bytes` to a line being assembled: keeps at most `MAX_LINE + 1` bytes (enough to know the line is
+/// too long) and counts all of them in `len`.
+fn append_capped(partial: &mut Vec<u8>, len: &mut usize, bytes: &[u8]) {
+    let keep = (MAX_LINE + 1)
+        .saturating_sub(partial.len())
+        .min(bytes.len());
+    partial.extend_from_slice(&bytes[..keep]);
+    *len += bytes.len();
+}
+
 impl Drop for ChunkLines {
     fn drop(&mut self) {
         self.chunk = None;
@@ -542,6 +543,16 @@ mod tests {
         }
     }
 
+    /// Writes `text` to a file `t.jsonl` in `dir`.
+    fn write(dir: &tempfile::TempDir, text: &[u8]) -> PathBuf {
+        let path = dir.path().join("t.jsonl");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text)
+            .unwrap();
+        path
+    }
+
     fn expected(text: &[u8]) -> Vec<(u64, bool, Vec<u8>)> {
         let mut v: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
         if text.ends_with(b"\n") {
@@ -560,7 +571,6 @@ mod tests {
     fn lines_across_chunk_boundaries_reach_every_consumer_intact() {
         // Lines of every length around the chunk size, so that boundaries fall everywhere in a line.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.jsonl");
         let mut text = Vec::new();
         let mut n = 0usize;
         while text.len() < 3 * CHUNK + 12_345 {
@@ -573,10 +583,7 @@ mod tests {
             n += 1;
         }
         text.extend_from_slice(b"last line without newline");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(&text)
-            .unwrap();
+        let path = write(&dir, &text);
         let file = SharedFile::new(&path, 2);
         let (mut a, mut b) = (file.lines(0), file.lines(1));
         let want = expected(&text);
@@ -589,14 +596,10 @@ mod tests {
     #[test]
     fn a_line_longer_than_the_limit_is_reported_without_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.jsonl");
         let mut text = b"short\n".to_vec();
         text.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         text.extend_from_slice(b"\nafter\n");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(&text)
-            .unwrap();
+        let path = write(&dir, &text);
         let file = SharedFile::new(&path, 1);
         let got = collect(&mut file.lines(0));
         assert_eq!(
@@ -614,14 +617,10 @@ mod tests {
         // Tiny chunks, two chunks of read-ahead, O_DIRECT from the first byte: one consumer runs ahead
         // until the reader stops for the other; then they alternate.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.jsonl");
         let text: Vec<u8> = (0..3000)
             .flat_map(|i| format!("line {i} {}\n", "y".repeat(i % 97)).into_bytes())
             .collect();
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(&text)
-            .unwrap();
+        let path = write(&dir, &text);
         let file = SharedFile::with_geometry(&path, 2, 4096, 2, 0);
         let (mut a, mut b) = (file.lines(0), file.lines(1));
         let want = expected(&text);
@@ -666,8 +665,7 @@ mod tests {
     #[test]
     fn an_empty_file_has_no_lines_and_a_missing_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("empty.jsonl");
-        std::fs::File::create(&path).unwrap();
+        let path = write(&dir, b"");
         assert!(collect(&mut SharedFile::new(&path, 1).lines(0)).is_empty());
         let missing = SharedFile::new(&dir.path().join("missing.jsonl"), 1);
         let mut lines = missing.lines(0);
