@@ -63,7 +63,7 @@ fn main() {
                 let a = det.observe(&mut state, &obs, &FeaturePrior::NONE);
                 if !a.scored || i < 300 {
                     if a.scored && i >= 24 {
-                        (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise);
+                        (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise, i >= 255);
                     }
                     continue;
                 }
@@ -73,7 +73,7 @@ fn main() {
                 if a.surprise >= t {
                     exceed += 1;
                 } else {
-                    (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise);
+                    (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise, i >= 255);
                 }
             }
         }

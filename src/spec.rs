@@ -202,6 +202,10 @@ pub struct AlertSpec {
     #[serde(default = "d_sustained_tail")]
     pub sustained_tail_exponent: f64,
     /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
+    /// The lower surprise quantile's learning rate once a series is mature (255 observations), relative to
+    /// its rate while young: below 1 the tail ratio `r`, and with it the threshold, is steadier.
+    #[serde(default = "d_mature_lo_rate")]
+    pub mature_lo_rate: f64,
     #[serde(default = "d_clear_ratio")]
     pub clear_ratio: f64,
     #[serde(default = "d_clear_epochs")]
@@ -226,6 +230,7 @@ impl Default for AlertSpec {
             threshold_floor: d_floor(),
             threshold_margin: d_margin(),
             sustained_tail_exponent: d_sustained_tail(),
+            mature_lo_rate: d_mature_lo_rate(),
             clear_ratio: d_clear_ratio(),
             clear_epochs: d_clear_epochs(),
             critical_ratio: d_critical(),
@@ -244,6 +249,9 @@ fn d_margin() -> f64 {
 }
 fn d_sustained_tail() -> f64 {
     0.5
+}
+fn d_mature_lo_rate() -> f64 {
+    1.0
 }
 fn d_clear_ratio() -> f64 {
     0.6
@@ -385,6 +393,9 @@ impl Spec {
         let a = &self.alerting;
         if a.threshold_floor <= 0.0 || a.threshold_margin <= 0.0 {
             return Err("alerting thresholds must be positive".into());
+        }
+        if !(a.mature_lo_rate > 0.0 && a.mature_lo_rate <= 1.0) {
+            return Err("alerting.mature_lo_rate must be in (0, 1]".into());
         }
         if !(0.0..1.0).contains(&a.clear_ratio) {
             return Err("alerting.clear_ratio must be in [0, 1)".into());

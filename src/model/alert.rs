@@ -9,12 +9,19 @@
 //! bar than a Gaussian one instead of flooding its owner with alerts:
 //!
 //! ```text
-//! ln q ← ln q + λ·(1[s > q] − (1 − p))     λ_hi = 0.03, λ_lo = 0.05;  q₀ = 2.24, 1.15 (|N(0,1)| quantiles)
+//! ln q ← ln q + λ·(1[s > q] − (1 − p))     λ_hi = 0.03, λ_lo = 0.05·(κ once mature);  q₀ = 2.24, 1.15
 //! r = clamp(q_hi/q_lo, 1.2, 3.9),  c(r) = piecewise linear through (1.95, 1.10) (2.01, 1.27) (2.16, 1.65) (2.33, 2.04)
 //!                                              (2.60, 2.49) (2.94, 2.85), constant outside
 //! T = max(threshold_floor, threshold_margin · q_hi · r^c(r))                   the series' own threshold
 //! score = s / T                                                                ≥ 1: anomalous for *this* series
 //! ```
+//!
+//! q₀ are the quantiles of |N(0,1)|. κ = `mature_lo_rate` slows the lower quantile once the series is
+//! mature (255 observations): the threshold is steep in `r` (at t(3) tails, `d ln T / d ln r ≈ 6`), so the
+//! 10 % noise of a fast `q_lo` became 60 % noise in `T` and false alarms — home-wifi.toml uses κ = 0.25,
+//! which halves the realised false-alarm rate of t(3–6) noise (`examples/calibration_probe.rs`). `q_hi` keeps
+//! its rate: its downward step is only λ·(1 − p), and slowing it further leaves a threshold that an early
+//! excursion pushed up high for weeks.
 //!
 //! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.7 (7.9σ), which
 //! its heavy-tailed features need. The margin pays for the estimation noise of the two quantiles: the
@@ -112,6 +119,18 @@ fn tail_factor(r: f32) -> f32 {
     table[i] + (table[i + 1] - table[i]) * frac
 }
 
+/// The lower quantile's step factors at `rate` × λ_lo (rate 1: exactly `LO_UP`, `LO_DOWN`).
+fn lo_steps(rate: f64) -> (f32, f32) {
+    if rate == 1.0 {
+        return (LO_UP, LO_DOWN);
+    }
+    let l = LAMBDA_LO as f64 * rate;
+    (
+        (l * P_LO as f64).exp() as f32,
+        (-l * (1.0 - P_LO as f64)).exp() as f32,
+    )
+}
+
 fn tail_exponent(r: f32) -> f32 {
     if r <= TAIL_FIT[0].0 {
         return TAIL_FIT[0].1;
@@ -141,6 +160,64 @@ pub struct AlertParams {
     pub clear_ratio: f32,
     pub clear_epochs: u8,
     pub critical_ratio: f32,
+    /// The lower quantile's steps once a series is mature, `(e^(κ·λ_lo·p), e^(−κ·λ_lo·(1 − p)))`.
+    pub lo_steps_mature: (f32, f32),
+    /// `x^sustained_tail_exponent`, tabulated.
+    pub tail_power: TailPower,
+}
+
+/// `x^e` for `x ≥ 1`, clamped to [1, 2] (the sustained-evidence bar's tail factor), computed once per series
+/// per epoch. `e = 0.5` is a square root; other exponents in [0.2, 2] interpolate linearly in a table over
+/// [1, 2^(1/e)] (129 knots, relative error below 1e-4); others take `2^(e·log2 x)` (about 40 cycles more per
+/// series than the table: 18 % of a 500,000-customer epoch, BENCHMARKS.md).
+#[derive(Debug, Clone, Copy)]
+pub struct TailPower {
+    e: f32,
+    /// Knots per unit of x above 1; 0 when the table is not used.
+    scale: f32,
+    table: [f32; TAIL_POWER_STEPS + 1],
+}
+
+const TAIL_POWER_STEPS: usize = 128;
+
+impl TailPower {
+    pub fn new(e: f32) -> TailPower {
+        let mut t = TailPower {
+            e,
+            scale: 0.0,
+            table: [1.0; TAIL_POWER_STEPS + 1],
+        };
+        if e != 0.5 && (0.2..=2.0).contains(&e) {
+            let top = 2f64.powf(1.0 / e as f64);
+            let step = (top - 1.0) / TAIL_POWER_STEPS as f64;
+            for (i, v) in t.table.iter_mut().enumerate() {
+                *v = (1.0 + i as f64 * step).powf(e as f64) as f32;
+            }
+            t.scale = (1.0 / step) as f32;
+        }
+        t
+    }
+
+    /// `x^e` clamped to [1, 2].
+    #[inline]
+    pub fn eval(&self, x: f32) -> f32 {
+        let x = x.max(1.0);
+        let v = if self.e == 0.5 {
+            x.sqrt()
+        } else if self.scale > 0.0 {
+            let u = (x - 1.0) * self.scale;
+            if u >= TAIL_POWER_STEPS as f32 {
+                2.0
+            } else {
+                let i = u as usize;
+                let frac = u - i as f32;
+                self.table[i] + (self.table[i + 1] - self.table[i]) * frac
+            }
+        } else {
+            fast_exp2(self.e * fast_log2(x))
+        };
+        v.clamp(1.0, 2.0)
+    }
 }
 
 impl AlertParams {
@@ -154,15 +231,10 @@ impl AlertParams {
     /// evidence (`(T/T_gauss)^e` clamped to [1, 2]). Computed once per series per epoch.
     pub fn bar(&self, q_hi: f32, q_lo: f32) -> Bar {
         let threshold = self.threshold(q_hi, q_lo);
-        let ratio = (threshold / self.gaussian_threshold()).max(1.0);
-        let tail = if self.sustained_tail_exponent == 0.5 {
-            ratio.sqrt()
-        } else {
-            fast_exp2(self.sustained_tail_exponent * fast_log2(ratio))
-        };
+        let ratio = threshold / self.gaussian_threshold();
         Bar {
             threshold,
-            tail: tail.clamp(1.0, 2.0),
+            tail: self.tail_power.eval(ratio),
         }
     }
 
@@ -174,6 +246,8 @@ impl AlertParams {
             clear_ratio: a.clear_ratio as f32,
             clear_epochs: a.clear_epochs,
             critical_ratio: a.critical_ratio as f32,
+            lo_steps_mature: lo_steps(a.mature_lo_rate),
+            tail_power: TailPower::new(a.sustained_tail_exponent as f32),
         }
     }
 
@@ -185,14 +259,20 @@ impl AlertParams {
         self.floor.max(self.margin * hi * tail_factor(r))
     }
 
-    /// One calibration step with surprise `s` (call only for ordinary observations).
-    pub fn update_quantiles(&self, q_hi: f32, q_lo: f32, s: f32) -> (f32, f32) {
+    /// One calibration step with surprise `s` (call only for ordinary observations); `mature`: the series
+    /// has seen 255 observations (the lower quantile then steps by `mature_lo_rate`).
+    pub fn update_quantiles(&self, q_hi: f32, q_lo: f32, s: f32, mature: bool) -> (f32, f32) {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
         // Multiplicative steps (factors e^(λ·(1 − (1 − p))) and e^(−λ·(1 − p)), precomputed): the estimate
         // recovers from an overshoot in proportion to its size.
+        let (lo_up, lo_down) = if mature {
+            self.lo_steps_mature
+        } else {
+            (LO_UP, LO_DOWN)
+        };
         let hi = (hi * if s > hi { HI_UP } else { HI_DOWN }).clamp(0.1, 1000.0);
-        let lo = (lo * if s > lo { LO_UP } else { LO_DOWN }).clamp(0.05, 1000.0);
+        let lo = (lo * if s > lo { lo_up } else { lo_down }).clamp(0.05, 1000.0);
         (hi, lo)
     }
 
@@ -316,6 +396,8 @@ mod tests {
             clear_ratio: 0.6,
             clear_epochs: 3,
             critical_ratio: 2.0,
+            lo_steps_mature: lo_steps(0.25),
+            tail_power: TailPower::new(0.5),
         }
     }
 
@@ -351,16 +433,52 @@ mod tests {
     }
 
     #[test]
+    fn tail_power_hand_computed() {
+        // e = 0.4: 2^0.4 = 1.319508, 3^0.4 = 1.551846, 5^0.4 = 1.903654; from 2^(1/0.4) = 5.657 on: 2
+        let p = TailPower::new(0.4);
+        for (x, want) in [
+            (1.0f32, 1.0f32),
+            (2.0, 1.319_508),
+            (3.0, 1.551_846),
+            (5.0, 1.903_654),
+        ] {
+            assert!((p.eval(x) / want - 1.0).abs() < 1e-4, "{x}: {}", p.eval(x));
+        }
+        assert_eq!(p.eval(6.0), 2.0);
+        assert_eq!(p.eval(0.5), 1.0, "below 1 the bar is not lowered");
+        // e = 0.5 is the square root exactly; outside [0.2, 2] the exact power
+        assert_eq!(TailPower::new(0.5).eval(3.0), 3f32.sqrt());
+        assert!((TailPower::new(0.1).eval(3.0) / 3f32.powf(0.1) - 1.0).abs() < 1e-4);
+        assert!((TailPower::new(0.1).eval(2e4) - 2.0).abs() < 1e-6);
+        // the table agrees with the exact power everywhere on its range
+        let p = TailPower::new(0.7);
+        for i in 0..=400 {
+            let x = 1.0 + i as f32 * 0.004;
+            assert!((p.eval(x) / x.powf(0.7).min(2.0) - 1.0).abs() < 1e-4, "{x}");
+        }
+    }
+
+    #[test]
     fn quantile_steps_hand_computed() {
         let p = params();
         // s above both: hi·e^(0.03·0.975) = 2.24·1.029684 = 2.30649, lo·e^(0.05·0.75) = 1.15·1.038212 = 1.19394
-        let (hi, lo) = p.update_quantiles(2.24, 1.15, 4.0);
+        let (hi, lo) = p.update_quantiles(2.24, 1.15, 4.0, false);
         assert!((hi - 2.30649).abs() < 1e-4, "{hi}");
         assert!((lo - 1.19394).abs() < 1e-4, "{lo}");
         // s below both: hi·e^(−0.03·0.025) = 2.23832, lo·e^(−0.05·0.25) = 1.13571
-        let (hi, lo) = p.update_quantiles(2.24, 1.15, 0.5);
+        let (hi, lo) = p.update_quantiles(2.24, 1.15, 0.5, false);
         assert!((hi - 2.23832).abs() < 1e-4, "{hi}");
         assert!((lo - 1.13571).abs() < 1e-4, "{lo}");
+        // mature, κ = 0.25: hi as before; lo·e^(0.0125·0.75) = 1.15·1.009419 = 1.16083 and
+        // lo·e^(−0.0125·0.25) = 1.15·0.996880 = 1.14641
+        let (hi, lo) = p.update_quantiles(2.24, 1.15, 4.0, true);
+        assert!((hi - 2.30649).abs() < 1e-4, "{hi}");
+        assert!((lo - 1.16083).abs() < 1e-4, "{lo}");
+        let (hi, lo) = p.update_quantiles(2.24, 1.15, 0.5, true);
+        assert!((hi - 2.23832).abs() < 1e-4, "{hi}");
+        assert!((lo - 1.14641).abs() < 1e-4, "{lo}");
+        // rate 1 is bit for bit the young step
+        assert_eq!(lo_steps(1.0), (LO_UP, LO_DOWN));
     }
 
     #[test]
@@ -370,7 +488,7 @@ mod tests {
         let (mut hi, mut lo) = (0.0, 0.0);
         let (mut sum_hi, mut sum_lo) = (0.0, 0.0);
         for i in 0..300_000 {
-            (hi, lo) = p.update_quantiles(hi, lo, rng.normal().abs() as f32);
+            (hi, lo) = p.update_quantiles(hi, lo, rng.normal().abs() as f32, false);
             if i >= 100_000 {
                 sum_hi += hi;
                 sum_lo += lo;

@@ -345,7 +345,9 @@ fn step_reported(
                     && sustained_quiet
                     && s.seen >= cfg.calibrate_after
                 {
-                    (s.q_hi, s.q_lo) = cfg.alert.update_quantiles(s.q_hi, s.q_lo, a.surprise);
+                    (s.q_hi, s.q_lo) =
+                        cfg.alert
+                            .update_quantiles(s.q_hi, s.q_lo, a.surprise, s.seen == u8::MAX);
                 } else if s.q_hi == 0.0 {
                     (s.q_hi, s.q_lo) = (alert::Q0_HI, alert::Q0_LO);
                 }
