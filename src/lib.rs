@@ -7,7 +7,7 @@
 //! * [`epoch`] — event-time epochs and the per-partition lateness policy.
 //! * [`keys`] — customer ids and the routing hash (exchange by customer).
 //! * [`model`] — the per-series model: detectors, calibrated thresholds with hysteresis, cohort priors.
-//! * [`state`] — the 40-byte series slots and the Abelian block difference.
+//! * [`state`] — the 48-byte series slots and the Abelian block difference.
 //! * [`arrangement`] — the operator maintaining the series-state arrangement.
 //! * [`sinks`] — output and dead-letter writers.
 //! * [`memory`] — the binary's allocator (recycles the arrangement's large blocks).

@@ -3,12 +3,12 @@
 //!
 //! # Layout
 //!
-//! Every (customer, feature) series owns one 40-byte [`Slot`]; a customer additionally owns one *meta* slot
-//! (silence, reboots, duplicate guard). A customer's slots are grouped eight to a [`Block`] of 320 bytes, and
+//! Every (customer, feature) series owns one 48-byte [`Slot`]; a customer additionally owns one *meta* slot
+//! (silence, reboots, duplicate guard). A customer's slots are grouped eight to a [`Block`] of 384 bytes, and
 //! the arrangement is keyed by customer with the block index as value:
 //!
 //! ```text
-//!   key: CustomerId (24 B)   val: block index (u8)   time: epoch (u64)   diff: Block ([u64; 40] = 8 slots)
+//!   key: CustomerId (24 B)   val: block index (u8)   time: epoch (u64)   diff: Block ([u64; 48] = 8 slots)
 //! ```
 //!
 //! For the 20-feature home Wi-Fi spec a customer has 21 slots in 3 blocks (3 slots spare).
@@ -27,7 +27,7 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
 
 /// Bytes of state per series (and per customer meta slot).
-pub const SLOT_BYTES: usize = 40;
+pub const SLOT_BYTES: usize = 48;
 /// Slots per block.
 pub const BLOCK_SLOTS: usize = 8;
 /// 64-bit words per block.

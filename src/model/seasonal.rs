@@ -1,8 +1,8 @@
 //! `seasonal-robust`: the default per-series model. A robust level with a learned daily rhythm and a learned
 //! noise memory, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term volatility tracker
-//! and a stuck-value detector — 30 bytes of state, O(1) per observation.
+//! a weekend offset, and a stuck-value detector — 38 bytes of state (4 spare), O(1) per observation.
 //!
-//! # State (30 bytes, little-endian)
+//! # State (38 bytes, little-endian; 34..38 spare)
 //!
 //! ```text
 //! 0..4    L     f32      level (de-seasonalised)
@@ -17,6 +17,7 @@
 //! 27      h     u8       8-bit hash of the last raw value
 //! 28      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
 //! 29      ρ     i8       sign autocorrelation of residuals, ×127
+//! 30..34  W     f32      weekend offset: Saturdays and Sundays (UTC) sit W above the rest of the week
 //! ```
 //!
 //! # Equations (per observation x at daily phase φ, n = observations so far)
@@ -24,7 +25,7 @@
 //! ```text
 //! f      = [cos φ, sin φ, cos 2φ, sin 2φ]
 //! ρ_r    = sin(π/2 · ρ) clamped to [0, 0.6]             (Gaussian: E[sgn z_t · sgn z_t−1] = (2/π)·asin ρ_r)
-//! base   = L + θ·f
+//! base   = L + θ·f + w·W                                w = 1 on Saturdays and Sundays (UTC), else 0
 //! p      = base + ρ_r·σ·ψ₋                              prediction with the residual's own memory
 //! σ_own  = 0.8605·S                                     (S → 1.162σ for Gaussian noise, see S below)
 //! σ      = √((n·σ_own² + k·σ_prior²)/(n + k))  while n < warm, else σ_own; floored; inflated after gaps
@@ -43,9 +44,10 @@
 //!   (the stuck term only for series with real noise: σ above twice its floor)
 //! learning (gain a = max(α, 1/(n+1)), b = max(β, 1/(n+1)), η_n = η·(1 + 4·(1 − n/255))):
 //!   L += a·σ·ψ_b,   θ += η_n·σ·ψ_b·f                   (the base residual: the carry is noise)
+//!   W += g·w·a·σ·ψ_b                                    g = weekend_gain (0: no weekly rhythm)
 //!   S += b·(min(|r|, 4σ) − S) when it grows, b/4 of that when it shrinks: an expectile, slow to collapse
 //!   during quiet hours (nights of zero clients) and quick to widen when the noise rises
-//!   if max(C⁺, C⁻) ≥ 3h: L = x − θ·f, C± = 0            (a confirmed shift: jump to the new level)
+//!   if max(C⁺, C⁻) ≥ 3h: L = x − θ·f − w·W, C± = 0      (a confirmed shift: jump to the new level)
 //! ```
 //!
 //! Rate series (monotone counters) model `x_rate = (x − x_prev)/max(gap, 1)` without seasonality; a decrease is
@@ -70,6 +72,7 @@ pub struct SeasonalRobust {
     pub cusum_k: f32,
     pub cusum_h: f32,
     pub cusum_cap: f32,
+    pub weekend_gain: f32,
     pub vol_gain: f32,
     pub vol_alarm: f32,
     pub prior_weight: f32,
@@ -86,6 +89,7 @@ impl Default for SeasonalRobust {
             cusum_k: 1.0,
             cusum_h: 7.0,
             cusum_cap: 4.0,
+            weekend_gain: 0.0,
             vol_gain: 0.2,
             vol_alarm: 2.2,
             prior_weight: 6.0,
@@ -109,6 +113,7 @@ struct St {
     hash: u8,
     psi_prev: f32,
     rho: f32,
+    weekend: f32,
 }
 
 // Rounding half away from zero without a libm call (`as` truncates toward zero, saturating).
@@ -149,6 +154,7 @@ impl St {
             hash: b[27],
             psi_prev: (b[28] as i8) as f32 / 50.0,
             rho: (b[29] as i8) as f32 / 127.0,
+            weekend: le::f32(b, 30),
         }
     }
 
@@ -173,6 +179,7 @@ impl St {
         b[27] = self.hash;
         b[28] = q_i8(self.psi_prev, 50.0);
         b[29] = q_i8(self.rho, 127.0);
+        le::set_f32(&mut b, 30, self.weekend);
         b
     }
 
@@ -215,11 +222,27 @@ impl SeasonalRobust {
             cusum_k: p.f32("cusum_k", d.cusum_k, 0.0, 5.0)?,
             cusum_h: p.f32("cusum_h", d.cusum_h, 1.0, 10.0)?,
             cusum_cap: p.f32("cusum_cap", d.cusum_cap, 1.0, 10.0)?,
+            weekend_gain: p.f32("weekend_gain", d.weekend_gain, 0.0, 1.0)?,
             vol_gain: p.f32("vol_gain", d.vol_gain, 0.001, 1.0)?,
             vol_alarm: p.f32("vol_alarm", d.vol_alarm, 1.0, 4.0)?,
             prior_weight: p.f32("prior_weight", d.prior_weight, 0.0, 1000.0)?,
             warm: p.f32("warm", d.warm as f32, 1.0, 255.0)? as u8,
         })
+    }
+
+    /// w: 1 on Saturdays and Sundays (UTC) for a level series of a model with a weekend offset
+    /// (`weekend_gain` > 0), else 0.
+    #[inline]
+    fn weekend_weight(&self, ts: i64, transform: Transform) -> f32 {
+        if self.weekend_gain == 0.0 || transform != Transform::Level {
+            return 0.0;
+        }
+        // 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0)
+        if (ts.div_euclid(86_400) + 3).rem_euclid(7) >= 5 {
+            1.0
+        } else {
+            0.0
+        }
     }
 
     /// σ for a state with `n` observations, blending in the cohort prior while cold.
@@ -283,6 +306,7 @@ impl Detector for SeasonalRobust {
             Transform::Level => obs.phase,
             Transform::Rate => [0.0; 4],
         };
+        let wk = self.weekend_weight(obs.ts, obs.transform);
 
         // First modelled value: initialise from the value and the cohort prior.
         let first = match obs.transform {
@@ -301,7 +325,7 @@ impl Detector for SeasonalRobust {
             return Assessment::learn_only(x, x);
         }
 
-        let base = st.level + st.seasonal(&season);
+        let base = st.level + st.seasonal(&season) + wk * st.weekend;
         let sigma_own = self.sigma(
             &st,
             n,
@@ -386,6 +410,8 @@ impl Detector for SeasonalRobust {
         // letting it explain away a misfit of the rhythm would stop the rhythm from ever being learned.
         let correction = a * sigma * psi_base;
         st.level += correction;
+        // The weekend offset learns from weekend residuals only, more slowly than the level.
+        st.weekend += self.weekend_gain * wk * correction;
         if obs.transform == Transform::Level {
             let eta = self.eta * (1.0 + 4.0 * (1.0 - n as f32 / 255.0));
             for (k, f) in season.iter().enumerate() {
@@ -397,7 +423,7 @@ impl Detector for SeasonalRobust {
         st.mad += gain * (target - st.mad);
         if st.c_hi.max(st.c_lo) >= 3.0 * self.cusum_h {
             // A confirmed shift: adopt the new level instead of crawling towards it.
-            st.level = x - st.seasonal(&season);
+            st.level = x - st.seasonal(&season) - wk * st.weekend;
             st.c_hi = 0.0;
             st.c_lo = 0.0;
             st.psi_prev = 0.0;
@@ -419,7 +445,11 @@ impl Detector for SeasonalRobust {
     fn predict(&self, state: &DetectorState, ts: i64, transform: Transform) -> (f32, f32) {
         let st = St::decode(state, transform);
         let p = match transform {
-            Transform::Level => st.level + st.seasonal(&Observation::daily_phase(ts)),
+            Transform::Level => {
+                st.level
+                    + st.seasonal(&Observation::daily_phase(ts))
+                    + self.weekend_weight(ts, transform) * st.weekend
+            }
             Transform::Rate => st.level,
         };
         (p, (MAD_TO_SIGMA * st.mad).max(sigma_floor(p, 0.0)))
@@ -661,10 +691,84 @@ mod tests {
             hash: 200,
             psi_prev: -1.5,
             rho: 63.0 / 127.0,
+            weekend: -3.75,
         };
         assert_eq!(
             St::decode(&st.encode(Transform::Level), Transform::Level),
             st
         );
+    }
+
+    #[test]
+    fn weekend_offset_hand_computed() {
+        // 2026-11-07 00:00 UTC is a Saturday (day 20,764: (20,764 + 3) mod 7 = 5); the day before is a Friday.
+        let sat = 20_764 * 86_400;
+        let fri = sat - 86_400;
+        let d = SeasonalRobust {
+            weekend_gain: 0.25,
+            ..SeasonalRobust::default()
+        };
+        assert_eq!(d.weekend_weight(sat, Transform::Level), 1.0);
+        assert_eq!(
+            d.weekend_weight(sat + 86_400 + 3_600, Transform::Level),
+            1.0,
+            "Sunday"
+        );
+        assert_eq!(
+            d.weekend_weight(sat + 2 * 86_400, Transform::Level),
+            0.0,
+            "Monday"
+        );
+        assert_eq!(d.weekend_weight(fri, Transform::Level), 0.0);
+        assert_eq!(
+            d.weekend_weight(sat, Transform::Rate),
+            0.0,
+            "counters have no weekly offset"
+        );
+        assert_eq!(
+            SeasonalRobust::default().weekend_weight(sat, Transform::Level),
+            0.0,
+            "gain 0: off"
+        );
+        // A mature state (n = 255: a = α = 0.04) with L = 10, S = 1 (σ = 0.8605), W = 2, no rhythm, no memory.
+        let st = St {
+            level: 10.0,
+            mad: 1.0,
+            season: [0.0; 4],
+            prev: 0.0,
+            c_hi: 0.0,
+            c_lo: 0.0,
+            vol: 0.8,
+            run: 0,
+            run_max: 0.0,
+            hash: 0,
+            psi_prev: 0.0,
+            rho: 0.0,
+            weekend: 2.0,
+        };
+        let prior = FeaturePrior::NONE;
+        let mut o = obs(13.0, sat, 255);
+        // Saturday: expected L + W = 12; x = 13: z = 1/0.8605 = 1.16212, ψ_b = z (below c = 2.5);
+        // correction = a·σ·ψ_b = 0.04·1 = 0.04 → L = 10.04, W = 2 + 0.25·0.04 = 2.01
+        let mut s = st.encode(Transform::Level);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!((a.expected - 12.0).abs() < 1e-5, "{}", a.expected);
+        assert!((a.surprise - 1.16212).abs() < 1e-4, "{}", a.surprise);
+        let after = St::decode(&s, Transform::Level);
+        assert!((after.level - 10.04).abs() < 1e-5, "{}", after.level);
+        assert!((after.weekend - 2.01).abs() < 1e-5, "{}", after.weekend);
+        // Friday, same state: expected L = 10, W untouched (x = 11: correction 0.04 → L = 10.04)
+        o.ts = fri;
+        o.value = 11.0;
+        let mut s = st.encode(Transform::Level);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!((a.expected - 10.0).abs() < 1e-5, "{}", a.expected);
+        let after = St::decode(&s, Transform::Level);
+        assert!((after.level - 10.04).abs() < 1e-5);
+        assert_eq!(after.weekend, 2.0);
+        // predict() adds W on weekends only
+        let (p_sat, _) = d.predict(&st.encode(Transform::Level), sat, Transform::Level);
+        let (p_fri, _) = d.predict(&st.encode(Transform::Level), fri, Transform::Level);
+        assert_eq!((p_sat, p_fri), (12.0, 10.0));
     }
 }
