@@ -1,6 +1,6 @@
 //! `seasonal-robust`: the default per-series model. A robust level with a learned daily rhythm and a learned
-//! noise memory, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term volatility tracker
-//! a weekend offset, and a stuck-value detector — 38 bytes of state (4 spare), O(1) per observation.
+//! noise memory, a weekend offset, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term
+//! volatility tracker and a stuck-value detector — 38 bytes of state (4 spare), O(1) per observation.
 //!
 //! # State (38 bytes, little-endian; 34..38 spare)
 //!
@@ -30,7 +30,7 @@
 //! σ_own  = 0.8605·S                                     (S → 1.162σ for Gaussian noise, see S below)
 //! σ      = √((n·σ_own² + k·σ_prior²)/(n + k))  while n < warm, else σ_own; floored; inflated after gaps
 //! r      = x − p,  z = r/σ,  ψ = clamp(z, −c, c)        Huber influence, c = huber
-//! ψ_b    = clamp((x − L − θ·f)/σ, −c, c)               the residual the memory term models
+//! ψ_b    = clamp((x − base)/σ, −c, c)                   the residual the memory term models
 //! C⁺     = max(0, C⁺ + min(z, z_c) − k_c),  C⁻ = max(0, C⁻ − max(z, −z_c) − k_c)   z_c = cusum_cap (4):
 //!          spikes are the spike term's job; a larger cap detects big shifts an epoch sooner, with more
 //!          false shifts on heavy tails (QUALITY.md: cap 6 gave the fleet a 2-epoch median shift delay and
