@@ -135,30 +135,24 @@ def river_holt_winters(epochs, n_features, subset):
         t = time.perf_counter()
         updates = 0
         scored = 0
-        for c, values in logs:
-            if c >= subset:
-                continue
-            for f, x in enumerate(values):
-                if x is None:
-                    continue
-                key = c * n_features + f
-                entry = models.get(key)
-                if entry is None:
-                    hw = time_series.HoltWinters(alpha=0.3, beta=0.01, gamma=0.3, seasonality=288)
-                    entry = models[key] = [anomaly.PredictiveAnomalyDetection(
-                        hw, horizon=1, n_std=3.5, warmup_period=288), 0]
-                m, n = entry
-                # River 0.26's additive Holt-Winters divides by the first season's mean when it initialises
-                # (ZeroDivisionError on a series that starts at zero): an offset avoids that and changes
-                # nothing else in an additive model.
-                y = x + 1000.0
-                if n >= 289:
-                    scored += 1
-                    if m.score_one(None, y) >= 1.0:
-                        alarms += 1
-                m.learn_one(None, y)
-                entry[1] = n + 1
-                updates += 1
+        for key, x in series_values([logs], n_features, subset):
+            entry = models.get(key)
+            if entry is None:
+                hw = time_series.HoltWinters(alpha=0.3, beta=0.01, gamma=0.3, seasonality=288)
+                entry = models[key] = [anomaly.PredictiveAnomalyDetection(
+                    hw, horizon=1, n_std=3.5, warmup_period=288), 0]
+            m, n = entry
+            # River 0.26's additive Holt-Winters divides by the first season's mean when it initialises
+            # (ZeroDivisionError on a series that starts at zero): an offset avoids that and changes nothing
+            # else in an additive model.
+            y = x + 1000.0
+            if n >= 289:
+                scored += 1
+                if m.score_one(None, y) >= 1.0:
+                    alarms += 1
+            m.learn_one(None, y)
+            entry[1] = n + 1
+            updates += 1
         dt = time.perf_counter() - t
         phase = "learning" if scored == 0 else "scoring" if scored == updates else "mixed"
         phases[phase][0] += dt

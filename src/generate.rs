@@ -809,8 +809,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         return false;
     }
     let phi = day_phase(ts);
-    let weekday = (ts.div_euclid(86_400) + 3).rem_euclid(7); // 0 = Monday
-    let weekend = weekday >= 5;
+    let weekend = crate::timefmt::weekday(ts) >= 5;
     for k in 0..20 {
         let f = &FEATURES[k];
         let p = c.params[k].wide();

@@ -11,6 +11,11 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The day of the week of Unix seconds `secs` (UTC), 0 = Monday … 6 = Sunday (1970-01-01 was a Thursday).
+pub fn weekday(secs: i64) -> u32 {
+    (secs.div_euclid(86_400) + 3).rem_euclid(7) as u32
+}
+
 /// The date of a day number (inverse of [`days_from_civil`]).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -125,6 +130,20 @@ pub fn format_rfc3339(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weekdays() {
+        assert_eq!(weekday(0), 3, "1970-01-01 was a Thursday");
+        assert_eq!(weekday(-1), 2, "1969-12-31, a Wednesday");
+        let monday = days_from_civil(2026, 11, 2) * 86_400;
+        assert_eq!(weekday(monday), 0);
+        assert_eq!(weekday(monday + 5 * 86_400), 5, "Saturday");
+        assert_eq!(
+            weekday(monday + 7 * 86_400 - 1),
+            6,
+            "the last second of Sunday"
+        );
+    }
 
     #[test]
     fn known_instants() {

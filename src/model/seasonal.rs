@@ -237,8 +237,7 @@ impl SeasonalRobust {
         if self.weekend_gain == 0.0 || transform != Transform::Level {
             return 0.0;
         }
-        // 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0)
-        if (ts.div_euclid(86_400) + 3).rem_euclid(7) >= 5 {
+        if crate::timefmt::weekday(ts) >= 5 {
             1.0
         } else {
             0.0
