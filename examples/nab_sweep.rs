@@ -8,7 +8,8 @@
 //!
 //! Keys are `[alerting]` fields (`threshold_margin`, `clear_epochs`, ...) or detector parameters (`eta`,
 //! `cusum_h`, ...), applied to the embedded NAB spec (dataflows/nab.toml); `-d` prints windows
-//! detected and false-positive rows at the optimal standard threshold.
+//! detected and false-positive rows at the optimal standard threshold, `-m` each window missed there and
+//! why (the model's best score inside it, and whether an alert opened before it hid that score).
 use fleetwatch::nab::runner::{RowTrace, SeriesModel, to_anomaly_scores};
 use fleetwatch::spec::Spec;
 
@@ -92,6 +93,9 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "-d") {
         detail(&corpus, &spec);
     }
+    if args.iter().any(|a| a == "-m") {
+        missed(&corpus, &spec);
+    }
     let base = eval(&corpus, &spec);
     println!("base {:.2} {:.2} {:.2}", base[0], base[1], base[2]);
     for (k, vals) in grid {
@@ -142,4 +146,44 @@ pub fn detail(corpus: &fleetwatch::nab::Corpus, spec: &Spec) {
         corpus.window_count(),
         early / wd as f64
     );
+}
+
+/// Lists the windows not detected at the optimal standard threshold, with the model's view of them.
+pub fn missed(corpus: &fleetwatch::nab::Corpus, spec: &Spec) {
+    let Ok(model) = SeriesModel::new(spec) else {
+        return;
+    };
+    let traces: Vec<Vec<RowTrace>> = corpus.files.iter().map(|f| model.trace(f)).collect();
+    let scores: Vec<Vec<f64>> = traces.iter().map(|t| to_anomaly_scores(t)).collect();
+    let r = fleetwatch::nab::score_corpus(corpus, &scores);
+    let th = r.profiles[0].threshold;
+    println!(
+        "missed windows at threshold {th:.3} (rows; best raw score s inside; rows hidden behind an alert):"
+    );
+    for ((f, s), t) in corpus.files.iter().zip(&scores).zip(&traces) {
+        let prob = (0.15 * f.len() as f64).floor().min(750.0) as usize;
+        for &(a, b) in &f.windows {
+            if (a.max(prob)..=b).any(|i| s[i] >= th) {
+                continue;
+            }
+            let (best, at) = (a..=b).fold((0.0f32, a), |m, i| {
+                if t[i].score > m.0 { (t[i].score, i) } else { m }
+            });
+            let hidden = (a..=b)
+                .filter(|&i| t[i].open_before && t[i].score >= 1.0)
+                .count();
+            // the raise of the alert open at the window's start: rows before the window, and its score
+            let opened = t[a]
+                .open_before
+                .then(|| (1..=a).rev().find(|&i| !t[i - 1].open_before))
+                .flatten()
+                .map(|i| format!("{} rows before, s {:.2}", a - (i - 1), t[i - 1].score))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "  {:<52} {a:>5}..{b:<5} best s {best:8.2} at {:>4.2}  hidden rows >= 1: {hidden:>3}  open since: {opened}",
+                f.rel,
+                (at - a) as f64 / (b - a + 1) as f64
+            );
+        }
+    }
 }

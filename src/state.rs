@@ -208,6 +208,61 @@ pub mod le {
         };
         set_u16(b, at, v);
     }
+    /// A bound of a value range as a signed 16-bit float: sign bit, 6 exponent bits (bias 32), 9 mantissa
+    /// bits; code 0 is zero and exponent 63 with mantissa 511 is ±infinity — magnitudes 4.7·10⁻¹⁰ … 4.3·10⁹
+    /// at 2⁻¹⁰ relative precision. Encoding rounds **outward** (`up`: to the smallest code ≥ x, else to the
+    /// largest code ≤ x), so a stored range always contains every value put into it; beyond the largest
+    /// finite code the bound becomes infinite. Bit operations only; decode → encode is exact.
+    #[inline]
+    pub fn bound16(b: &[u8], at: usize) -> f32 {
+        let v = u16(b, at) as u32;
+        let sign = (v & 0x8000) << 16;
+        let mag = v & 0x7fff;
+        if mag == 0 {
+            return 0.0;
+        }
+        if mag == 0x7fff {
+            return f32::from_bits(sign | f32::INFINITY.to_bits());
+        }
+        f32::from_bits(sign | (((mag >> 9) + 127 - 32) << 23) | ((mag & 0x1ff) << 14))
+    }
+    #[inline]
+    pub fn set_bound16(b: &mut [u8], at: usize, x: f32, up: bool) {
+        set_u16(b, at, bound16_code(x, up));
+    }
+    #[inline]
+    fn bound16_code(x: f32, up: bool) -> u16 {
+        if x.is_nan() {
+            // No value: the widest range (a NaN never reaches a detector; this keeps the codec total).
+            return if up { 0x7fff } else { 0xffff };
+        }
+        let neg = x < 0.0;
+        if x.is_infinite() {
+            return if neg { 0xffff } else { 0x7fff };
+        }
+        // Outward for a positive x rounds its magnitude up when `up`; for a negative x when not `up`.
+        let ceil = up != neg;
+        let bits = x.abs().to_bits();
+        if bits == 0 {
+            return 0;
+        }
+        let sign: u16 = if neg { 0x8000 } else { 0 };
+        let dropped = bits & 0x3fff;
+        let bits = if ceil && dropped != 0 {
+            bits + 0x4000 // a carry moves into the exponent, as it should
+        } else {
+            bits
+        };
+        let e = (bits >> 23) as i32 - 127 + 32;
+        let mag: u16 = if e < 1 {
+            if ceil { 1 << 9 } else { 0 }
+        } else if e > 63 || (e == 63 && ((bits >> 14) & 0x1ff) == 0x1ff) {
+            if ceil { 0x7fff } else { 0x7ffe }
+        } else {
+            ((e as u32) << 9 | ((bits >> 14) & 0x1ff)) as u16
+        };
+        if mag == 0 { 0 } else { sign | mag }
+    }
     #[inline]
     pub fn u32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -258,6 +313,63 @@ mod tests {
         assert!(le::scale16(&b, 0) > 4e9);
         le::set_scale16(&mut b, 0, 1e-20);
         assert!((le::scale16(&b, 0) - 2f32.powi(-31)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bound16_rounds_outward_and_round_trips() {
+        let mut b = [0u8; 2];
+        // every code decodes to a value that encodes back to it, in both directions
+        for v in 0..=u16::MAX {
+            let mag = v & 0x7fff;
+            if (mag != 0 && mag < 1 << 9) || v == 0x8000 {
+                continue; // exponent field 0 is reserved for zero; -0 is written as 0
+            }
+            le::set_u16(&mut b, 0, v);
+            let x = le::bound16(&b, 0);
+            for up in [false, true] {
+                le::set_bound16(&mut b, 0, x, up);
+                assert_eq!(le::u16(&b, 0), v, "code {v:#x} ({x}, up {up})");
+            }
+        }
+        // by hand: 1.0 = 2^0 → exponent field 32; 1.5 → mantissa 0x100; -2 → sign and exponent 33
+        le::set_bound16(&mut b, 0, 1.0, true);
+        assert_eq!(le::u16(&b, 0), 32 << 9);
+        le::set_bound16(&mut b, 0, 1.5, false);
+        assert_eq!(le::u16(&b, 0), (32 << 9) | 0x100);
+        le::set_bound16(&mut b, 0, -2.0, true);
+        assert_eq!(le::u16(&b, 0), 0x8000 | (33 << 9));
+        // 1 + 2^-12 lies between the codes 1 and 1 + 2^-9: up gives the larger, down the smaller
+        let x = 1.0 + 2f32.powi(-12);
+        le::set_bound16(&mut b, 0, x, true);
+        assert_eq!(le::bound16(&b, 0), 1.0 + 2f32.powi(-9));
+        le::set_bound16(&mut b, 0, x, false);
+        assert_eq!(le::bound16(&b, 0), 1.0);
+        le::set_bound16(&mut b, 0, -x, true);
+        assert_eq!(le::bound16(&b, 0), -1.0);
+        le::set_bound16(&mut b, 0, -x, false);
+        assert_eq!(le::bound16(&b, 0), -1.0 - 2f32.powi(-9));
+        // outward for every magnitude NAB and the fleet produce, within 2^-9 relative
+        for x in [3e-9f32, 0.37, 1.162, 99.99, 65504.0, 3.2e6, -7.5e8, 1.9e9] {
+            le::set_bound16(&mut b, 0, x, true);
+            let hi = le::bound16(&b, 0);
+            le::set_bound16(&mut b, 0, x, false);
+            let lo = le::bound16(&b, 0);
+            assert!(lo <= x && x <= hi, "{lo} <= {x} <= {hi}");
+            assert!((hi - lo) <= x.abs() / 512.0, "{x}: [{lo}, {hi}]");
+        }
+        // beyond the codes: infinite outward, the largest finite inward; tiny values to zero or the smallest
+        le::set_bound16(&mut b, 0, 1e10, true);
+        assert_eq!(le::bound16(&b, 0), f32::INFINITY);
+        le::set_bound16(&mut b, 0, -1e10, false);
+        assert_eq!(le::bound16(&b, 0), f32::NEG_INFINITY);
+        le::set_bound16(&mut b, 0, 1e10, false);
+        assert!(le::bound16(&b, 0) > 4e9 && le::bound16(&b, 0).is_finite());
+        le::set_bound16(&mut b, 0, 1e-20, false);
+        assert_eq!(le::bound16(&b, 0), 0.0);
+        le::set_bound16(&mut b, 0, 1e-20, true);
+        assert_eq!(le::bound16(&b, 0), 2f32.powi(-31));
+        le::set_bound16(&mut b, 0, 0.0, true);
+        assert_eq!(le::u16(&b, 0), 0);
     }
 
     #[test]

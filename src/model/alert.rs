@@ -289,7 +289,9 @@ impl AlertParams {
         let point = surprise / bar.threshold;
         let tail = bar.tail;
         let sustained = match kind {
-            AnomalyKind::StuckValue => sustained,
+            // Neither is a matter of tails: a stuck value repeats, an out-of-range value leaves the series'
+            // whole history behind.
+            AnomalyKind::StuckValue | AnomalyKind::OutOfRange => sustained,
             // The volatility statistic averages |z| capped at 4: tails matter to it less still.
             AnomalyKind::VarianceBurst => sustained / tail.sqrt(),
             _ => sustained / tail,
@@ -361,6 +363,15 @@ pub fn step(
             if score >= p.clear_ratio {
                 if score >= 1.0 {
                     let sev = p.severity(score);
+                    if kind == AnomalyKind::OutOfRange && a.kind != AnomalyKind::OutOfRange {
+                        // A value beyond the series' whole history is news even inside an open episode:
+                        // the alert becomes an out-of-range one.
+                        let n = OpenAlert {
+                            severity: sev,
+                            kind,
+                        };
+                        return (Some(n), 0, Some(Transition::Updated));
+                    }
                     if sev != a.severity {
                         let n = OpenAlert {
                             severity: sev,
@@ -524,5 +535,23 @@ mod tests {
         assert!(a.is_none());
         // raising can be suppressed
         assert_eq!(step(&p, None, 0, 9.0, k, false).2, None);
+        // an out-of-range value turns an open alert of another kind into an out-of-range one, once
+        let o = AnomalyKind::OutOfRange;
+        let (a, r, t) = step(&p, None, 0, 1.5, k, true);
+        let (a, r, t2) = step(&p, a, r, 0.9, o, true);
+        assert_eq!(
+            (t, t2),
+            (Some(Transition::Raised), None),
+            "below the bar: no change"
+        );
+        let (a, r, t) = step(&p, a, r, 1.1, o, true);
+        assert_eq!(t, Some(Transition::Updated));
+        assert_eq!(a.map(|a| a.kind), Some(o));
+        let (a, _, t) = step(&p, a, r, 1.3, o, true);
+        assert_eq!(t, None);
+        assert_eq!(
+            a.map(|a| (a.kind, a.severity)),
+            Some((o, Severity::Warning))
+        );
     }
 }

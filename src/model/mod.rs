@@ -51,16 +51,19 @@ pub enum AnomalyKind {
     Dropout,
     /// The customer sent no log for several epochs.
     Silent,
+    /// A value outside everything the series ever showed, by more than a tolerance of that range.
+    OutOfRange,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 6] = [
+    pub const ALL: [AnomalyKind; 7] = [
         AnomalyKind::Spike,
         AnomalyKind::LevelShift,
         AnomalyKind::VarianceBurst,
         AnomalyKind::StuckValue,
         AnomalyKind::Dropout,
         AnomalyKind::Silent,
+        AnomalyKind::OutOfRange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +74,7 @@ impl AnomalyKind {
             AnomalyKind::StuckValue => "stuck_value",
             AnomalyKind::Dropout => "dropout",
             AnomalyKind::Silent => "silent",
+            AnomalyKind::OutOfRange => "out_of_range",
         }
     }
 

@@ -1,8 +1,9 @@
 //! `seasonal-robust`: the default per-series model. A robust level with a learned daily rhythm and a learned
 //! noise memory, a weekend offset, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term
-//! volatility tracker and a stuck-value detector — 38 bytes of state (4 spare), O(1) per observation.
+//! volatility tracker, a stuck-value detector and (optionally) the range of everything the series ever
+//! showed — 38 bytes of state, O(1) per observation.
 //!
-//! # State (38 bytes, little-endian; 34..38 spare)
+//! # State (38 bytes, little-endian)
 //!
 //! ```text
 //! 0..4    L     f32      level (de-seasonalised)
@@ -18,6 +19,8 @@
 //! 28      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
 //! 29      ρ     i8       sign autocorrelation of residuals, ×127
 //! 30..34  W     f32      weekend offset: Saturdays and Sundays (UTC) sit W above the rest of the week
+//! 34..36  lo    bound16  the smallest value the series ever showed, rounded down (state::le::bound16)
+//! 36..38  hi    bound16  the largest, rounded up           (both 0 while range_tolerance = 0: not tracked)
 //! ```
 //!
 //! # Equations (per observation x at daily phase φ, n = observations so far)
@@ -40,8 +43,12 @@
 //! run    = run + 1 if x repeats the last raw value exactly, else 0
 //! R      = max(run_ended, R·(1 − 1/256)) when a benign run of length ≥ 1 ends
 //! surprise = |z|                                         point-wise, calibrated per series by the framework
-//! sustained = max(max(C⁺, C⁻)/h, max(0, m − 0.8)/(m_alarm − 0.8), run/(2R + 4))   1 = alarm
-//!   (the stuck term only for series with real noise: σ above twice its floor)
+//! range  = max(x − hi, lo − x)/(τ·(hi − lo))            τ = range_tolerance; 0 inside [lo, hi]
+//! lo, hi = min(lo, x), max(hi, x)                       after scoring; lo = hi = x at the first value
+//! sustained = max(max(C⁺, C⁻)/h, max(0, m − 0.8)/(m_alarm − 0.8), run/(2R + 4), range)   1 = alarm
+//!   (the stuck term only for series with real noise: σ above twice its floor; the range term only with
+//!   τ > 0: a value beyond its whole history by more than τ of that history's span, whatever the noise —
+//!   NAB's HTM detector has the same rule with τ = 5 %)
 //! learning (gain a = max(α, 1/(n+1)), b = max(β, 1/(n+1)), η_n = η·(1 + 4·(1 − n/255))):
 //!   L += a·σ·ψ_b,   θ += η_n·σ·ψ_b·f                   (the base residual: the carry is noise)
 //!   W += g·w·a·σ·ψ_b                                    g = weekend_gain (0: no weekly rhythm)
@@ -73,6 +80,8 @@ pub struct SeasonalRobust {
     pub cusum_h: f32,
     pub cusum_cap: f32,
     pub weekend_gain: f32,
+    /// τ: score values outside the series' whole observed range by more than τ of its span (0: off).
+    pub range_tolerance: f32,
     pub vol_gain: f32,
     pub vol_alarm: f32,
     pub prior_weight: f32,
@@ -90,6 +99,7 @@ impl Default for SeasonalRobust {
             cusum_h: 7.0,
             cusum_cap: 4.0,
             weekend_gain: 0.0,
+            range_tolerance: 0.0,
             vol_gain: 0.2,
             vol_alarm: 2.2,
             prior_weight: 6.0,
@@ -114,6 +124,8 @@ struct St {
     psi_prev: f32,
     rho: f32,
     weekend: f32,
+    lo: f32,
+    hi: f32,
 }
 
 // Rounding half away from zero without a libm call (`as` truncates toward zero, saturating).
@@ -128,7 +140,7 @@ fn q_i8(v: f32, scale: f32) -> u8 {
 
 impl St {
     #[inline(always)]
-    fn decode(b: &DetectorState, transform: Transform) -> St {
+    fn decode(b: &DetectorState, transform: Transform, range: bool) -> St {
         let (season, prev) = match transform {
             Transform::Level => (
                 [
@@ -155,11 +167,13 @@ impl St {
             psi_prev: (b[28] as i8) as f32 / 50.0,
             rho: (b[29] as i8) as f32 / 127.0,
             weekend: le::f32(b, 30),
+            lo: if range { le::bound16(b, 34) } else { 0.0 },
+            hi: if range { le::bound16(b, 36) } else { 0.0 },
         }
     }
 
     #[inline(always)]
-    fn encode(&self, transform: Transform) -> DetectorState {
+    fn encode(&self, transform: Transform, range: bool) -> DetectorState {
         let mut b = [0u8; super::DETECTOR_BYTES];
         le::set_f32(&mut b, 0, self.level);
         le::set_scale16(&mut b, 4, self.mad);
@@ -180,6 +194,10 @@ impl St {
         b[28] = q_i8(self.psi_prev, 50.0);
         b[29] = q_i8(self.rho, 127.0);
         le::set_f32(&mut b, 30, self.weekend);
+        if range {
+            le::set_bound16(&mut b, 34, self.lo, false);
+            le::set_bound16(&mut b, 36, self.hi, true);
+        }
         b
     }
 
@@ -223,6 +241,7 @@ impl SeasonalRobust {
             cusum_h: p.f32("cusum_h", d.cusum_h, 1.0, 10.0)?,
             cusum_cap: p.f32("cusum_cap", d.cusum_cap, 1.0, 10.0)?,
             weekend_gain: p.f32("weekend_gain", d.weekend_gain, 0.0, 1.0)?,
+            range_tolerance: p.f32("range_tolerance", d.range_tolerance, 0.0, 10.0)?,
             vol_gain: p.f32("vol_gain", d.vol_gain, 0.001, 1.0)?,
             vol_alarm: p.f32("vol_alarm", d.vol_alarm, 1.0, 4.0)?,
             prior_weight: p.f32("prior_weight", d.prior_weight, 0.0, 1000.0)?,
@@ -264,18 +283,17 @@ fn prior_mad(prior: &FeaturePrior, x: f32) -> Option<f32> {
     (prior.count > 0).then(|| prior.scale * x.abs().max(0.1 * prior.level.abs()).max(1e-3))
 }
 
-impl Detector for SeasonalRobust {
-    fn name(&self) -> &'static str {
-        "seasonal-robust"
-    }
-
-    fn observe(
+impl SeasonalRobust {
+    /// One observation (the trait's `observe`), with the range rule on or off.
+    #[inline(always)]
+    fn observe_with<const RANGE: bool>(
         &self,
         state: &mut DetectorState,
         obs: &Observation,
         prior: &FeaturePrior,
     ) -> Assessment {
-        let mut st = St::decode(state, obs.transform);
+        let range = RANGE;
+        let mut st = St::decode(state, obs.transform, range);
         let n = obs.seen;
         let raw = obs.value;
 
@@ -286,14 +304,14 @@ impl Detector for SeasonalRobust {
                 if n == 0 {
                     st.prev = raw;
                     st.hash = hash8(raw);
-                    *state = st.encode(obs.transform);
+                    *state = st.encode(obs.transform, range);
                     return Assessment::learn_only(0.0, 0.0);
                 }
                 let prev = st.prev;
                 st.prev = raw;
                 if raw < prev {
                     // Counter reset: remember the new base, score nothing.
-                    *state = st.encode(obs.transform);
+                    *state = st.encode(obs.transform, range);
                     let mut a = Assessment::learn_only(raw, st.level);
                     a.reset = true;
                     return a;
@@ -320,7 +338,9 @@ impl Detector for SeasonalRobust {
             st.mad = prior_mad(prior, x).unwrap_or(0.0);
             st.level = x - st.seasonal(&season);
             st.hash = hash8(raw);
-            *state = st.encode(obs.transform);
+            st.lo = x;
+            st.hi = x;
+            *state = st.encode(obs.transform, range);
             return Assessment::learn_only(x, x);
         }
 
@@ -392,9 +412,24 @@ impl Detector for SeasonalRobust {
         } else {
             0.0
         };
+        let outside = if range && st.hi > st.lo {
+            let beyond = (x - st.hi).max(st.lo - x);
+            if beyond > 0.0 {
+                beyond / (self.range_tolerance * (st.hi - st.lo))
+            } else {
+                0.0
+            }
+        } else {
+            0.0
+        };
+        if range {
+            st.lo = st.lo.min(x);
+            st.hi = st.hi.max(x);
+        }
         for (s, k) in [
             (variance, AnomalyKind::VarianceBurst),
             (stuck, AnomalyKind::StuckValue),
+            (outside, AnomalyKind::OutOfRange),
         ] {
             if s > sustained {
                 sustained = s;
@@ -427,7 +462,7 @@ impl Detector for SeasonalRobust {
             st.c_lo = 0.0;
             st.psi_prev = 0.0;
         }
-        *state = st.encode(obs.transform);
+        *state = st.encode(obs.transform, range);
 
         Assessment {
             observed: x,
@@ -440,9 +475,29 @@ impl Detector for SeasonalRobust {
             scored: true,
         }
     }
+}
+
+impl Detector for SeasonalRobust {
+    fn name(&self) -> &'static str {
+        "seasonal-robust"
+    }
+
+    fn observe(
+        &self,
+        state: &mut DetectorState,
+        obs: &Observation,
+        prior: &FeaturePrior,
+    ) -> Assessment {
+        // Monomorphised on the range rule: a spec without it (the fleet's) pays nothing for it.
+        if self.range_tolerance > 0.0 {
+            self.observe_with::<true>(state, obs, prior)
+        } else {
+            self.observe_with::<false>(state, obs, prior)
+        }
+    }
 
     fn predict(&self, state: &DetectorState, ts: i64, transform: Transform) -> (f32, f32) {
-        let st = St::decode(state, transform);
+        let st = St::decode(state, transform, false);
         let p = match transform {
             Transform::Level => {
                 st.level
@@ -464,7 +519,7 @@ impl Detector for SeasonalRobust {
         if seen < u8::MAX {
             return None;
         }
-        let st = St::decode(state, transform);
+        let st = St::decode(state, transform, false);
         Some(SeriesSummary {
             level: st.level,
             scale: st.mad,
@@ -501,7 +556,7 @@ mod tests {
         };
         let a = d.observe(&mut s, &obs(10.0, 0, 0), &prior);
         assert!(!a.scored);
-        let st = St::decode(&s, Transform::Level);
+        let st = St::decode(&s, Transform::Level, false);
         assert_eq!(st.level, 10.0);
         assert_eq!(st.mad, 2.0);
     }
@@ -531,7 +586,7 @@ mod tests {
         assert!((a.surprise - 2.90529).abs() < 1e-3, "{}", a.surprise);
         assert!((a.sustained - 0.27218).abs() < 1e-3, "{}", a.sustained);
         assert_eq!(a.kind, AnomalyKind::LevelShift);
-        let st = St::decode(&s, Transform::Level);
+        let st = St::decode(&s, Transform::Level, false);
         assert!((st.level - 12.15125).abs() < 1e-3, "{}", st.level);
         assert!((st.mad - 3.5).abs() < 1e-3, "{}", st.mad);
         assert_eq!(st.c_hi, 1.875);
@@ -557,7 +612,11 @@ mod tests {
             d.observe(&mut s, &obs(10.0, 0, 0), &prior);
             let a = d.observe(&mut s, &obs(30.0, 300, 1), &prior);
             assert!((a.surprise - 11.621).abs() < 1e-2, "{}", a.surprise);
-            assert_eq!(St::decode(&s, Transform::Level).c_hi, want, "cap {cap}");
+            assert_eq!(
+                St::decode(&s, Transform::Level, false).c_hi,
+                want,
+                "cap {cap}"
+            );
         }
     }
 
@@ -571,9 +630,9 @@ mod tests {
             let x = 100.0 + rng.normal() as f32;
             d.observe(&mut s, &obs(x, i as i64 * 300, i.min(255) as u8), &prior);
         }
-        let before = St::decode(&s, Transform::Level);
+        let before = St::decode(&s, Transform::Level, false);
         let a = d.observe(&mut s, &obs(1000.0, 2000 * 300, 255), &prior);
-        let after = St::decode(&s, Transform::Level);
+        let after = St::decode(&s, Transform::Level, false);
         assert!(
             a.surprise > 50.0,
             "huge spike is surprising: {}",
@@ -691,10 +750,21 @@ mod tests {
             psi_prev: -1.5,
             rho: 63.0 / 127.0,
             weekend: -3.75,
+            lo: -7.5,
+            hi: 1_002_438_656.0, // a bound16 code: 2^29·(1 + 444/512)
         };
         assert_eq!(
-            St::decode(&st.encode(Transform::Level), Transform::Level),
+            St::decode(&st.encode(Transform::Level, true), Transform::Level, true),
             st
+        );
+        let off = St {
+            lo: 0.0,
+            hi: 0.0,
+            ..st
+        };
+        assert_eq!(
+            St::decode(&st.encode(Transform::Level, false), Transform::Level, false),
+            off
         );
     }
 
@@ -744,30 +814,111 @@ mod tests {
             psi_prev: 0.0,
             rho: 0.0,
             weekend: 2.0,
+            lo: 0.0,
+            hi: 0.0,
         };
         let prior = FeaturePrior::NONE;
         let mut o = obs(13.0, sat, 255);
         // Saturday: expected L + W = 12; x = 13: z = 1/0.8605 = 1.16212, ψ_b = z (below c = 2.5);
         // correction = a·σ·ψ_b = 0.04·1 = 0.04 → L = 10.04, W = 2 + 0.25·0.04 = 2.01
-        let mut s = st.encode(Transform::Level);
+        let mut s = st.encode(Transform::Level, false);
         let a = d.observe(&mut s, &o, &prior);
         assert!((a.expected - 12.0).abs() < 1e-5, "{}", a.expected);
         assert!((a.surprise - 1.16212).abs() < 1e-4, "{}", a.surprise);
-        let after = St::decode(&s, Transform::Level);
+        let after = St::decode(&s, Transform::Level, false);
         assert!((after.level - 10.04).abs() < 1e-5, "{}", after.level);
         assert!((after.weekend - 2.01).abs() < 1e-5, "{}", after.weekend);
         // Friday, same state: expected L = 10, W untouched (x = 11: correction 0.04 → L = 10.04)
         o.ts = fri;
         o.value = 11.0;
-        let mut s = st.encode(Transform::Level);
+        let mut s = st.encode(Transform::Level, false);
         let a = d.observe(&mut s, &o, &prior);
         assert!((a.expected - 10.0).abs() < 1e-5, "{}", a.expected);
-        let after = St::decode(&s, Transform::Level);
+        let after = St::decode(&s, Transform::Level, false);
         assert!((after.level - 10.04).abs() < 1e-5);
         assert_eq!(after.weekend, 2.0);
         // predict() adds W on weekends only
-        let (p_sat, _) = d.predict(&st.encode(Transform::Level), sat, Transform::Level);
-        let (p_fri, _) = d.predict(&st.encode(Transform::Level), fri, Transform::Level);
+        let (p_sat, _) = d.predict(&st.encode(Transform::Level, false), sat, Transform::Level);
+        let (p_fri, _) = d.predict(&st.encode(Transform::Level, false), fri, Transform::Level);
         assert_eq!((p_sat, p_fri), (12.0, 10.0));
+    }
+
+    #[test]
+    fn range_term_hand_computed() {
+        // τ = 0.05; a mature series (n = 200: no prior blending, gains α, β) at L = 10, S = 1 → σ = 0.8605,
+        // its history spanning [0, 10].
+        let d = SeasonalRobust {
+            range_tolerance: 0.05,
+            ..SeasonalRobust::default()
+        };
+        let st = St {
+            level: 10.0,
+            mad: 1.0,
+            season: [0.0; 4],
+            prev: 0.0,
+            c_hi: 0.0,
+            c_lo: 0.0,
+            vol: 0.0,
+            run: 0,
+            run_max: 0.0,
+            hash: 0,
+            psi_prev: 0.0,
+            rho: 0.0,
+            weekend: 0.0,
+            lo: 0.0,
+            hi: 10.0,
+        };
+        let mut s = st.encode(Transform::Level, true);
+        // x = 10.75: 0.75 beyond hi, τ·span = 0.05·10 = 0.5 → range 1.5. The other terms stay quiet:
+        // z = 0.75/0.8605 = 0.872 → C⁺ = max(0, 0.872 − 1) = 0, m = 0.2·0.872 = 0.174 < 0.8, no run.
+        let a = d.observe(&mut s, &obs(10.75, 0, 200), &FeaturePrior::NONE);
+        assert_eq!(a.kind, AnomalyKind::OutOfRange);
+        assert!((a.sustained - 1.5).abs() < 1e-5, "{}", a.sustained);
+        let after = St::decode(&s, Transform::Level, true);
+        assert_eq!(
+            (after.lo, after.hi),
+            (0.0, 10.75),
+            "the range widens after scoring"
+        );
+        // x = −0.5: 0.5 below lo, τ·span = 0.05·10.75 = 0.5375 → range 0.5/0.5375 = 0.9302; the CUSUM
+        // (C⁻ = 4 − 1 = 3 → 3/7 = 0.43) and the volatility ((0.2·4 + 0.8·0.174 − 0.8)/1.4 = 0.1) stay below it.
+        let a = d.observe(&mut s, &obs(-0.5, 300, 200), &FeaturePrior::NONE);
+        assert_eq!(a.kind, AnomalyKind::OutOfRange);
+        assert!((a.sustained - 0.5 / 0.5375).abs() < 1e-5, "{}", a.sustained);
+        assert_eq!(St::decode(&s, Transform::Level, true).lo, -0.5);
+        // inside the range: no range evidence, and the range does not move
+        let a = d.observe(&mut s, &obs(5.0, 600, 200), &FeaturePrior::NONE);
+        assert_ne!(a.kind, AnomalyKind::OutOfRange);
+        let after = St::decode(&s, Transform::Level, true);
+        assert_eq!((after.lo, after.hi), (-0.5, 10.75));
+    }
+
+    #[test]
+    fn range_starts_at_the_first_value_and_is_not_tracked_when_off() {
+        let on = SeasonalRobust {
+            range_tolerance: 0.05,
+            ..SeasonalRobust::default()
+        };
+        let off = SeasonalRobust::default();
+        let (mut s_on, mut s_off) = (
+            [0u8; super::super::DETECTOR_BYTES],
+            [0u8; super::super::DETECTOR_BYTES],
+        );
+        for (i, x) in [3.0f32, 7.0, 5.0, 1.0e9, -2.0].into_iter().enumerate() {
+            let o = obs(x, 300 * i as i64, i as u8);
+            on.observe(&mut s_on, &o, &FeaturePrior::NONE);
+            off.observe(&mut s_off, &o, &FeaturePrior::NONE);
+            // the rest of the state is the same model either way
+            assert_eq!(s_on[..34], s_off[..34], "observation {i}");
+        }
+        assert_eq!(s_off[34..], [0u8; 4], "off: the range bytes stay zero");
+        let st = St::decode(&s_on, Transform::Level, true);
+        assert_eq!(st.lo, -2.0);
+        // 10^9 rounded up to the codec's next step (2^-9 relative)
+        assert!(
+            st.hi >= 1.0e9 && st.hi <= 1.0e9 * (1.0 + 1.0 / 512.0),
+            "{}",
+            st.hi
+        );
     }
 }

@@ -20,7 +20,7 @@ use super::NabError;
 use super::corpus::{Corpus, DataFile};
 use crate::keys::CustomerId;
 use crate::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
-use crate::model::{Detector, FeaturePrior, Registry};
+use crate::model::{AnomalyKind, Detector, FeaturePrior, Registry};
 use crate::record::Log;
 use crate::spec::{FeatureSpec, Spec, Transform};
 use crate::state::SLOT_BYTES;
@@ -106,13 +106,17 @@ impl SeriesModel {
             };
             let open_before = alert_open;
             // an update retracts and inserts (still open); a clear only retracts
-            if let Some(last) = out.changes.iter().rev().find(|((_, a), _)| a.feature == 0) {
+            let last = out.changes.iter().rev().find(|((_, a), _)| a.feature == 0);
+            if let Some(last) = last {
                 alert_open = last.1 > 0;
             }
+            let out_of_range = open_before
+                && last.is_some_and(|((_, a), d)| *d > 0 && a.kind == AnomalyKind::OutOfRange);
             rows.push(RowTrace {
                 learning: i < self.config.min_seen_without_prior as usize,
                 score,
                 open_before,
+                out_of_range,
             });
         }
         rows
@@ -128,14 +132,17 @@ pub struct RowTrace {
     pub score: f32,
     /// An alert was open before this row.
     pub open_before: bool,
+    /// This row turned the open alert into an out-of-range one (a value beyond the series' history).
+    pub out_of_range: bool,
 }
 
-/// NAB's anomaly score of each row: `s/(1 + s)` while no alert is open, `0` while one is (and while the
-/// series is too young to raise).
+/// NAB's anomaly score of each row: `s/(1 + s)` while no alert is open and where an open alert becomes an
+/// out-of-range one (the pipeline emits both as changes), `0` otherwise (and while the series is too young
+/// to raise).
 pub fn to_anomaly_scores(rows: &[RowTrace]) -> Vec<f64> {
     rows.iter()
         .map(|r| {
-            if r.open_before || r.learning {
+            if (r.open_before && !r.out_of_range) || r.learning {
                 0.0
             } else {
                 let s = r.score as f64;
@@ -292,4 +299,34 @@ pub fn write_scores(
     let text = serde_json::to_string_pretty(&summary)
         .map_err(|e| NabError::format(&path, e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| NabError::io(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(score: f32, open_before: bool, out_of_range: bool) -> RowTrace {
+        RowTrace {
+            learning: false,
+            score,
+            open_before,
+            out_of_range,
+        }
+    }
+
+    #[test]
+    fn a_row_scores_while_no_alert_is_open_and_where_the_alert_turns_out_of_range() {
+        let rows = [
+            RowTrace {
+                learning: true,
+                ..row(3.0, false, false)
+            }, // learning: nothing
+            row(0.25, false, false), // quiet: s/(1+s) = 0.2
+            row(1.0, false, false),  // the raise: 0.5
+            row(4.0, true, false),   // inside the open episode: hidden
+            row(3.0, true, true),    // the open alert became out_of_range: 0.75
+            row(9.0, true, false),   // hidden again
+        ];
+        assert_eq!(to_anomaly_scores(&rows), [0.0, 0.2, 0.5, 0.0, 0.75, 0.0]);
+    }
 }
