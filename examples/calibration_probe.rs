@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example calibration_probe
+//! PROBE_SERIES=2000 PROBE_CLIP=1.3 cargo run --release --example calibration_probe   # noise clipped 1.3 sd
+//!                                                        # below the level, like a loss percentage near 0
 //! ```
 
+use fleetwatch::model::alert::Quantiles;
 use fleetwatch::model::customer::ModelConfig;
 use fleetwatch::model::seasonal::SeasonalRobust;
 use fleetwatch::model::{Detector, FeaturePrior, Observation, Transform};
@@ -31,14 +34,21 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(400);
-        let n = 3_000usize;
+        let n: usize = std::env::var("PROBE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        let clip: f64 = std::env::var("PROBE_CLIP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::INFINITY);
         let mut ratios: Vec<(f32, f32)> = Vec::new();
         let mut exceed = 0u64;
         let mut total = 0u64;
         for s in 0..series {
             let mut rng = Rng::new(7, s as u64);
             let mut state = [0u8; fleetwatch::model::DETECTOR_BYTES];
-            let (mut q_hi, mut q_lo) = (0.0f32, 0.0f32);
+            let mut q = Quantiles::default();
             let mut noise = 0.0;
             let phase = rng.range(0.0, std::f64::consts::TAU);
             for i in 0..n {
@@ -50,7 +60,7 @@ fn main() {
                 };
                 noise = ar * noise + (1.0f64 - ar * ar).sqrt() * e;
                 let phi = std::f64::consts::TAU * (ts % 86400) as f64 / 86400.0;
-                let x = 100.0 + daily * (phi + phase).cos() + noise;
+                let x = 100.0 + daily * (phi + phase).cos() + noise.max(-clip);
                 let obs = Observation {
                     value: x as f32,
                     ts,
@@ -61,19 +71,23 @@ fn main() {
                     transform: Transform::Level,
                 };
                 let a = det.observe(&mut state, &obs, &FeaturePrior::NONE);
+                let upward = a.observed > a.expected;
+                let z = if upward { a.surprise } else { -a.surprise };
                 if !a.scored || i < 300 {
                     if a.scored && i >= 24 {
-                        (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise, i >= 255);
+                        q = alert.update_quantiles(q, z, i >= 255);
                     }
                     continue;
                 }
-                let t = alert.threshold(q_hi, q_lo);
-                ratios.push((q_hi / q_lo, a.surprise / q_hi));
+                let t = alert.bar(q).threshold(upward);
+                let (q_up, q_dn, q_lo) = q.values();
+                let q_side = if upward { q_up } else { q_dn };
+                ratios.push((q_side / q_lo, a.surprise / q_side));
                 total += 1;
                 if a.surprise >= t {
                     exceed += 1;
                 } else {
-                    (q_hi, q_lo) = alert.update_quantiles(q_hi, q_lo, a.surprise, i >= 255);
+                    q = alert.update_quantiles(q, z, i >= 255);
                 }
             }
         }

@@ -73,9 +73,11 @@ fn main() -> anyhow::Result<()> {
         let mut out = StepOut::default();
         step_customer(&ctx, id, &mut slots, &[log], &mut out);
         let s = SeriesSlot::decode(&slots[f]);
+        let (q_up, q_dn, q_lo) = s.q.values();
+        let bar = cfg.alert.bar(s.q);
         let ev = out.evidence.iter().find(|e| e.feature as usize == f);
         println!(
-            "{epoch} x={:<10} {} q_hi={:<6.2} q_lo={:<6.2} T={:<6.2} alert={:?} {}",
+            "{epoch} x={:<10} {} q_up={:<6.2} q_dn={:<6.2} q_lo={:<6.2} T_up={:<6.2} T_dn={:<6.2} alert={:?} {}",
             log.values[f],
             verdict
                 .map(|a| format!(
@@ -87,9 +89,11 @@ fn main() -> anyhow::Result<()> {
                     a.kind.as_str()
                 ))
                 .unwrap_or_default(),
-            s.q_hi,
-            s.q_lo,
-            cfg.alert.threshold(s.q_hi, s.q_lo),
+            q_up,
+            q_dn,
+            q_lo,
+            bar.up,
+            bar.down,
             s.alert.map(|a| (a.kind, a.severity)),
             ev.map(|e| format!(
                 "score={:.2} expected={:.2} band=[{:.2},{:.2}]",

@@ -192,8 +192,8 @@ impl Default for DetectorSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
-    /// The threshold is `max(threshold_floor, threshold_margin · q_hi · r^c(r))` over the series' own
-    /// surprise quantiles, `r = q_hi/q_lo` (see `model::alert`).
+    /// Each side's threshold is `max(threshold_floor, threshold_margin · q · r^c(r))` over the series' own
+    /// surprise quantiles, `q` that side's tail quantile, `r = q/q_lo` (see `model::alert`).
     #[serde(default = "d_floor")]
     pub threshold_floor: f64,
     #[serde(default = "d_margin")]

@@ -230,6 +230,32 @@ pub mod le {
     pub fn set_bound16(b: &mut [u8], at: usize, x: f32, up: bool) {
         set_u16(b, at, bound16_code(x, up));
     }
+    /// Writes `x` in [`bound16`]'s format rounded to the nearest code (half-way magnitudes away from zero,
+    /// so the rounding of −x mirrors that of x: a quantity learned by symmetric increments stays unbiased);
+    /// magnitudes below 2^-32 become 0, beyond the largest finite code (≈ 4.3·10⁹) saturate at it, NaN is 0.
+    #[inline]
+    pub fn set_nearest16(b: &mut [u8], at: usize, x: f32) {
+        set_u16(b, at, nearest16_code(x));
+    }
+    #[inline]
+    fn nearest16_code(x: f32) -> u16 {
+        if x.is_nan() {
+            return 0;
+        }
+        let sign: u16 = if x < 0.0 { 0x8000 } else { 0 };
+        if x.is_infinite() {
+            return sign | 0x7ffe;
+        }
+        let bits = x.abs().to_bits() + 0x2000; // half of the 14 dropped bits; a carry moves into the exponent
+        let e = (bits >> 23) as i32 - 127 + 32;
+        if e < 1 {
+            return 0;
+        }
+        if e > 63 || (e == 63 && ((bits >> 14) & 0x1ff) == 0x1ff) {
+            return sign | 0x7ffe;
+        }
+        sign | ((e as u32) << 9 | ((bits >> 14) & 0x1ff)) as u16
+    }
     #[inline]
     fn bound16_code(x: f32, up: bool) -> u16 {
         if x.is_nan() {
@@ -313,6 +339,44 @@ mod tests {
         assert!(le::scale16(&b, 0) > 4e9);
         le::set_scale16(&mut b, 0, 1e-20);
         assert!((le::scale16(&b, 0) - 2f32.powi(-31)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn nearest16_rounds_to_the_nearest_code_symmetrically() {
+        let mut b = [0u8; 2];
+        // every finite code round-trips
+        for v in 0..=u16::MAX {
+            let mag = v & 0x7fff;
+            if (mag != 0 && mag < 1 << 9) || v == 0x8000 || mag == 0x7fff {
+                continue;
+            }
+            le::set_u16(&mut b, 0, v);
+            let x = le::bound16(&b, 0);
+            le::set_nearest16(&mut b, 0, x);
+            assert_eq!(le::u16(&b, 0), v, "code {v:#x} ({x})");
+        }
+        // by hand: 1 + 2^-12 is nearer 1 than 1 + 2^-9; 1 + 3·2^-11 nearer 1 + 2^-9; the half-way 1 + 2^-10
+        // goes away from zero; −x mirrors x
+        for (x, want) in [
+            (1.0 + 2f32.powi(-12), 1.0),
+            (1.0 + 3.0 * 2f32.powi(-11), 1.0 + 2f32.powi(-9)),
+            (1.0 + 2f32.powi(-10), 1.0 + 2f32.powi(-9)),
+            (2.0 - 2f32.powi(-12), 2.0),
+        ] {
+            le::set_nearest16(&mut b, 0, x);
+            assert_eq!(le::bound16(&b, 0), want, "{x}");
+            le::set_nearest16(&mut b, 0, -x);
+            assert_eq!(le::bound16(&b, 0), -want, "{}", -x);
+        }
+        // within half a code (2^-10 relative) for the magnitudes a weekend offset takes; saturating, not ∞
+        for x in [3e-9f32, 0.37, -1.162, 99.99, -65504.0, 3.2e6] {
+            le::set_nearest16(&mut b, 0, x);
+            assert!((le::bound16(&b, 0) - x).abs() <= x.abs() / 1024.0, "{x}");
+        }
+        le::set_nearest16(&mut b, 0, 1e12);
+        assert!(le::bound16(&b, 0).is_finite() && le::bound16(&b, 0) > 4e9);
+        le::set_nearest16(&mut b, 0, 1e-12);
+        assert_eq!(le::bound16(&b, 0), 0.0);
     }
 
     #[test]

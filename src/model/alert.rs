@@ -1,30 +1,47 @@
 //! Personal thresholds and hysteresis.
 //!
-//! Each series tracks two quantiles of its own point-wise surprise `s` — `q_hi` at 0.975 and `q_lo` at 0.75 —
-//! by stochastic approximation, fed only with ordinary observations (no alert open, not itself beyond the
-//! threshold, no sustained evidence building up). Their ratio `r = q_hi/q_lo` measures how heavy the series'
-//! tail is, and the threshold extrapolates from `q_hi` to a false-alarm rate of 3·10⁻⁶ per observation (one per
-//! 1,000 series-days at 5-minute epochs) along the family of Student-t tails, fitted from Gaussian
-//! (r = 1.95: T = 2.08·q_hi) to t(3) (r = 2.94: T = 21.6·q_hi). A heavy-tailed series earns a much higher
-//! bar than a Gaussian one instead of flooding its owner with alerts:
+//! Each series tracks three quantiles of its own signed point-wise surprise `z` (`s = |z|`) by stochastic
+//! approximation, fed only with ordinary observations (no alert open, not itself beyond the threshold, no
+//! sustained evidence building up): `q_up`, the level `z` exceeds upwards 1.25 % of the time, `q_dn`, the
+//! level `−z` exceeds 1.25 % of the time, and `q_lo`, the 0.75 quantile of `|z|` (the body, both sides). For
+//! symmetric noise `q_up = q_dn` is the 0.975 quantile of `|z|`. Each side's ratio `r = q_side/q_lo` measures
+//! how heavy that side's tail is, and its threshold extrapolates from `q_side` to a false-alarm rate of
+//! 3·10⁻⁶ per observation (one per 1,000 series-days at 5-minute epochs) along the family of Student-t
+//! tails, fitted from Gaussian (r = 1.95: T = 2.08·q) to t(3) (r = 2.94: T = 21.6·q). A heavy-tailed series
+//! earns a much higher bar than a Gaussian one instead of flooding its owner with alerts:
 //!
 //! ```text
-//! ln q ← ln q + λ·(1[s > q] − (1 − p))     λ_hi = 0.03, λ_lo = 0.05·(κ once mature);  q₀ = 2.24, 1.15
-//! r = clamp(q_hi/q_lo, 1.2, 3.9),  c(r) = piecewise linear through (1.95, 1.10) (2.01, 1.27) (2.16, 1.65) (2.33, 2.04)
+//! log2 q_up ← log2 q_up + (80·1[z > q_up] − 1)/2048       (exceeded 1/80 = 1.25 % of the time; λ = 0.027)
+//! log2 q_dn ← log2 q_dn + (80·1[−z > q_dn] − 1)/2048
+//! log2 q_lo ← log2 q_lo + (148·1[s > q_lo] − 37)/2048      (25 %; λ = 0.050, κ·37 codes down once mature)
+//!                                                          q₀ = 2.24, 2.24, 1.15
+//! r = clamp(q_side/q_lo, 1.2, 3.9),  c(r) = piecewise linear through (1.95, 1.10) (2.01, 1.27) (2.16, 1.65) (2.33, 2.04)
 //!                                              (2.60, 2.49) (2.94, 2.85), constant outside
-//! T = max(threshold_floor, threshold_margin · q_hi · r^c(r))                   the series' own threshold
-//! score = s / T                                                                ≥ 1: anomalous for *this* series
+//! q̄ = √(q_up·q_dn),  q_side' = max(q_side, q̄)                            no side below the two sides' mean
+//! T_side = max(threshold_floor, threshold_margin · q_side' · r^c(r)), r = q_side'/q_lo   per side
+//! score = s / T_up if z > 0, else s / T_dn                                   ≥ 1: anomalous for *this* series
+//! tail factor of the sustained bar: (T(q̄)/T_gauss)^e                       (the threshold of q̄ itself)
 //! ```
 //!
-//! q₀ are the quantiles of |N(0,1)|. κ = `mature_lo_rate` slows the lower quantile once the series is
+//! Why per side: bounded features are one-sided. A loss or failure percentage near 0 is clipped from below
+//! (the generator's `wan_loss_pct` sits at exactly 0 in 5–17 % of its logs) while its upper tail is t(3)-
+//! heavy; pooled, the clipped side made `|z|`'s tail look light (r 2.2 instead of 2.85) and the threshold
+//! fell to a fifth: t(3) noise clipped 1.3 sd below its level exceeded it 2.25·10⁻⁴ of the time, 47 times the
+//! design rate; per side 1.0·10⁻⁵ (`examples/calibration_probe.rs` with PROBE_CLIP=1.3). Each side alone is a
+//! noisier estimate on symmetric noise (it sees half the tail events: t(3) 4.8 → 12.4·10⁻⁶); the floor at q̄
+//! — a side that merely looks lighter through its estimate's noise is held at the mean of both — brings that
+//! to 7.2·10⁻⁶ (t(4): 3.2 pooled, 7.4 per side, 2.6 with the floor). A truly lighter side keeps the floor too:
+//! drops on a series clipped from below are judged against a bar between the two.
+//!
+//! q₀ are the quantiles of N(0,1) and |N(0,1)|. κ = `mature_lo_rate` slows the body quantile once the series is
 //! mature (255 observations): the threshold is steep in `r` (at t(3) tails, `d ln T / d ln r ≈ 6`), so the
 //! 10 % noise of a fast `q_lo` became 60 % noise in `T` and false alarms — home-wifi.toml uses κ = 0.25,
-//! which halves the realised false-alarm rate of t(3–6) noise (`examples/calibration_probe.rs`). `q_hi` keeps
-//! its rate: its downward step is only λ·(1 − p), and slowing it further leaves a threshold that an early
-//! excursion pushed up high for weeks.
+//! which halves the realised false-alarm rate of t(3–6) noise (`examples/calibration_probe.rs`). The side
+//! quantiles keep their rate: their downward step is only λ·(1 − p), and slowing them further leaves a
+//! threshold that an early excursion pushed up high for weeks.
 //!
-//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.7 (7.9σ), which
-//! its heavy-tailed features need. The margin pays for the estimation noise of the two quantiles: the
+//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.6 (7.5σ), which
+//! its heavy-tailed features need. The margin pays for the estimation noise of the quantiles: the
 //! threshold is convex in `r`, so an underestimated tail costs more false alarms than an overestimated one
 //! costs misses (`examples/calibration_probe.rs` measures this).
 //!
@@ -43,14 +60,117 @@ use super::AnomalyKind;
 use super::header::{OpenAlert, Severity};
 use crate::spec::AlertSpec;
 
-/// The tracked quantiles of the surprise.
-pub const P_HI: f32 = 0.975;
-pub const P_LO: f32 = 0.75;
-/// Initial estimates of the upper and lower quantiles (those of |N(0,1)|).
+/// Initial estimates of the side and body quantiles (those of N(0,1) and |N(0,1)|).
 pub const Q0_HI: f32 = 2.24;
 pub const Q0_LO: f32 = 1.15;
-/// The tail exponent c(r) for r = q_hi/q_lo, fitted to Student-t noise (df 3, 4, 6, 10, 30, ∞) so that
-/// `q_hi · r^c` is the 3·10⁻⁶ quantile.
+
+/// A series' three surprise quantiles (see the module docs) as log-codes: `code = round((log2 q + 16)·2048)`,
+/// q from 1.5·10⁻⁵ to 65,536 in steps of 2⁻¹¹ in log2 (0.034 %); code 0 means not yet calibrated.
+///
+/// The estimates step in whole codes, so every step is exact: an f16 (the format before the quantiles went
+/// per side) rounds a one-sided tracker's downward step of 0.04 % back to the value it left in the lower
+/// half of each binade, and the estimate then only ever rose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quantiles {
+    pub up: u16,
+    pub dn: u16,
+    pub lo: u16,
+}
+
+const CODE_SCALE: f32 = 2048.0;
+const CODE_OFFSET: f32 = 16.0;
+/// Codes of Q0_HI and Q0_LO.
+const C0_HI: u16 = 35_151;
+const C0_LO: u16 = 33_181;
+/// Code ranges: the side quantiles in [0.1, 1000], the body quantile in [0.05, 1000].
+const C_SIDE_MIN: u16 = 25_965;
+const C_LO_MIN: u16 = 23_917;
+const C_MAX: u16 = 53_178;
+/// Side steps: up 79 codes when the side's tail is exceeded, down 1 otherwise — the equilibrium exceedance
+/// rate is 1/80 = 1.25 %, λ_hi = 80·ln 2/2048 = 0.0271.
+const SIDE_UP: u16 = 79;
+const SIDE_DOWN: u16 = 1;
+/// Body steps of a young series: up 111, down 37 (rate 37/148 = 25 %, λ_lo = 148·ln 2/2048 = 0.0501).
+const LO_UP: u16 = 111;
+const LO_DOWN: u16 = 37;
+
+impl Quantiles {
+    /// Those of Gaussian noise: where a series starts calibrating.
+    pub const INITIAL: Quantiles = Quantiles {
+        up: C0_HI,
+        dn: C0_HI,
+        lo: C0_LO,
+    };
+
+    /// The code of a quantile value (for tests and tools).
+    pub fn code(q: f32) -> u16 {
+        ((fast_log2(q) + CODE_OFFSET) * CODE_SCALE)
+            .round()
+            .clamp(1.0, u16::MAX as f32) as u16
+    }
+
+    /// The quantile value of a code (0: the initial estimate `q0`).
+    #[inline]
+    fn value(code: u16, q0: f32) -> f32 {
+        if code == 0 { q0 } else { code_value(code) }
+    }
+
+    /// The upper side's, lower side's and body's quantile values.
+    #[inline]
+    pub fn values(&self) -> (f32, f32, f32) {
+        (
+            Self::value(self.up, Q0_HI),
+            Self::value(self.dn, Q0_HI),
+            Self::value(self.lo, Q0_LO),
+        )
+    }
+
+    /// 0 stands for the initial estimate.
+    #[inline]
+    fn or_initial(self) -> Quantiles {
+        Quantiles {
+            up: if self.up > 0 { self.up } else { C0_HI },
+            dn: if self.dn > 0 { self.dn } else { C0_HI },
+            lo: if self.lo > 0 { self.lo } else { C0_LO },
+        }
+    }
+}
+
+/// 2^(code/2048 − 16): the exponent from the code's top five bits, the mantissa 2^(f/2048) from a table of the
+/// 2,048 fractions (a load and a multiply; this runs three times per series per epoch).
+#[inline]
+fn code_value(code: u16) -> f32 {
+    static FRACTIONS: std::sync::OnceLock<[f32; 2048]> = std::sync::OnceLock::new();
+    let t = FRACTIONS.get_or_init(|| {
+        let mut t = [0f32; 2048];
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = (i as f64 / 2048.0).exp2() as f32;
+        }
+        t
+    });
+    let e = (code >> 11) as u32 + 127 - 16;
+    f32::from_bits(e << 23) * t[(code & 2047) as usize]
+}
+
+/// Largest code difference a tail ratio can use: log2(R_MAX)·2048.
+const D_MAX: usize = 4021;
+
+/// `r^c(r)` for the ratio of two codes `d` apart, r = 2^(d/2048) clamped to [1.2, R_MAX] (a table over
+/// d ∈ [0, D_MAX] built from `tail_factor`; every ratio of two codes is on that grid).
+#[inline]
+fn tail_factor_of_codes(side: u16, lo: u16) -> f32 {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        (0..=D_MAX)
+            .map(|d| tail_factor(((d as f64 / 2048.0).exp2() as f32).clamp(1.2, R_MAX)))
+            .collect()
+    });
+    let d = (side as i32 - lo as i32).clamp(0, D_MAX as i32) as usize;
+    t[d]
+}
+
+/// The tail exponent c(r) for r = q_side/q_lo, fitted to Student-t noise (df 3, 4, 6, 10, 30, ∞) so that
+/// `q_side · r^c` is the 3·10⁻⁶ quantile (one-sided 1.5·10⁻⁶ on each side).
 const TAIL_FIT: [(f32, f32); 6] = [
     (1.948, 1.10),
     (2.011, 1.27),
@@ -59,12 +179,6 @@ const TAIL_FIT: [(f32, f32); 6] = [
     (2.600, 2.49),
     (2.936, 2.85),
 ];
-
-// e^(λ·p) and e^(−λ·(1 − p)) for the two tracked quantiles (λ_hi = 0.03, p = 0.975; λ_lo = 0.05, p = 0.75).
-const HI_UP: f32 = 1.029_684_3; // e^(0.03·0.975)
-const HI_DOWN: f32 = 0.999_250_3; // e^(−0.03·0.025)
-const LO_UP: f32 = 1.038_211_8; // e^(0.05·0.75)
-const LO_DOWN: f32 = 0.987_577_6; // e^(−0.05·0.25)
 
 /// log2 of a positive finite `x`, to about 1e-5: exponent bits, and ln of the mantissa m ∈ [1, 2) by the
 /// series ln m = 2·(y + y³/3 + y⁵/5 + y⁷/7), y = (m − 1)/(m + 1) ∈ [0, 1/3).
@@ -119,16 +233,11 @@ fn tail_factor(r: f32) -> f32 {
     table[i] + (table[i + 1] - table[i]) * frac
 }
 
-/// The lower quantile's step factors at `rate` × λ_lo (rate 1: exactly `LO_UP`, `LO_DOWN`).
-fn lo_steps(rate: f64) -> (f32, f32) {
-    if rate == 1.0 {
-        return (LO_UP, LO_DOWN);
-    }
-    let l = LAMBDA_LO as f64 * rate;
-    (
-        (l * P_LO as f64).exp() as f32,
-        (-l * (1.0 - P_LO as f64)).exp() as f32,
-    )
+/// The body quantile's steps in codes at `rate` × λ_lo: down `round(37·rate)` (at least 1), up three times
+/// that, so the equilibrium stays at P_LO exactly (rate 1: `LO_UP`, `LO_DOWN`).
+fn lo_steps(rate: f64) -> (u16, u16) {
+    let down = ((LO_DOWN as f64 * rate).round() as u16).clamp(1, LO_DOWN);
+    (3 * down, down)
 }
 
 fn tail_exponent(r: f32) -> f32 {
@@ -148,10 +257,6 @@ fn tail_exponent(r: f32) -> f32 {
 /// constant series) with ordinary ones between — where `r^c` would grow without bound and silence the series.
 pub const R_MAX: f32 = 3.9;
 
-/// Quantile step sizes.
-pub const LAMBDA_HI: f32 = 0.03;
-pub const LAMBDA_LO: f32 = 0.05;
-
 #[derive(Debug, Clone, Copy)]
 pub struct AlertParams {
     pub floor: f32,
@@ -159,8 +264,8 @@ pub struct AlertParams {
     pub clear_ratio: f32,
     pub clear_epochs: u8,
     pub critical_ratio: f32,
-    /// The lower quantile's steps once a series is mature, `(e^(κ·λ_lo·p), e^(−κ·λ_lo·(1 − p)))`.
-    pub lo_steps_mature: (f32, f32),
+    /// The body quantile's steps in codes once a series is mature (`lo_steps(mature_lo_rate)`).
+    pub lo_steps_mature: (u16, u16),
     /// `x^sustained_tail_exponent` (the spec's exponent lives here only).
     pub tail_power: TailPower,
 }
@@ -226,13 +331,25 @@ impl AlertParams {
         self.floor.max(self.margin * Q0_HI * 2.082_13)
     }
 
-    /// A series' bar for this epoch: its threshold, and how much its tail raises the bar for sustained
-    /// evidence (`(T/T_gauss)^e` clamped to [1, 2]). Computed once per series per epoch.
-    pub fn bar(&self, q_hi: f32, q_lo: f32) -> Bar {
-        let threshold = self.threshold(q_hi, q_lo);
-        let ratio = threshold / self.gaussian_threshold();
+    /// A series' bar for this epoch: its threshold on each side, and how much its tails raise the bar for
+    /// sustained evidence (`(√(T_up·T_dn)/T_gauss)^e` clamped to [1, 2]). Computed once per series per epoch.
+    pub fn bar(&self, q: Quantiles) -> Bar {
+        let q = q.or_initial();
+        // Neither side below the two sides' geometric mean (the mean of their log-codes, rounded down): a
+        // heavier side keeps its own tail, a side that merely looks lighter through its estimate's noise is
+        // held at the mean. The lighter side's threshold is the mean's, which also sets the tail factor.
+        let mean = ((q.up as u32 + q.dn as u32) / 2) as u16;
+        let heavy = self.threshold_of_codes(q.up.max(q.dn), q.lo);
+        let light = self.threshold_of_codes(mean, q.lo);
+        let (up, down) = if q.up >= q.dn {
+            (heavy, light)
+        } else {
+            (light, heavy)
+        };
+        let ratio = light / self.gaussian_threshold();
         Bar {
-            threshold,
+            up,
+            down,
             tail: self.tail_power.eval(ratio),
         }
     }
@@ -249,7 +366,15 @@ impl AlertParams {
         }
     }
 
-    /// The series' threshold for its quantile estimates (`0` means not yet calibrated).
+    /// `threshold` for two quantile codes: the same formula, by tables.
+    #[inline]
+    fn threshold_of_codes(&self, side: u16, lo: u16) -> f32 {
+        self.floor
+            .max(self.margin * code_value(side) * tail_factor_of_codes(side, lo))
+    }
+
+    /// One side's threshold for that side's tail quantile and the body quantile (`0` means not yet
+    /// calibrated).
     pub fn threshold(&self, q_hi: f32, q_lo: f32) -> f32 {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
@@ -257,11 +382,11 @@ impl AlertParams {
         self.floor.max(self.margin * hi * tail_factor(r))
     }
 
-    /// One calibration step with surprise `s` (call only for ordinary observations); `mature`: the series
-    /// has seen 255 observations (the lower quantile then steps by `mature_lo_rate`).
-    pub fn update_quantiles(&self, q_hi: f32, q_lo: f32, s: f32, mature: bool) -> (f32, f32) {
-        let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
-        let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
+    /// One calibration step with the signed surprise `z` (call only for ordinary observations); `mature`:
+    /// the series has seen 255 observations (the body quantile then steps by `mature_lo_rate`).
+    pub fn update_quantiles(&self, q: Quantiles, z: f32, mature: bool) -> Quantiles {
+        let Quantiles { up, dn, lo } = q.or_initial();
+        let s = z.abs();
         // Multiplicative steps (factors e^(λ·(1 − (1 − p))) and e^(−λ·(1 − p)), precomputed): the estimate
         // recovers from an overshoot in proportion to its size.
         let (lo_up, lo_down) = if mature {
@@ -269,24 +394,39 @@ impl AlertParams {
         } else {
             (LO_UP, LO_DOWN)
         };
-        let hi = (hi * if s > hi { HI_UP } else { HI_DOWN }).clamp(0.1, 1000.0);
-        let lo = (lo * if s > lo { lo_up } else { lo_down }).clamp(0.05, 1000.0);
-        (hi, lo)
+        let side = |q: u16, beyond: bool| {
+            if beyond {
+                (q + SIDE_UP).min(C_MAX)
+            } else {
+                q.saturating_sub(SIDE_DOWN).max(C_SIDE_MIN)
+            }
+        };
+        Quantiles {
+            up: side(up, z > code_value(up)),
+            dn: side(dn, -z > code_value(dn)),
+            lo: if s > code_value(lo) {
+                (lo + lo_up).min(C_MAX)
+            } else {
+                lo.saturating_sub(lo_down).max(C_LO_MIN)
+            },
+        }
     }
 
-    /// The normalised score of an assessment for a series with threshold `t`, and the kind it points at:
-    /// the point-wise surprise against the series' own threshold, or the sustained evidence against the
+    /// The normalised score of an assessment (`upward`: above its prediction) for a series with bar `bar`,
+    /// and the kind it points at: the point-wise surprise against the series' own threshold on that side,
+    /// or the sustained evidence against the
     /// detector's alarm point raised with how heavy the series' tail is (`(t / T_gauss)^e`, in [1, 2], e =
     /// `sustained_tail_exponent`: sustained statistics average capped inputs, so tails matter less to them;
     /// stuck values are not a matter of tails).
     pub fn score(
         &self,
         surprise: f32,
+        upward: bool,
         sustained: f32,
         kind: AnomalyKind,
         bar: &Bar,
     ) -> (f32, AnomalyKind) {
-        let point = surprise / bar.threshold;
+        let point = surprise / bar.threshold(upward);
         let tail = bar.tail;
         let sustained = match kind {
             // Neither is a matter of tails: a stuck value repeats, an out-of-range value leaves the series'
@@ -315,8 +455,19 @@ impl AlertParams {
 /// A series' personal bar for one epoch (see [`AlertParams::bar`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Bar {
-    pub threshold: f32,
+    /// The threshold above the prediction.
+    pub up: f32,
+    /// The threshold below it.
+    pub down: f32,
     pub tail: f32,
+}
+
+impl Bar {
+    /// The threshold on one side of the prediction.
+    #[inline]
+    pub fn threshold(&self, upward: bool) -> f32 {
+        if upward { self.up } else { self.down }
+    }
 }
 
 /// What one epoch did to a series' alert.
@@ -469,42 +620,128 @@ mod tests {
     #[test]
     fn quantile_steps_hand_computed() {
         let p = params();
-        // (s, mature, hi, lo) from q_hi = 2.24, q_lo = 1.15:
-        // s above both: hi·e^(0.03·0.975) = 2.24·1.029684 = 2.30649, lo·e^(0.05·0.75) = 1.15·1.038212 = 1.19394
-        // s below both: hi·e^(−0.03·0.025) = 2.23832, lo·e^(−0.05·0.25) = 1.13571
-        // mature, κ = 0.25: hi as before; lo·e^(0.0125·0.75) = 1.15·1.009419 = 1.16083 and
-        // lo·e^(−0.0125·0.25) = 1.15·0.996880 = 1.14641
-        for (s, mature, want_hi, want_lo) in [
-            (4.0, false, 2.30649, 1.19394),
-            (0.5, false, 2.23832, 1.13571),
-            (4.0, true, 2.30649, 1.16083),
-            (0.5, true, 2.23832, 1.14641),
+        // codes: round((log2 q + 16)·2048): 2.24 → 35151, 1.15 → 33181
+        assert_eq!(Quantiles::code(2.24), 35_151);
+        assert_eq!(Quantiles::code(1.15), 33_181);
+        let (up, dn, lo) = Quantiles::INITIAL.values();
+        assert!((up / 2.24 - 1.0).abs() < 2e-4 && (dn / 2.24 - 1.0).abs() < 2e-4);
+        assert!((lo / 1.15 - 1.0).abs() < 2e-4);
+        // (z, mature, up, dn, lo) from INITIAL: a side beyond its tail steps up 79 codes, else down 1; the
+        // body up 111 beyond, else down 37 (mature with κ = 0.25: round(9.25) = 9 down, 27 up)
+        for (z, mature, want) in [
+            (4.0, false, (35_230, 35_150, 33_292)),
+            (-4.0, false, (35_150, 35_230, 33_292)),
+            (0.5, false, (35_150, 35_150, 33_144)),
+            (-0.5, false, (35_150, 35_150, 33_144)),
+            (4.0, true, (35_230, 35_150, 33_208)),
+            (0.5, true, (35_150, 35_150, 33_172)),
+            // just inside the upper tail (2.2 < 2.24): down on both sides, up in the body
+            (2.2, false, (35_150, 35_150, 33_292)),
         ] {
-            let (hi, lo) = p.update_quantiles(2.24, 1.15, s, mature);
-            assert!((hi - want_hi).abs() < 1e-4, "s {s} mature {mature}: {hi}");
-            assert!((lo - want_lo).abs() < 1e-4, "s {s} mature {mature}: {lo}");
+            let q = p.update_quantiles(Quantiles::INITIAL, z, mature);
+            assert_eq!((q.up, q.dn, q.lo), want, "z {z} mature {mature}");
         }
-        // rate 1 is bit for bit the young step
+        // 0 stands for the initial estimates
+        assert_eq!(
+            p.update_quantiles(Quantiles::default(), 4.0, false),
+            p.update_quantiles(Quantiles::INITIAL, 4.0, false)
+        );
+        // rate 1 is the young step; steps keep the 3 : 1 ratio of P_LO = 0.75
         assert_eq!(lo_steps(1.0), (LO_UP, LO_DOWN));
+        assert_eq!(lo_steps(0.125), (15, 5));
+    }
+
+    #[test]
+    fn thresholds_are_per_side_with_a_floor_at_the_mean() {
+        let p = params();
+        let code = Quantiles::code;
+        // a heavy upper tail (q_up 3.7) over a light lower one (q_dn 2.24), body 1.26: the upper side gets
+        // threshold(3.7, 1.26) = 91.67 (hand-computed in `thresholds_are_personal`); the lower side is held
+        // at the geometric mean √(3.7·2.24) = 2.8789 (the mean of the two codes): threshold(2.8789, 1.26)
+        let q = Quantiles {
+            up: code(3.7),
+            dn: code(2.24),
+            lo: code(1.26),
+        };
+        let gm = (3.7f32 * 2.24).sqrt();
+        let close = |a: f32, b: f32| (a / b - 1.0).abs() < 1e-3;
+        let bar = p.bar(q);
+        assert!(close(bar.up, 91.67), "{bar:?}");
+        assert!(close(bar.down, p.threshold(gm, 1.26)), "{bar:?}");
+        assert!(bar.down < bar.up / 2.0);
+        assert_eq!(
+            (bar.threshold(true), bar.threshold(false)),
+            (bar.up, bar.down)
+        );
+        // mirrored
+        let m = p.bar(Quantiles {
+            up: q.dn,
+            dn: q.up,
+            lo: q.lo,
+        });
+        assert_eq!((m.up, m.down, m.tail), (bar.down, bar.up, bar.tail));
+        // the sustained bar's tail factor is the mean's: (T(q̄)/T_gauss)^0.5 (params: exponent 0.5)
+        assert!(close(
+            bar.tail,
+            (bar.down / p.gaussian_threshold()).sqrt().clamp(1.0, 2.0)
+        ));
+        // symmetric: both sides the same, as the pooled threshold was
+        let sym = p.bar(Quantiles {
+            up: code(3.7),
+            dn: code(3.7),
+            lo: code(1.26),
+        });
+        assert_eq!(sym.up, sym.down);
+        assert!(close(sym.up, 91.67));
+        // uncalibrated: the Gaussian bar on both sides (within 0.2 %: the table interpolates across the knot
+        // at r = 1.948, as in `thresholds_are_personal`)
+        let g = p.bar(Quantiles::default());
+        let near = |a: f32, b: f32| (a / b - 1.0).abs() < 2e-3;
+        assert!(
+            near(g.up, p.gaussian_threshold()) && near(g.down, p.gaussian_threshold()),
+            "{g:?} {}",
+            p.gaussian_threshold()
+        );
+        // the scores use the side of the excursion
+        let (up_score, _) = p.score(9.167, true, 0.0, AnomalyKind::LevelShift, &bar);
+        let (dn_score, _) = p.score(9.167, false, 0.0, AnomalyKind::LevelShift, &bar);
+        assert!(close(up_score, 0.1) && dn_score > 2.0 * up_score);
     }
 
     #[test]
     fn quantiles_converge_to_the_target_tail() {
         let p = params();
         let mut rng = crate::rng::Rng::new(5, 5);
-        let (mut hi, mut lo) = (0.0, 0.0);
-        let (mut sum_hi, mut sum_lo) = (0.0, 0.0);
+        let mut q = Quantiles::default();
+        let (mut sum_up, mut sum_dn, mut sum_lo) = (0.0, 0.0, 0.0);
         for i in 0..300_000 {
-            (hi, lo) = p.update_quantiles(hi, lo, rng.normal().abs() as f32, false);
+            q = p.update_quantiles(q, rng.normal() as f32, false);
             if i >= 100_000 {
-                sum_hi += hi;
-                sum_lo += lo;
+                let (u, d, l) = q.values();
+                sum_up += u;
+                sum_dn += d;
+                sum_lo += l;
             }
         }
-        let (hi, lo) = (sum_hi / 200_000.0, sum_lo / 200_000.0);
-        // |N(0,1)|: 97.5% quantile 2.241, 75% quantile 1.150
-        assert!((hi - 2.241).abs() < 0.1, "q_hi = {hi}");
+        let (up, dn, lo) = (sum_up / 2e5, sum_dn / 2e5, sum_lo / 2e5);
+        // N(0,1): 98.75% quantile 2.241 on each side; |N(0,1)|: 75% quantile 1.150
+        assert!((up - 2.241).abs() < 0.1, "q_up = {up}");
+        assert!((dn - 2.241).abs() < 0.1, "q_dn = {dn}");
         assert!((lo - 1.150).abs() < 0.05, "q_lo = {lo}");
+        // one-sided noise (clipped below at −0.5): the lower side's tail is gone, the upper's is not
+        let mut q = Quantiles::default();
+        let (mut sum_up, mut sum_dn) = (0.0, 0.0);
+        for i in 0..300_000 {
+            q = p.update_quantiles(q, (rng.normal() as f32).max(-0.5), false);
+            if i >= 100_000 {
+                let (u, d, _) = q.values();
+                sum_up += u;
+                sum_dn += d;
+            }
+        }
+        let (up, dn) = (sum_up / 2e5, sum_dn / 2e5);
+        assert!((up - 2.241).abs() < 0.1, "q_up = {up}");
+        assert!(dn < 0.6, "q_dn = {dn}");
     }
 
     #[test]

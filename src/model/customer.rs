@@ -330,11 +330,14 @@ fn step_reported(
                 meta.reboot = epoch_u32(e + 1);
             }
             if a.scored {
-                if bars[f].threshold == 0.0 {
-                    bars[f] = cfg.alert.bar(s.q_hi, s.q_lo);
+                if bars[f].up == 0.0 {
+                    bars[f] = cfg.alert.bar(s.q);
                 }
-                let t = bars[f].threshold;
-                let (score, kind) = cfg.alert.score(a.surprise, a.sustained, a.kind, &bars[f]);
+                let upward = a.observed > a.expected;
+                let t = bars[f].threshold(upward);
+                let (score, kind) =
+                    cfg.alert
+                        .score(a.surprise, upward, a.sustained, a.kind, &bars[f]);
                 // A young series (cold start on a cohort prior) needs up to twice the evidence.
                 let score = score / (2.0 - s.seen as f32 / 255.0);
                 // Calibrate on ordinary observations only: not during alerts, not on anomalous points, not
@@ -345,11 +348,10 @@ fn step_reported(
                     && sustained_quiet
                     && s.seen >= cfg.calibrate_after
                 {
-                    (s.q_hi, s.q_lo) =
-                        cfg.alert
-                            .update_quantiles(s.q_hi, s.q_lo, a.surprise, s.seen == u8::MAX);
-                } else if s.q_hi == 0.0 {
-                    (s.q_hi, s.q_lo) = (alert::Q0_HI, alert::Q0_LO);
+                    let z = if upward { a.surprise } else { -a.surprise };
+                    s.q = cfg.alert.update_quantiles(s.q, z, s.seen == u8::MAX);
+                } else if s.q.lo == 0 {
+                    s.q = alert::Quantiles::INITIAL;
                 }
                 if best[f].is_none_or(|(_, bs, _)| score > bs) {
                     best[f] = Some((a, score, kind));
@@ -365,22 +367,22 @@ fn step_reported(
         let s = &mut series[f];
         let (score, kind, evidence) = if let Some((a, score, kind)) = best[f] {
             out.series_scored += 1;
-            let t = bars[f].threshold;
+            let bar = &bars[f];
             let ev = Evidence {
                 customer,
                 feature: f as u16,
                 score,
                 observed: a.observed,
                 expected: a.expected,
-                lower: a.expected - t * a.sigma,
-                upper: a.expected + t * a.sigma,
+                lower: a.expected - bar.down * a.sigma,
+                upper: a.expected + bar.up * a.sigma,
                 customer_score: 0.0,
                 top: [TopFeature::NONE; 3],
             };
             (score, kind, Some(ev))
         } else if s.miss_run >= cfg.dropout_logs && s.seen >= cfg.warm_for_dropout {
             let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
-            let t = cfg.alert.threshold(s.q_hi, s.q_lo);
+            let bar = cfg.alert.bar(s.q);
             let score = s.miss_run as f32 / cfg.dropout_logs as f32;
             let ev = Evidence {
                 customer,
@@ -388,8 +390,8 @@ fn step_reported(
                 score,
                 observed: f32::NAN,
                 expected: p,
-                lower: p - t * sigma,
-                upper: p + t * sigma,
+                lower: p - bar.down * sigma,
+                upper: p + bar.up * sigma,
                 customer_score: 0.0,
                 top: [TopFeature::NONE; 3],
             };

@@ -1,20 +1,23 @@
-//! The framework's part of a series slot: 10 bytes in front of the detector's state.
+//! The framework's part of a series slot: 12 bytes in front of the detector's state.
 //!
 //! ```text
-//! byte 0..2  last_epoch  u16  epoch of the last observation, modulo 2^16 (227 days of 5-minute epochs)
-//! byte 2..4  q_hi        f16  running estimate of the series' own 0.975 surprise quantile
-//! byte 4..6  q_lo        f16  running estimate of its 0.75 quantile (with q_hi: the shape of its tail)
-//! byte 6     seen        u8   observations so far, saturating at 255
-//! byte 7     alert       u8   bits 0-1 severity (0 none, 1 warning, 2 critical), bits 2-5 kind
-//! byte 8     clear_run   u8   consecutive epochs below the clear ratio while an alert is open
-//! byte 9     miss_run    bits 0-4: consecutive logs of the customer without this feature (saturating 31)
-//!            decimals    bits 5-7: most decimal digits any of its values had (its resolution is 10^-decimals)
+//! byte 0..2   last_epoch  u16  epoch of the last observation, modulo 2^16 (227 days of 5-minute epochs)
+//! byte 2..4   q_up        u16  running estimate of the level its signed surprise z exceeds 1.25 % of the time
+//! byte 4..6   q_dn        u16  the same for −z (the lower side's tail)
+//! byte 6..8   q_lo        u16  running estimate of the 0.75 quantile of |z| (with q_up, q_dn: each tail's shape)
+//!                              (all three as log-codes, alert::Quantiles: 0.034 % steps, 0 = uncalibrated)
+//! byte 8      seen        u8   observations so far, saturating at 255
+//! byte 9      alert       u8   bits 0-1 severity (0 none, 1 warning, 2 critical), bits 2-5 kind
+//! byte 10     clear_run   u8   consecutive epochs below the clear ratio while an alert is open
+//! byte 11     miss_run    bits 0-4: consecutive logs of the customer without this feature (saturating 31)
+//!             decimals    bits 5-7: most decimal digits any of its values had (its resolution is 10^-decimals)
 //! ```
 
+use super::alert::Quantiles;
 use super::{AnomalyKind, DETECTOR_BYTES, DetectorState};
 use crate::state::{SLOT_BYTES, Slot, le};
 
-pub const HEADER_BYTES: usize = 10;
+pub const HEADER_BYTES: usize = 12;
 
 /// Alert severity of an open alert.
 #[derive(
@@ -75,8 +78,8 @@ pub fn encode_alert(a: Option<OpenAlert>) -> u8 {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SeriesSlot {
     pub last_epoch: u16,
-    pub q_hi: f32,
-    pub q_lo: f32,
+    /// The surprise quantiles that set its thresholds (0: not yet calibrated).
+    pub q: Quantiles,
     pub seen: u8,
     pub alert: Option<OpenAlert>,
     pub clear_run: u8,
@@ -89,8 +92,11 @@ impl SeriesSlot {
     /// A fresh series.
     pub const ZERO: SeriesSlot = SeriesSlot {
         last_epoch: 0,
-        q_hi: 0.0,
-        q_lo: 0.0,
+        q: Quantiles {
+            up: 0,
+            dn: 0,
+            lo: 0,
+        },
         seen: 0,
         alert: None,
         clear_run: 0,
@@ -108,13 +114,16 @@ impl SeriesSlot {
         detector.copy_from_slice(&slot[HEADER_BYTES..SLOT_BYTES]);
         SeriesSlot {
             last_epoch: le::u16(slot, 0),
-            q_hi: le::f16(slot, 2),
-            q_lo: le::f16(slot, 4),
-            seen: slot[6],
-            alert: decode_alert(slot[7]),
-            clear_run: slot[8],
-            miss_run: slot[9] & 0x1F,
-            decimals: slot[9] >> 5,
+            q: Quantiles {
+                up: le::u16(slot, 2),
+                dn: le::u16(slot, 4),
+                lo: le::u16(slot, 6),
+            },
+            seen: slot[8],
+            alert: decode_alert(slot[9]),
+            clear_run: slot[10],
+            miss_run: slot[11] & 0x1F,
+            decimals: slot[11] >> 5,
             detector,
         }
     }
@@ -123,12 +132,13 @@ impl SeriesSlot {
     pub fn encode(&self) -> Slot {
         let mut slot = [0u8; SLOT_BYTES];
         le::set_u16(&mut slot, 0, self.last_epoch);
-        le::set_f16(&mut slot, 2, self.q_hi);
-        le::set_f16(&mut slot, 4, self.q_lo);
-        slot[6] = self.seen;
-        slot[7] = encode_alert(self.alert);
-        slot[8] = self.clear_run;
-        slot[9] = self.miss_run.min(31) | (self.decimals.min(7) << 5);
+        le::set_u16(&mut slot, 2, self.q.up);
+        le::set_u16(&mut slot, 4, self.q.dn);
+        le::set_u16(&mut slot, 6, self.q.lo);
+        slot[8] = self.seen;
+        slot[9] = encode_alert(self.alert);
+        slot[10] = self.clear_run;
+        slot[11] = self.miss_run.min(31) | (self.decimals.min(7) << 5);
         slot[HEADER_BYTES..].copy_from_slice(&self.detector);
         slot
     }
@@ -184,8 +194,11 @@ mod tests {
         d[3] = 9;
         let s = SeriesSlot {
             last_epoch: 65_000,
-            q_hi: 2.5,
-            q_lo: 1.5,
+            q: Quantiles {
+                up: 35_475,
+                dn: 36_014,
+                lo: 33_966,
+            },
             seen: 200,
             alert: Some(OpenAlert {
                 severity: Severity::Critical,

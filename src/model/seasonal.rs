@@ -1,9 +1,9 @@
 //! `seasonal-robust`: the default per-series model. A robust level with a learned daily rhythm and a learned
 //! noise memory, a weekend offset, a robust noise scale, two-sided CUSUM for shifts and drifts, a short-term
 //! volatility tracker, a stuck-value detector and (optionally) the range of everything the series ever
-//! showed — 38 bytes of state, O(1) per observation.
+//! showed — 36 bytes of state, O(1) per observation.
 //!
-//! # State (38 bytes, little-endian)
+//! # State (36 bytes, little-endian)
 //!
 //! ```text
 //! 0..4    L     f32      level (de-seasonalised)
@@ -18,9 +18,10 @@
 //! 27      h     u8       8-bit hash of the last raw value
 //! 28      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
 //! 29      ρ     i8       sign autocorrelation of residuals, ×127
-//! 30..34  W     f32      weekend offset: Saturdays and Sundays (UTC) sit W above the rest of the week
-//! 34..36  lo    bound16  the smallest value the series ever showed, rounded down (state::le::bound16)
-//! 36..38  hi    bound16  the largest, rounded up           (both 0 while range_tolerance = 0: not tracked)
+//! 30..32  W     float16  weekend offset: Saturdays and Sundays (UTC) sit W above the rest of the week;
+//!                        state::le::bound16's format rounded to nearest (2⁻¹⁰ relative), up to 4·10⁹
+//! 32..34  lo    bound16  the smallest value the series ever showed, rounded down (state::le::bound16)
+//! 34..36  hi    bound16  the largest, rounded up           (both 0 while range_tolerance = 0: not tracked)
 //! ```
 //!
 //! # Equations (per observation x at daily phase φ, n = observations so far)
@@ -166,9 +167,9 @@ impl St {
             hash: b[27],
             psi_prev: (b[28] as i8) as f32 / 50.0,
             rho: (b[29] as i8) as f32 / 127.0,
-            weekend: le::f32(b, 30),
-            lo: if range { le::bound16(b, 34) } else { 0.0 },
-            hi: if range { le::bound16(b, 36) } else { 0.0 },
+            weekend: le::bound16(b, 30),
+            lo: if range { le::bound16(b, 32) } else { 0.0 },
+            hi: if range { le::bound16(b, 34) } else { 0.0 },
         }
     }
 
@@ -193,10 +194,10 @@ impl St {
         b[27] = self.hash;
         b[28] = q_i8(self.psi_prev, 50.0);
         b[29] = q_i8(self.rho, 127.0);
-        le::set_f32(&mut b, 30, self.weekend);
+        le::set_nearest16(&mut b, 30, self.weekend);
         if range {
-            le::set_bound16(&mut b, 34, self.lo, false);
-            le::set_bound16(&mut b, 36, self.hi, true);
+            le::set_bound16(&mut b, 32, self.lo, false);
+            le::set_bound16(&mut b, 34, self.hi, true);
         }
         b
     }
@@ -827,7 +828,12 @@ mod tests {
         assert!((a.surprise - 1.16212).abs() < 1e-4, "{}", a.surprise);
         let after = St::decode(&s, Transform::Level, false);
         assert!((after.level - 10.04).abs() < 1e-5, "{}", after.level);
-        assert!((after.weekend - 2.01).abs() < 1e-5, "{}", after.weekend);
+        // (W is stored to 2⁻¹⁰ relative: 2.01 lies within half a code, 2⁻⁹, of the stored value)
+        assert!(
+            (after.weekend - 2.01).abs() <= 2f32.powi(-9),
+            "{}",
+            after.weekend
+        );
         // Friday, same state: expected L = 10, W untouched (x = 11: correction 0.04 → L = 10.04)
         o.ts = fri;
         o.value = 11.0;
@@ -909,9 +915,9 @@ mod tests {
             on.observe(&mut s_on, &o, &FeaturePrior::NONE);
             off.observe(&mut s_off, &o, &FeaturePrior::NONE);
             // the rest of the state is the same model either way
-            assert_eq!(s_on[..34], s_off[..34], "observation {i}");
+            assert_eq!(s_on[..32], s_off[..32], "observation {i}");
         }
-        assert_eq!(s_off[34..], [0u8; 4], "off: the range bytes stay zero");
+        assert_eq!(s_off[32..], [0u8; 4], "off: the range bytes stay zero");
         let st = St::decode(&s_on, Transform::Level, true);
         assert_eq!(st.lo, -2.0);
         // 10^9 rounded up to the codec's next step (2^-9 relative)
