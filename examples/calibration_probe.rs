@@ -69,6 +69,7 @@ fn main() {
                     resolution: 0.0,
                     phase: Observation::daily_phase(ts),
                     transform: Transform::Level,
+                    at_bound: false,
                 };
                 let a = det.observe(&mut state, &obs, &FeaturePrior::NONE);
                 let upward = a.observed > a.expected;

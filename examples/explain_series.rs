@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
                     [before.decimals.min(6) as usize],
                 phase: fleetwatch::model::Observation::daily_phase(log.ts),
                 transform: spec.features[f].transform,
+                at_bound: spec.features[f].bounds.is_some_and(|[lo, hi]| {
+                    log.values[f] as f64 <= lo || log.values[f] as f64 >= hi
+                }),
             };
             Some(detector.observe(&mut copy, &obs, &priors[f]))
         };

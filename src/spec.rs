@@ -279,6 +279,11 @@ pub struct FeatureSpec {
     /// Free text for humans (unit, meaning).
     #[serde(default)]
     pub description: String,
+    /// The values the feature cannot pass, `[lo, hi]` (a percentage: `[0, 100]`; a count: `[0, inf]`). A value
+    /// that repeats at a bound is saturation (no loss, an idle radio, a pegged CPU), not a stuck sensor: such
+    /// runs neither raise `stuck_value` nor teach the series what a benign run is.
+    #[serde(default)]
+    pub bounds: Option<[f64; 2]>,
 }
 
 /// A whole dataflow spec.
@@ -390,6 +395,16 @@ impl Spec {
         if self.input.min_timestamp < 1 || self.input.max_timestamp > u32::MAX as i64 {
             return Err("input timestamps must lie within (1970, 2106]".into());
         }
+        for f in &self.features {
+            if let Some([lo, hi]) = f.bounds
+                && lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less)
+            {
+                return Err(format!(
+                    "feature {:?}: bounds must be [lo, hi] with lo < hi",
+                    f.name
+                ));
+            }
+        }
         let a = &self.alerting;
         if a.threshold_floor <= 0.0 || a.threshold_margin <= 0.0 {
             return Err("alerting thresholds must be positive".into());
@@ -477,5 +492,17 @@ mod tests {
             Spec::parse(reboot, "t"),
             Err(SpecError::Invalid { .. })
         ));
+        for bounds in ["[100, 0]", "[5, 5]", "[0, nan]"] {
+            let text = format!("name='x'\n[[features]]\nname='a'\nbounds = {bounds}\n");
+            assert!(
+                matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
+                "{bounds}"
+            );
+        }
+        let ok = "name='x'\n[[features]]\nname='a'\nbounds = [0, inf]\n";
+        assert_eq!(
+            Spec::parse(ok, "t").map(|s| s.features[0].bounds).ok(),
+            Some(Some([0.0, f64::INFINITY]))
+        );
     }
 }

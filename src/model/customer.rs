@@ -28,6 +28,8 @@ pub struct ModelConfig {
     /// The order features are processed in a log: the reboot feature first, then the rest.
     pub order: Vec<usize>,
     pub transforms: Vec<Transform>,
+    /// Each feature's declared bounds (`[lo, hi]`, spec `bounds`), if any.
+    pub bounds: Vec<Option<(f32, f32)>>,
     pub reboot_feature: Option<usize>,
     pub alert: AlertParams,
     pub silence_epochs: u32,
@@ -57,6 +59,11 @@ impl ModelConfig {
             features: spec.features.len(),
             order,
             transforms: spec.features.iter().map(|f| f.transform).collect(),
+            bounds: spec
+                .features
+                .iter()
+                .map(|f| f.bounds.map(|[lo, hi]| (lo as f32, hi as f32)))
+                .collect(),
             reboot_feature: spec.feature_index(&spec.alerting.reboot_feature),
             alert: AlertParams::from_spec(&spec.alerting),
             silence_epochs: spec.alerting.silence_epochs,
@@ -321,6 +328,7 @@ fn step_reported(
                 resolution: RESOLUTION[s.decimals.min(6) as usize],
                 phase,
                 transform: cfg.transforms[f],
+                at_bound: cfg.bounds[f].is_some_and(|(lo, hi)| v <= lo || v >= hi),
             };
             let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
             s.seen = s.seen.saturating_add(1);

@@ -125,6 +125,7 @@ mod tests {
             resolution: 0.0,
             phase: [0.0; 4],
             transform: Transform::Level,
+            at_bound: false,
         };
         d.observe(&mut s, &o, &FeaturePrior::NONE);
         o.value = 11.0;

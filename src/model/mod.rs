@@ -110,6 +110,9 @@ pub struct Observation {
     /// `[cos φ, sin φ, cos 2φ, sin 2φ]` of the daily phase φ = 2π·(ts mod 86400)/86400.
     pub phase: [f32; 4],
     pub transform: Transform,
+    /// The value sits at one of the feature's declared bounds (spec `bounds`): a run of repeats there is
+    /// saturation, not a stuck sensor.
+    pub at_bound: bool,
 }
 
 impl Observation {

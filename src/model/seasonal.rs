@@ -403,6 +403,10 @@ impl SeasonalRobust {
             st.run = 0;
         }
         st.hash = h;
+        if obs.at_bound {
+            // Saturation at a declared bound repeats by nature: not a run, neither evidence nor a lesson.
+            st.run = 0;
+        }
 
         let noisy = MAD_TO_SIGMA * st.mad > 2.0 * sigma_floor(base, obs.resolution);
         let mut kind = AnomalyKind::LevelShift;
@@ -542,6 +546,7 @@ mod tests {
             resolution: 0.0,
             phase: [0.0; 4], // no seasonal contribution: hand computation stays simple
             transform: Transform::Level,
+            at_bound: false,
         }
     }
 
@@ -708,6 +713,41 @@ mod tests {
         // 4 repeats on a series that never repeats; the 8-bit hash's rare false repeats (1 in 256) may have
         // taught it runs of 1, which moves the bar to 6
         assert!(got.expect("stuck detected") <= 6);
+    }
+
+    #[test]
+    fn repeats_at_a_declared_bound_are_saturation_not_stuck() {
+        let d = SeasonalRobust::default();
+        let prior = FeaturePrior::NONE;
+        // a loss-like series: noisy, clipped at 0 now and then; then 12 epochs at exactly 0
+        let run = |bounded: bool| {
+            let mut s = [0u8; super::super::DETECTOR_BYTES];
+            let mut rng = crate::rng::Rng::new(3, 1);
+            for i in 0..300u32 {
+                let x = (2.0 + rng.normal() as f32).max(0.0);
+                let mut o = obs(x, i as i64 * 300, i.min(255) as u8);
+                o.at_bound = bounded && x <= 0.0;
+                d.observe(&mut s, &o, &prior);
+            }
+            let mut best = 0.0f32;
+            for j in 0..12 {
+                let mut o = obs(0.0, (300 + j) * 300, 255);
+                o.at_bound = bounded;
+                let a = d.observe(&mut s, &o, &prior);
+                if a.kind == AnomalyKind::StuckValue {
+                    best = best.max(a.sustained);
+                }
+            }
+            (best, St::decode(&s, Transform::Level, false))
+        };
+        let (unbounded, _) = run(false);
+        assert!(
+            unbounded >= 1.0,
+            "without bounds a run of zeros is a stuck value: {unbounded}"
+        );
+        let (bounded, st) = run(true);
+        assert_eq!(bounded, 0.0, "at a bound it is no evidence at all");
+        assert_eq!(st.run, 0);
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl SeriesModel {
             name: "value".into(),
             transform: Transform::default(),
             description: String::new(),
+            bounds: None,
         }];
         let config = ModelConfig::from_spec(&one);
         let detector = Registry::builtin()
