@@ -68,8 +68,9 @@ fn main() {
                     seen: i.min(255) as u8,
                     resolution: 0.0,
                     phase: Observation::daily_phase(ts),
+                    weekend_step: Observation::weekend_step_of(ts, 300),
                     transform: Transform::Level,
-                    at_bound: false,
+                    at_bound: fleetwatch::model::AtBound::Inside,
                 };
                 let a = det.observe(&mut state, &obs, &FeaturePrior::NONE);
                 let upward = a.observed > a.expected;

@@ -64,6 +64,7 @@ impl Detector for LevelBand {
             kind: AnomalyKind::Spike,
             reset: false,
             scored: true,
+            censored: false,
         }
     }
 

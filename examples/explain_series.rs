@@ -66,10 +66,17 @@ fn main() -> anyhow::Result<()> {
                 resolution: [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6]
                     [before.decimals.min(6) as usize],
                 phase: fleetwatch::model::Observation::daily_phase(log.ts),
+                weekend_step: fleetwatch::model::Observation::weekend_step_of(
+                    log.ts,
+                    spec.epoch.length_seconds as i64,
+                ),
                 transform: spec.features[f].transform,
-                at_bound: spec.features[f].bounds.is_some_and(|[lo, hi]| {
-                    log.values[f] as f64 <= lo || log.values[f] as f64 >= hi
-                }),
+                at_bound: fleetwatch::model::AtBound::of(
+                    log.values[f],
+                    spec.features[f]
+                        .bounds
+                        .map(|[lo, hi]| (lo as f32, hi as f32)),
+                ),
             };
             Some(detector.observe(&mut copy, &obs, &priors[f]))
         };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::alert::{self, AlertParams, Transition};
 use super::cohort::CohortAccumulator;
 use super::header::{self, OpenAlert, SeriesSlot, Severity};
-use super::{AnomalyKind, Assessment, Detector, FeaturePrior, Observation, Transform};
+use super::{AnomalyKind, Assessment, AtBound, Detector, FeaturePrior, Observation, Transform};
 use crate::keys::CustomerId;
 use crate::record::Log;
 use crate::spec::Spec;
@@ -46,6 +46,8 @@ pub struct ModelConfig {
     pub min_prior_count: u64,
     /// Observations a series needs before its absence counts as a dropout.
     pub warm_for_dropout: u8,
+    /// The epoch length (spec `epoch.length_seconds`): the unit of an observation's `weekend_step`.
+    pub epoch_seconds: i64,
 }
 
 impl ModelConfig {
@@ -74,6 +76,7 @@ impl ModelConfig {
             min_prior_count: 20,
             calibrate_after: 24,
             warm_for_dropout: 24,
+            epoch_seconds: spec.epoch.length_seconds.clamp(1, i64::MAX as u64) as i64,
         }
     }
 }
@@ -306,6 +309,7 @@ fn step_reported(
         last_ts = log.ts;
         max_ts = max_ts.max(log.ts);
         let phase = Observation::daily_phase(log.ts);
+        let weekend_step = Observation::weekend_step_of(log.ts, cfg.epoch_seconds);
         // The reboot feature goes first so the rest of the log already knows about the reboot.
         for &f in &cfg.order {
             let v = log.values[f];
@@ -327,8 +331,9 @@ fn step_reported(
                 seen: s.seen,
                 resolution: RESOLUTION[s.decimals.min(6) as usize],
                 phase,
+                weekend_step,
                 transform: cfg.transforms[f],
-                at_bound: cfg.bounds[f].is_some_and(|(lo, hi)| v <= lo || v >= hi),
+                at_bound: AtBound::of(v, cfg.bounds[f]),
             };
             let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
             s.seen = s.seen.saturating_add(1);
@@ -352,6 +357,7 @@ fn step_reported(
                 // while sustained evidence builds up (a shift in progress is not the series' normal).
                 let sustained_quiet = kind == AnomalyKind::Spike || score < 0.5;
                 if s.alert.is_none()
+                    && !a.censored
                     && a.surprise < t
                     && sustained_quiet
                     && s.seen >= cfg.calibrate_after

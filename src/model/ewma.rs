@@ -86,6 +86,7 @@ impl Detector for EwmaZscore {
             kind: AnomalyKind::Spike,
             reset: false,
             scored: true,
+            censored: false,
         }
     }
 
@@ -124,8 +125,9 @@ mod tests {
             seen: 0,
             resolution: 0.0,
             phase: [0.0; 4],
+            weekend_step: 0,
             transform: Transform::Level,
-            at_bound: false,
+            at_bound: crate::model::AtBound::Inside,
         };
         d.observe(&mut s, &o, &FeaturePrior::NONE);
         o.value = 11.0;

@@ -109,13 +109,59 @@ pub struct Observation {
     pub resolution: f32,
     /// `[cos φ, sin φ, cos 2φ, sin 2φ]` of the daily phase φ = 2π·(ts mod 86400)/86400.
     pub phase: [f32; 4],
+    /// Epochs since the start of the current weekend (Saturday 00:00 UTC), counting the one holding `ts`
+    /// as 0; meaningful on Saturdays and Sundays only ([`Observation::weekend_step_of`]).
+    pub weekend_step: u32,
     pub transform: Transform,
-    /// The value sits at one of the feature's declared bounds (spec `bounds`): a run of repeats there is
-    /// saturation, not a stuck sensor.
-    pub at_bound: bool,
+    /// Whether the value sits at one of the feature's declared bounds (spec `bounds`): a run of repeats
+    /// there is saturation, not a stuck sensor, and the value is censored (the quantity behind it may lie
+    /// anywhere beyond the bound).
+    pub at_bound: AtBound,
+}
+
+/// Where an observation sits relative to its feature's declared bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtBound {
+    /// Strictly inside (or the feature declares none).
+    #[default]
+    Inside,
+    /// At (or below) the lower bound: the quantity is at most this value.
+    Lower,
+    /// At (or above) the upper bound: the quantity is at least this value.
+    Upper,
+}
+
+impl AtBound {
+    /// The side of `[lo, hi]` that `v` sits at.
+    #[inline]
+    pub fn of(v: f32, bounds: Option<(f32, f32)>) -> AtBound {
+        match bounds {
+            Some((lo, _)) if v <= lo => AtBound::Lower,
+            Some((_, hi)) if v >= hi => AtBound::Upper,
+            _ => AtBound::Inside,
+        }
+    }
+
+    /// A prediction `p` for an observation `x` at this bound agrees with it: it lies beyond the bound.
+    #[inline]
+    pub fn agrees(self, x: f32, p: f32) -> bool {
+        match self {
+            AtBound::Inside => false,
+            AtBound::Lower => p < x,
+            AtBound::Upper => p > x,
+        }
+    }
 }
 
 impl Observation {
+    /// Whole epochs of `epoch_seconds` between Saturday 00:00 UTC and `ts` (0 before Saturday).
+    pub fn weekend_step_of(ts: i64, epoch_seconds: i64) -> u32 {
+        // Day 0 of the Unix epoch was a Thursday: Saturday 00:00 is 2 days into a week counted from it.
+        let into_week = ts.rem_euclid(7 * 86_400);
+        let into_weekend = (into_week - 2 * 86_400).max(0);
+        (into_weekend / epoch_seconds.max(1)).min(u32::MAX as i64) as u32
+    }
+
     /// The daily phase features of a timestamp.
     pub fn daily_phase(ts: i64) -> [f32; 4] {
         let phi = std::f64::consts::TAU * (ts.rem_euclid(86_400) as f64) / 86_400.0;
@@ -152,6 +198,9 @@ pub struct Assessment {
     pub reset: bool,
     /// False while the detector has not seen enough to score (the observation only taught it).
     pub scored: bool,
+    /// The observation sat at a declared bound that its prediction lies beyond ([`AtBound::agrees`]): it
+    /// is no surprise, and says nothing about the series' tails (the framework does not calibrate on it).
+    pub censored: bool,
 }
 
 impl Assessment {
@@ -166,6 +215,7 @@ impl Assessment {
             kind: AnomalyKind::Spike,
             reset: false,
             scored: false,
+            censored: false,
         }
     }
 }

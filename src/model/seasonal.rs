@@ -34,6 +34,8 @@
 //! σ_own  = 0.8605·S                                     (S → 1.162σ for Gaussian noise, see S below)
 //! σ      = √((n·σ_own² + k·σ_prior²)/(n + k))  while n < warm, else σ_own; floored; inflated after gaps
 //! r      = x − p,  z = r/σ,  ψ = clamp(z, −c, c)        Huber influence, c = huber
+//!          z = 0 when x sits at a declared bound that p lies beyond (censored: a percentage of exactly 0
+//!          is a quantity ≤ 0, and p < 0 agrees with it)
 //! ψ_b    = clamp((x − base)/σ, −c, c)                   the residual the memory term models
 //! C⁺     = max(0, C⁺ + min(z, z_c) − k_c),  C⁻ = max(0, C⁻ − max(z, −z_c) − k_c)   z_c = cusum_cap (4):
 //!          spikes are the spike term's job; a larger cap detects big shifts an epoch sooner, with more
@@ -52,7 +54,10 @@
 //!   NAB's HTM detector has the same rule with τ = 5 %)
 //! learning (gain a = max(α, 1/(n+1)), b = max(β, 1/(n+1)), η_n = η·(1 + 4·(1 − n/255))):
 //!   L += a·σ·ψ_b,   θ += η_n·σ·ψ_b·f                   (the base residual: the carry is noise)
-//!   W += g·w·a·σ·ψ_b                                    g = weekend_gain (0: no weekly rhythm)
+//!   W += w·g_W·σ·ψ_b,  g_W = g·a, or with weekend_memory m > 0: max(g·a, 1/(k + 1 + m))
+//!                      g = weekend_gain (0: no weekly rhythm), k = epochs since Saturday 00:00 UTC:
+//!                      each weekend's offset first learns as the running mean of that weekend's residuals,
+//!                      the offset it starts from counting as m of them
 //!   S += b·(min(|r|, 4σ) − S) when it grows, b/4 of that when it shrinks: an expectile, slow to collapse
 //!   during quiet hours (nights of zero clients) and quick to widen when the noise rises
 //!   if max(C⁺, C⁻) ≥ 3h: L = x − θ·f − w·W, C± = 0      (a confirmed shift: jump to the new level)
@@ -62,7 +67,8 @@
 //! a counter reset, reported and not scored.
 
 use super::{
-    AnomalyKind, Assessment, DetectorState, FeaturePrior, Observation, SeriesSummary, Transform,
+    AnomalyKind, Assessment, AtBound, DetectorState, FeaturePrior, Observation, SeriesSummary,
+    Transform,
 };
 use crate::model::{Detector, DetectorParams};
 use crate::state::le;
@@ -81,6 +87,8 @@ pub struct SeasonalRobust {
     pub cusum_h: f32,
     pub cusum_cap: f32,
     pub weekend_gain: f32,
+    /// m: the offset a weekend starts from counts as m of its observations (0: W learns at g·a only).
+    pub weekend_memory: f32,
     /// τ: score values outside the series' whole observed range by more than τ of its span (0: off).
     pub range_tolerance: f32,
     pub vol_gain: f32,
@@ -100,6 +108,7 @@ impl Default for SeasonalRobust {
             cusum_h: 7.0,
             cusum_cap: 4.0,
             weekend_gain: 0.0,
+            weekend_memory: 0.0,
             range_tolerance: 0.0,
             vol_gain: 0.2,
             vol_alarm: 2.2,
@@ -242,6 +251,7 @@ impl SeasonalRobust {
             cusum_h: p.f32("cusum_h", d.cusum_h, 1.0, 10.0)?,
             cusum_cap: p.f32("cusum_cap", d.cusum_cap, 1.0, 10.0)?,
             weekend_gain: p.f32("weekend_gain", d.weekend_gain, 0.0, 1.0)?,
+            weekend_memory: p.f32("weekend_memory", d.weekend_memory, 0.0, 1e6)?,
             range_tolerance: p.f32("range_tolerance", d.range_tolerance, 0.0, 10.0)?,
             vol_gain: p.f32("vol_gain", d.vol_gain, 0.001, 1.0)?,
             vol_alarm: p.f32("vol_alarm", d.vol_alarm, 1.0, 4.0)?,
@@ -261,6 +271,21 @@ impl SeasonalRobust {
             1.0
         } else {
             0.0
+        }
+    }
+
+    /// W's gain for the `k`-th epoch of a weekend (0-based) at level gain `a`: `g·a`, or with a weekend
+    /// memory `m > 0` at least `1/(k + 1 + m)`. A level is mostly known when a weekend starts and the
+    /// weekend's offset is not, so the weekend's first residuals are mostly the offset's: learned as their
+    /// running mean, the offset settles within the weekend's first hour where `g·a` alone would leave the
+    /// level to absorb it (and hand it back on Monday) for weeks.
+    #[inline]
+    fn weekend_rate(&self, a: f32, k: u32) -> f32 {
+        let slow = self.weekend_gain * a;
+        if self.weekend_memory > 0.0 {
+            slow.max(1.0 / (k as f32 + 1.0 + self.weekend_memory))
+        } else {
+            slow
         }
     }
 
@@ -367,7 +392,11 @@ impl SeasonalRobust {
             sigma *= (1.0 + g / 96.0).sqrt();
         }
         let r = x - p;
-        let z = r / sigma;
+        // A value at a declared bound is censored: the quantity behind a percentage of exactly 0 is at most
+        // 0. A prediction beyond the bound agrees with it, so it is no surprise (a level learned on a weekend
+        // and then a week at exactly 0 predicts below 0: scoring x − p would raise on agreement).
+        let censored = obs.at_bound.agrees(x, p);
+        let z = if censored { 0.0 } else { r / sigma };
         // The residual against the base prediction (without the carried memory): its autocorrelation is
         // what the carry models.
         let psi_base = ((x - base) / sigma).clamp(-self.huber, self.huber);
@@ -403,7 +432,7 @@ impl SeasonalRobust {
             st.run = 0;
         }
         st.hash = h;
-        if obs.at_bound {
+        if obs.at_bound != AtBound::Inside {
             // Saturation at a declared bound repeats by nature: not a run, neither evidence nor a lesson.
             st.run = 0;
         }
@@ -449,8 +478,9 @@ impl SeasonalRobust {
         // letting it explain away a misfit of the rhythm would stop the rhythm from ever being learned.
         let correction = a * sigma * psi_base;
         st.level += correction;
-        // The weekend offset learns from weekend residuals only, more slowly than the level.
-        st.weekend += self.weekend_gain * wk * correction;
+        // The weekend offset learns from weekend residuals only: at g·a, or (weekend_memory m > 0) as the
+        // running mean of this weekend's residuals with the offset it starts from counting as m of them.
+        st.weekend += wk * self.weekend_rate(a, obs.weekend_step) * sigma * psi_base;
         if obs.transform == Transform::Level {
             let eta = self.eta * (1.0 + 4.0 * (1.0 - n as f32 / 255.0));
             for (k, f) in season.iter().enumerate() {
@@ -478,6 +508,7 @@ impl SeasonalRobust {
             kind,
             reset: false,
             scored: true,
+            censored,
         }
     }
 }
@@ -545,8 +576,9 @@ mod tests {
             seen,
             resolution: 0.0,
             phase: [0.0; 4], // no seasonal contribution: hand computation stays simple
+            weekend_step: Observation::weekend_step_of(ts, 300),
             transform: Transform::Level,
-            at_bound: false,
+            at_bound: AtBound::Inside,
         }
     }
 
@@ -726,13 +758,17 @@ mod tests {
             for i in 0..300u32 {
                 let x = (2.0 + rng.normal() as f32).max(0.0);
                 let mut o = obs(x, i as i64 * 300, i.min(255) as u8);
-                o.at_bound = bounded && x <= 0.0;
+                if bounded && x <= 0.0 {
+                    o.at_bound = AtBound::Lower;
+                }
                 d.observe(&mut s, &o, &prior);
             }
             let mut best = 0.0f32;
             for j in 0..12 {
                 let mut o = obs(0.0, (300 + j) * 300, 255);
-                o.at_bound = bounded;
+                if bounded {
+                    o.at_bound = AtBound::Lower;
+                }
                 let a = d.observe(&mut s, &o, &prior);
                 if a.kind == AnomalyKind::StuckValue {
                     best = best.max(a.sustained);
@@ -887,6 +923,134 @@ mod tests {
         let (p_sat, _) = d.predict(&st.encode(Transform::Level, false), sat, Transform::Level);
         let (p_fri, _) = d.predict(&st.encode(Transform::Level, false), fri, Transform::Level);
         assert_eq!((p_sat, p_fri), (12.0, 10.0));
+    }
+
+    #[test]
+    fn weekend_memory_learns_each_weekend_as_a_running_mean() {
+        let sat = 20_764 * 86_400; // 2026-11-07 00:00 UTC, a Saturday
+        assert_eq!(Observation::weekend_step_of(sat, 300), 0);
+        assert_eq!(Observation::weekend_step_of(sat + 299, 300), 0);
+        assert_eq!(Observation::weekend_step_of(sat + 300, 300), 1);
+        assert_eq!(Observation::weekend_step_of(sat + 86_400 + 3_600, 300), 300);
+        assert_eq!(Observation::weekend_step_of(sat - 300, 300), 0, "Friday");
+        let d = SeasonalRobust {
+            weekend_gain: 0.25,
+            weekend_memory: 1.0,
+            ..SeasonalRobust::default()
+        };
+        // W's gain: max(g·a, 1/(k + 1 + m)) — 1/2, 1/3, … until it meets g·a = 0.01 (k = 98)
+        assert_eq!(d.weekend_rate(0.04, 0), 0.5);
+        assert!((d.weekend_rate(0.04, 1) - 1.0 / 3.0).abs() < 1e-7);
+        assert!((d.weekend_rate(0.04, 500) - 0.01).abs() < 1e-9);
+        let slow = SeasonalRobust {
+            weekend_gain: 0.25,
+            ..SeasonalRobust::default()
+        };
+        assert!(
+            (slow.weekend_rate(0.04, 0) - 0.01).abs() < 1e-9,
+            "memory 0: g·a"
+        );
+        // A mature state (a = 0.04) with L = 10, S = 1 (σ = 0.8605), W = 0, no rhythm, no memory; the
+        // weekend's first value is 12: z = 2/0.8605 = 2.32423, ψ_b = z (below c = 2.5)
+        let st = St {
+            level: 10.0,
+            mad: 1.0,
+            season: [0.0; 4],
+            prev: 0.0,
+            c_hi: 0.0,
+            c_lo: 0.0,
+            vol: 0.8,
+            run: 0,
+            run_max: 0.0,
+            hash: 0,
+            psi_prev: 0.0,
+            rho: 0.0,
+            weekend: 0.0,
+            lo: 0.0,
+            hi: 0.0,
+        };
+        let prior = FeaturePrior::NONE;
+        let mut s = st.encode(Transform::Level, false);
+        let a = d.observe(&mut s, &obs(12.0, sat, 255), &prior);
+        assert!((a.surprise - 2.32423).abs() < 1e-4, "{}", a.surprise);
+        let after = St::decode(&s, Transform::Level, false);
+        // L += a·σ·ψ = 0.04·2 = 0.08; W += ½·σ·ψ = 1 (the slow rule would give 0.02)
+        assert!((after.level - 10.08).abs() < 1e-5, "{}", after.level);
+        assert!(
+            (after.weekend - 1.0).abs() <= 2f32.powi(-10),
+            "{}",
+            after.weekend
+        );
+        // The second epoch, x = 12 again: base 11.08, r = 0.92; S grew by b·(2 − 1) = 0.02 → σ = 0.87771,
+        // ψ = 1.04818; W += ⅓·σ·ψ = 0.30667 → 1.30667; L += 0.04·0.92 = 0.0368 → 10.1168
+        let a = d.observe(&mut s, &obs(12.0, sat + 300, 255), &prior);
+        assert!((a.expected - 11.08).abs() < 1e-3, "{}", a.expected);
+        let after = St::decode(&s, Transform::Level, false);
+        assert!((after.level - 10.1168).abs() < 1e-4, "{}", after.level);
+        assert!((after.weekend - 1.30667).abs() < 2e-3, "{}", after.weekend);
+        // the slow rule after the same two values: W = 0.02, then base 10.10, r = 1.9: W += 0.01·1.9 = 0.039
+        let mut s = st.encode(Transform::Level, false);
+        slow.observe(&mut s, &obs(12.0, sat, 255), &prior);
+        slow.observe(&mut s, &obs(12.0, sat + 300, 255), &prior);
+        let w = St::decode(&s, Transform::Level, false).weekend;
+        assert!((w - 0.039).abs() < 1e-4, "{w}");
+    }
+
+    #[test]
+    fn a_value_at_a_bound_its_prediction_lies_beyond_is_no_surprise() {
+        assert_eq!(AtBound::of(0.0, Some((0.0, 100.0))), AtBound::Lower);
+        assert_eq!(AtBound::of(100.0, Some((0.0, 100.0))), AtBound::Upper);
+        assert_eq!(AtBound::of(3.0, Some((0.0, 100.0))), AtBound::Inside);
+        assert_eq!(AtBound::of(0.0, None), AtBound::Inside);
+        assert!(AtBound::Lower.agrees(0.0, -1.0) && !AtBound::Lower.agrees(0.0, 1.0));
+        assert!(AtBound::Upper.agrees(100.0, 101.0) && !AtBound::Upper.agrees(100.0, 99.0));
+        assert!(!AtBound::Inside.agrees(0.0, -1.0));
+        let d = SeasonalRobust::default();
+        // L = −2 (a level learned, say, on a busy weekend that has since gone to 0), S = 0.1
+        let st = St {
+            level: -2.0,
+            mad: 0.1,
+            season: [0.0; 4],
+            prev: 0.0,
+            c_hi: 0.0,
+            c_lo: 0.0,
+            vol: 0.8,
+            run: 0,
+            run_max: 0.0,
+            hash: 0,
+            psi_prev: 0.0,
+            rho: 0.0,
+            weekend: 0.0,
+            lo: 0.0,
+            hi: 0.0,
+        };
+        let prior = FeaturePrior::NONE;
+        let mut o = obs(0.0, 0, 255);
+        // unbounded: x = 0 is 2/0.08605 = 23.2σ above the prediction
+        let mut s = st.encode(Transform::Level, false);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!(a.surprise > 23.0 && !a.censored, "{}", a.surprise);
+        // at the lower bound: the quantity is ≤ 0, the prediction −2 agrees; no surprise, no CUSUM step,
+        // and the level still learns towards the bound (L += a·σ·c = 0.04·0.08605·2.5)
+        o.at_bound = AtBound::Lower;
+        let mut s = st.encode(Transform::Level, false);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!(
+            a.censored && a.surprise == 0.0 && a.sustained == 0.0,
+            "{a:?}"
+        );
+        let after = St::decode(&s, Transform::Level, false);
+        assert_eq!((after.c_hi, after.c_lo), (0.0, 0.0));
+        assert!(
+            (after.level - (-2.0 + 0.04 * 0.08605 * 2.5)).abs() < 1e-5,
+            "{}",
+            after.level
+        );
+        // a prediction inside the bounds disagrees with a value at the bound: scored as usual
+        let st_in = St { level: 2.0, ..st };
+        let mut s = st_in.encode(Transform::Level, false);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!(!a.censored && a.surprise > 23.0, "{}", a.surprise);
     }
 
     #[test]
