@@ -201,11 +201,16 @@ pub struct AlertSpec {
     /// How much a heavy tail raises the bar for sustained evidence (shifts, variance): `(T/T_gauss)^e`.
     #[serde(default = "d_sustained_tail")]
     pub sustained_tail_exponent: f64,
-    /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
     /// The lower surprise quantile's learning rate once a series is mature (255 observations), relative to
     /// its rate while young: below 1 the tail ratio `r`, and with it the threshold, is steadier.
     #[serde(default = "d_mature_lo_rate")]
     pub mature_lo_rate: f64,
+    /// A series that started without a cohort prior raises from its 255th observation (21¼ hours at
+    /// 5-minute epochs), before it has seen a whole day; until it has crossed three more quarter-day
+    /// boundaries (q = 0..3) its score is divided by `1 + first_day_margin·(3 − q)/3`. 0: off.
+    #[serde(default)]
+    pub first_day_margin: f64,
+    /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
     #[serde(default = "d_clear_ratio")]
     pub clear_ratio: f64,
     #[serde(default = "d_clear_epochs")]
@@ -231,6 +236,7 @@ impl Default for AlertSpec {
             threshold_margin: d_margin(),
             sustained_tail_exponent: d_sustained_tail(),
             mature_lo_rate: d_mature_lo_rate(),
+            first_day_margin: 0.0,
             clear_ratio: d_clear_ratio(),
             clear_epochs: d_clear_epochs(),
             critical_ratio: d_critical(),
@@ -412,6 +418,9 @@ impl Spec {
         if !(a.mature_lo_rate > 0.0 && a.mature_lo_rate <= 1.0) {
             return Err("alerting.mature_lo_rate must be in (0, 1]".into());
         }
+        if !(0.0..=4.0).contains(&a.first_day_margin) {
+            return Err("alerting.first_day_margin must be in [0, 4]".into());
+        }
         if !(0.0..1.0).contains(&a.clear_ratio) {
             return Err("alerting.clear_ratio must be in [0, 1)".into());
         }
@@ -497,6 +506,15 @@ mod tests {
             assert!(
                 matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
                 "{bounds}"
+            );
+        }
+        for margin in ["-0.1", "5", "nan"] {
+            let text = format!(
+                "name='x'\n[alerting]\nfirst_day_margin = {margin}\n[[features]]\nname='a'\n"
+            );
+            assert!(
+                matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
+                "{margin}"
             );
         }
         let ok = "name='x'\n[[features]]\nname='a'\nbounds = [0, inf]\n";

@@ -48,6 +48,9 @@ pub struct ModelConfig {
     pub warm_for_dropout: u8,
     /// The epoch length (spec `epoch.length_seconds`): the unit of an observation's `weekend_step`.
     pub epoch_seconds: i64,
+    /// Spec `alerting.first_day_margin`: extra evidence a series that started without a cohort prior
+    /// needs until it has seen a whole day.
+    pub first_day_margin: f32,
 }
 
 impl ModelConfig {
@@ -77,6 +80,7 @@ impl ModelConfig {
             calibrate_after: 24,
             warm_for_dropout: 24,
             epoch_seconds: spec.epoch.length_seconds.clamp(1, i64::MAX as u64) as i64,
+            first_day_margin: spec.alerting.first_day_margin as f32,
         }
     }
 }
@@ -336,6 +340,19 @@ fn step_reported(
                 at_bound: AtBound::of(v, cfg.bounds[f]),
             };
             let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
+            // A series that starts on a cohort prior is as mature as its observations; one that starts
+            // without counts the quarter days it sees after its 255th observation (it has not seen a
+            // whole day before).
+            if s.seen == 0 {
+                if ctx.priors[f].count >= cfg.min_prior_count {
+                    s.maturity = header::MATURE;
+                }
+            } else if s.seen == u8::MAX && s.maturity < header::MATURE {
+                let quarter = |epoch: u64| epoch * cfg.epoch_seconds as u64 / 21_600;
+                if quarter(e.saturating_sub(gap as u64)) != quarter(e) {
+                    s.maturity += 1;
+                }
+            }
             s.seen = s.seen.saturating_add(1);
             s.last_epoch = e as u16;
             s.miss_run = 0;
@@ -351,8 +368,12 @@ fn step_reported(
                 let (score, kind) =
                     cfg.alert
                         .score(a.surprise, upward, a.sustained, a.kind, &bars[f]);
-                // A young series (cold start on a cohort prior) needs up to twice the evidence.
-                let score = score / (2.0 - s.seen as f32 / 255.0);
+                // A young series (cold start on a cohort prior) needs up to twice the evidence, one that
+                // started without a prior a little more until it has seen a whole day.
+                let unseen_quarters = (header::MATURE - s.maturity.min(header::MATURE)) as f32;
+                let score = score
+                    / (2.0 - s.seen as f32 / 255.0
+                        + cfg.first_day_margin * unseen_quarters / header::MATURE as f32);
                 // Calibrate on ordinary observations only: not during alerts, not on anomalous points, not
                 // while sustained evidence builds up (a shift in progress is not the series' normal).
                 let sustained_quiet = kind == AnomalyKind::Spike || score < 0.5;
@@ -419,8 +440,10 @@ fn step_reported(
         {
             out.scored.push(ev);
         }
-        // Without a cohort prior a young series cannot know its own noise yet: it needs more history.
-        let min_seen = if ctx.priors[f].count >= cfg.min_prior_count {
+        // Without a cohort prior a young series cannot know its own noise yet: it needs more history. That
+        // holds for a series that started before its feature had a prior, too, when one appears later.
+        let min_seen = if ctx.priors[f].count >= cfg.min_prior_count && s.maturity >= header::MATURE
+        {
             cfg.min_seen_to_raise
         } else {
             cfg.min_seen_without_prior
@@ -646,6 +669,7 @@ mod tests {
         slots: Vec<Slot>,
         cohort: CohortAccumulator,
         c: CustomerId,
+        priors: [FeaturePrior; 2],
     }
 
     impl Harness {
@@ -657,14 +681,14 @@ mod tests {
                 slots: vec![[0u8; SLOT_BYTES]; 3],
                 cohort: CohortAccumulator::new(2),
                 c: CustomerId::parse(b"cust-1", b"").unwrap(),
+                priors: [FeaturePrior::NONE; 2],
             }
         }
         fn epoch(&mut self, e: u64, logs: &[Log]) -> StepOut {
-            let priors = [FeaturePrior::NONE; 2];
             let ctx = StepContext {
                 config: &self.cfg,
                 detector: &self.det,
-                priors: &priors,
+                priors: &self.priors,
                 epoch: e,
             };
             let mut out = StepOut::default();
@@ -723,6 +747,70 @@ mod tests {
             }
         }
         assert!(cleared);
+    }
+
+    /// A prior for feature `a` of the test spec (level 10, relative noise 5 %).
+    fn prior_a() -> FeaturePrior {
+        FeaturePrior {
+            count: 100,
+            level: 10.0,
+            scale: 0.05,
+            season: [0.0; 4],
+        }
+    }
+
+    #[test]
+    fn a_series_that_started_without_a_prior_waits_for_its_own_history_then_a_day() {
+        let mut h = Harness::new();
+        h.cfg.first_day_margin = 0.3;
+        let mut rng = crate::rng::Rng::new(4, 4);
+        let base = 1_700_000_000 - 1_700_000_000 % 86_400; // epoch e starts at base + 300·e
+        let up = |e: u64| 1000.0 + 300.0 * e as f32;
+        let step = |h: &mut Harness, e: u64, a: f32| {
+            h.epoch(e, &[log(h.c, base + e as i64 * 300, a, up(e))])
+        };
+        let noise = |rng: &mut crate::rng::Rng| 10.0 + rng.normal() as f32 * 0.5;
+        for e in 0..100u64 {
+            step(&mut h, e, noise(&mut rng));
+        }
+        assert_eq!(SeriesSlot::decode(&h.slots[0]).maturity, 0);
+        // A prior appears (the feature's population matured): this series still started without one and
+        // may not raise on a huge value before its own 255th observation.
+        h.priors[0] = prior_a();
+        let out = step(&mut h, 100, 60.0);
+        assert!(out.changes.is_empty(), "{:?}", out.changes);
+        for e in 101..256u64 {
+            step(&mut h, e, noise(&mut rng));
+        }
+        let s = SeriesSlot::decode(&h.slots[0]);
+        assert_eq!((s.seen, s.maturity), (255, 0));
+        // From its 255th observation it may raise, with 1 + 0.3·3/3 = 1.3 times the evidence: the same
+        // spike on a copy with the margin off scores 1.3 times higher.
+        let mut off = Harness::new();
+        off.slots = h.slots.clone();
+        off.priors = h.priors;
+        let with = step(&mut h, 256, 40.0);
+        let without = off.epoch(256, &[log(off.c, base + 256 * 300, 40.0, up(256))]);
+        assert_eq!(statuses(&with), vec![(0, 1)]);
+        let ratio = without.evidence[0].score / with.evidence[0].score;
+        assert!((ratio - 1.3).abs() < 1e-4, "{ratio}");
+        // Quarter days (72 epochs of 5 minutes) crossed after the 255th observation: epochs 288, 360, 432.
+        for e in 257..450u64 {
+            step(&mut h, e, noise(&mut rng));
+            let m = SeriesSlot::decode(&h.slots[0]).maturity;
+            let want = match e {
+                ..288 => 0,
+                288..360 => 1,
+                360..432 => 2,
+                _ => 3,
+            };
+            assert_eq!(m, want, "epoch {e}");
+        }
+        // A series that starts on a prior is as mature as its observations from the first one.
+        let mut fresh = Harness::new();
+        fresh.priors[0] = prior_a();
+        fresh.epoch(0, &[log(fresh.c, base, 10.0, 1000.0)]);
+        assert_eq!(SeriesSlot::decode(&fresh.slots[0]).maturity, header::MATURE);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!                              (all three as log-codes, alert::Quantiles: 0.034 % steps, 0 = uncalibrated)
 //! byte 8      seen        u8   observations so far, saturating at 255
 //! byte 9      alert       u8   bits 0-1 severity (0 none, 1 warning, 2 critical), bits 2-5 kind
+//!             maturity         bits 6-7: 3 for a series that started on a cohort prior; else the quarter-day
+//!                              boundaries (UTC 00/06/12/18 h) it has crossed since its 255th observation, to 3
 //! byte 10     clear_run   u8   consecutive epochs below the clear ratio while an alert is open
 //! byte 11     miss_run    bits 0-4: consecutive logs of the customer without this feature (saturating 31)
 //!             decimals    bits 5-7: most decimal digits any of its values had (its resolution is 10^-decimals)
@@ -18,6 +20,9 @@ use super::{AnomalyKind, DETECTOR_BYTES, DetectorState};
 use crate::state::{SLOT_BYTES, Slot, le};
 
 pub const HEADER_BYTES: usize = 12;
+
+/// `SeriesSlot::maturity` of a series that started on a cohort prior, or has seen a whole day.
+pub const MATURE: u8 = 3;
 
 /// Alert severity of an open alert.
 #[derive(
@@ -82,6 +87,9 @@ pub struct SeriesSlot {
     pub q: Quantiles,
     pub seen: u8,
     pub alert: Option<OpenAlert>,
+    /// How much of a whole day a series that started without a cohort prior has seen since its 255th
+    /// observation, in quarter days crossed (0..=3); 3 for a series that started on a prior.
+    pub maturity: u8,
     pub clear_run: u8,
     pub miss_run: u8,
     pub decimals: u8,
@@ -99,6 +107,7 @@ impl SeriesSlot {
         },
         seen: 0,
         alert: None,
+        maturity: 0,
         clear_run: 0,
         miss_run: 0,
         decimals: 0,
@@ -120,7 +129,8 @@ impl SeriesSlot {
                 lo: le::u16(slot, 6),
             },
             seen: slot[8],
-            alert: decode_alert(slot[9]),
+            alert: decode_alert(slot[9] & 0x3F),
+            maturity: slot[9] >> 6,
             clear_run: slot[10],
             miss_run: slot[11] & 0x1F,
             decimals: slot[11] >> 5,
@@ -136,7 +146,7 @@ impl SeriesSlot {
         le::set_u16(&mut slot, 4, self.q.dn);
         le::set_u16(&mut slot, 6, self.q.lo);
         slot[8] = self.seen;
-        slot[9] = encode_alert(self.alert);
+        slot[9] = encode_alert(self.alert) | (self.maturity.min(3) << 6);
         slot[10] = self.clear_run;
         slot[11] = self.miss_run.min(31) | (self.decimals.min(7) << 5);
         slot[HEADER_BYTES..].copy_from_slice(&self.detector);
@@ -204,6 +214,7 @@ mod tests {
                 severity: Severity::Critical,
                 kind: AnomalyKind::StuckValue,
             }),
+            maturity: 2,
             clear_run: 2,
             miss_run: 7,
             decimals: 3,
