@@ -85,6 +85,24 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// What an explanation shows for feature `f`: the prediction and its band, clamped into the feature's
+    /// declared bounds for a level feature (a percentage's band does not reach below 0 %; a prediction beyond
+    /// a bound means the bound, as a censored value at it agrees with it). Rate features model increases,
+    /// which the bounds of the raw value do not constrain.
+    #[inline]
+    pub fn explained(&self, f: usize, expected: f32, lower: f32, upper: f32) -> (f32, f32, f32) {
+        match (self.bounds[f], self.transforms[f]) {
+            (Some((lo, hi)), Transform::Level) => (
+                expected.clamp(lo, hi),
+                lower.clamp(lo, hi),
+                upper.clamp(lo, hi),
+            ),
+            _ => (expected, lower, upper),
+        }
+    }
+}
+
 /// A member of the open-anomaly collection (keyed by customer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OpenAnomaly {
@@ -403,14 +421,20 @@ fn step_reported(
         let (score, kind, evidence) = if let Some((a, score, kind)) = best[f] {
             out.series_scored += 1;
             let bar = &bars[f];
+            let (expected, lower, upper) = cfg.explained(
+                f,
+                a.expected,
+                a.expected - bar.down * a.sigma,
+                a.expected + bar.up * a.sigma,
+            );
             let ev = Evidence {
                 customer,
                 feature: f as u16,
                 score,
                 observed: a.observed,
-                expected: a.expected,
-                lower: a.expected - bar.down * a.sigma,
-                upper: a.expected + bar.up * a.sigma,
+                expected,
+                lower,
+                upper,
                 customer_score: 0.0,
                 top: [TopFeature::NONE; 3],
             };
@@ -419,14 +443,16 @@ fn step_reported(
             let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
             let bar = cfg.alert.bar(s.q);
             let score = s.miss_run as f32 / cfg.dropout_logs as f32;
+            let (expected, lower, upper) =
+                cfg.explained(f, p, p - bar.down * sigma, p + bar.up * sigma);
             let ev = Evidence {
                 customer,
                 feature: f as u16,
                 score,
                 observed: f32::NAN,
-                expected: p,
-                lower: p - bar.down * sigma,
-                upper: p + bar.up * sigma,
+                expected,
+                lower,
+                upper,
                 customer_score: 0.0,
                 top: [TopFeature::NONE; 3],
             };
@@ -811,6 +837,26 @@ mod tests {
         fresh.priors[0] = prior_a();
         fresh.epoch(0, &[log(fresh.c, base, 10.0, 1000.0)]);
         assert_eq!(SeriesSlot::decode(&fresh.slots[0]).maturity, header::MATURE);
+    }
+
+    #[test]
+    fn explanations_stay_inside_declared_bounds() {
+        let s = Spec::parse(
+            "name='t'\n[[features]]\nname='loss'\nbounds=[0, 100]\n[[features]]\nname='n'\n\
+             [[features]]\nname='up'\ntransform='rate'\nbounds=[0, inf]\n",
+            "t",
+        )
+        .unwrap();
+        let cfg = ModelConfig::from_spec(&s);
+        assert_eq!(cfg.explained(0, 0.34, -2.12, 3.62), (0.34, 0.0, 3.62));
+        assert_eq!(cfg.explained(0, -2.57, -3.08, -2.06), (0.0, 0.0, 0.0));
+        assert_eq!(cfg.explained(0, 99.0, 97.0, 101.5), (99.0, 97.0, 100.0));
+        assert_eq!(cfg.explained(1, -2.57, -3.08, -2.06), (-2.57, -3.08, -2.06));
+        assert_eq!(
+            cfg.explained(2, 1.0, -0.5, 2.5),
+            (1.0, -0.5, 2.5),
+            "rates: not the raw bounds"
+        );
     }
 
     #[test]
