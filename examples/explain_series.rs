@@ -68,15 +68,10 @@ fn main() -> anyhow::Result<()> {
                 phase: fleetwatch::model::Observation::daily_phase(log.ts),
                 weekend_step: fleetwatch::model::Observation::weekend_step_of(
                     log.ts,
-                    spec.epoch.length_seconds as i64,
+                    cfg.epoch_seconds,
                 ),
                 transform: spec.features[f].transform,
-                at_bound: fleetwatch::model::AtBound::of(
-                    log.values[f],
-                    spec.features[f]
-                        .bounds
-                        .map(|[lo, hi]| (lo as f32, hi as f32)),
-                ),
+                at_bound: fleetwatch::model::AtBound::of(log.values[f], cfg.bounds[f]),
             };
             Some(detector.observe(&mut copy, &obs, &priors[f]))
         };

@@ -83,9 +83,7 @@ impl ModelConfig {
             first_day_margin: spec.alerting.first_day_margin as f32,
         }
     }
-}
 
-impl ModelConfig {
     /// What an explanation shows for feature `f`: the prediction and its band, clamped into the feature's
     /// declared bounds for a level feature (a percentage's band does not reach below 0 %; a prediction beyond
     /// a bound means the bound, as a censored value at it agrees with it). Rate features model increases,

@@ -110,7 +110,7 @@ pub struct Observation {
     /// `[cos φ, sin φ, cos 2φ, sin 2φ]` of the daily phase φ = 2π·(ts mod 86400)/86400.
     pub phase: [f32; 4],
     /// Epochs since the start of the current weekend (Saturday 00:00 UTC), counting the one holding `ts`
-    /// as 0; meaningful on Saturdays and Sundays only ([`Observation::weekend_step_of`]).
+    /// as 0; 0 on weekdays ([`Observation::weekend_step_of`]).
     pub weekend_step: u32,
     pub transform: Transform,
     /// Whether the value sits at one of the feature's declared bounds (spec `bounds`): a run of repeats
@@ -154,12 +154,14 @@ impl AtBound {
 }
 
 impl Observation {
-    /// Whole epochs of `epoch_seconds` between Saturday 00:00 UTC and `ts` (0 before Saturday).
+    /// Whole epochs of `epoch_seconds` between Saturday 00:00 UTC and `ts` on a weekend; 0 on weekdays.
     pub fn weekend_step_of(ts: i64, epoch_seconds: i64) -> u32 {
-        // Day 0 of the Unix epoch was a Thursday: Saturday 00:00 is 2 days into a week counted from it.
-        let into_week = ts.rem_euclid(7 * 86_400);
-        let into_weekend = (into_week - 2 * 86_400).max(0);
-        (into_weekend / epoch_seconds.max(1)).min(u32::MAX as i64) as u32
+        let day = crate::timefmt::weekday(ts);
+        if day < 5 {
+            return 0;
+        }
+        let into_weekend = (day as i64 - 5) * 86_400 + ts.rem_euclid(86_400);
+        (into_weekend / epoch_seconds.max(1)) as u32
     }
 
     /// The daily phase features of a timestamp.

@@ -811,6 +811,28 @@ mod tests {
         assert!(!a.scored);
     }
 
+    /// A quiet mature state at level `level` with noise scale `mad`: no rhythm, no evidence, no memory,
+    /// no weekend offset, the volatility at its Gaussian mean (0.8).
+    fn quiet(level: f32, mad: f32) -> St {
+        St {
+            level,
+            mad,
+            season: [0.0; 4],
+            prev: 0.0,
+            c_hi: 0.0,
+            c_lo: 0.0,
+            vol: 0.8,
+            run: 0,
+            run_max: 0.0,
+            hash: 0,
+            psi_prev: 0.0,
+            rho: 0.0,
+            weekend: 0.0,
+            lo: 0.0,
+            hi: 0.0,
+        }
+    }
+
     #[test]
     fn state_round_trips_through_bytes() {
         let st = St {
@@ -878,21 +900,8 @@ mod tests {
         );
         // A mature state (n = 255: a = α = 0.04) with L = 10, S = 1 (σ = 0.8605), W = 2, no rhythm, no memory.
         let st = St {
-            level: 10.0,
-            mad: 1.0,
-            season: [0.0; 4],
-            prev: 0.0,
-            c_hi: 0.0,
-            c_lo: 0.0,
-            vol: 0.8,
-            run: 0,
-            run_max: 0.0,
-            hash: 0,
-            psi_prev: 0.0,
-            rho: 0.0,
             weekend: 2.0,
-            lo: 0.0,
-            hi: 0.0,
+            ..quiet(10.0, 1.0)
         };
         let prior = FeaturePrior::NONE;
         let mut o = obs(13.0, sat, 255);
@@ -952,23 +961,7 @@ mod tests {
         );
         // A mature state (a = 0.04) with L = 10, S = 1 (σ = 0.8605), W = 0, no rhythm, no memory; the
         // weekend's first value is 12: z = 2/0.8605 = 2.32423, ψ_b = z (below c = 2.5)
-        let st = St {
-            level: 10.0,
-            mad: 1.0,
-            season: [0.0; 4],
-            prev: 0.0,
-            c_hi: 0.0,
-            c_lo: 0.0,
-            vol: 0.8,
-            run: 0,
-            run_max: 0.0,
-            hash: 0,
-            psi_prev: 0.0,
-            rho: 0.0,
-            weekend: 0.0,
-            lo: 0.0,
-            hi: 0.0,
-        };
+        let st = quiet(10.0, 1.0);
         let prior = FeaturePrior::NONE;
         let mut s = st.encode(Transform::Level, false);
         let a = d.observe(&mut s, &obs(12.0, sat, 255), &prior);
@@ -1007,23 +1000,7 @@ mod tests {
         assert!(!AtBound::Inside.agrees(0.0, -1.0));
         let d = SeasonalRobust::default();
         // L = −2 (a level learned, say, on a busy weekend that has since gone to 0), S = 0.1
-        let st = St {
-            level: -2.0,
-            mad: 0.1,
-            season: [0.0; 4],
-            prev: 0.0,
-            c_hi: 0.0,
-            c_lo: 0.0,
-            vol: 0.8,
-            run: 0,
-            run_max: 0.0,
-            hash: 0,
-            psi_prev: 0.0,
-            rho: 0.0,
-            weekend: 0.0,
-            lo: 0.0,
-            hi: 0.0,
-        };
+        let st = quiet(-2.0, 0.1);
         let prior = FeaturePrior::NONE;
         let mut o = obs(0.0, 0, 255);
         // unbounded: x = 0 is 2/0.08605 = 23.2σ above the prediction
@@ -1062,21 +1039,9 @@ mod tests {
             ..SeasonalRobust::default()
         };
         let st = St {
-            level: 10.0,
-            mad: 1.0,
-            season: [0.0; 4],
-            prev: 0.0,
-            c_hi: 0.0,
-            c_lo: 0.0,
             vol: 0.0,
-            run: 0,
-            run_max: 0.0,
-            hash: 0,
-            psi_prev: 0.0,
-            rho: 0.0,
-            weekend: 0.0,
-            lo: 0.0,
             hi: 10.0,
+            ..quiet(10.0, 1.0)
         };
         let mut s = st.encode(Transform::Level, true);
         // x = 10.75: 0.75 beyond hi, τ·span = 0.05·10 = 0.5 → range 1.5. The other terms stay quiet:
