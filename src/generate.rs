@@ -11,7 +11,10 @@
 //! * **Anomalies** (labelled): spike, level shift (persistent), drift (ramp, then persistent), variance burst,
 //!   stuck value, dropout (a feature stops reporting), and element-wide outages (every customer under a network
 //!   element goes silent). Magnitudes are drawn relative to the series' own noise, from barely detectable
-//!   upwards — a fixed 3σ threshold would drown in the heavy-tailed customers' false alarms.
+//!   upwards — a fixed 3σ threshold would drown in the heavy-tailed customers' false alarms. A label means
+//!   the anomaly is in the data: a spike that the feature's physical range cannot hold (it would be clamped
+//!   to the bound, which may be an ordinary value of that series) is not injected, and a spike whose log
+//!   never arrived (a missing log, an outage) is not labelled.
 //! * **Customers joining mid-stream** (cold start).
 //!
 //! Outputs in `--out DIR`: `telemetry.jsonl` (a recorded topic, 16 partitions keyed by customer),
@@ -441,6 +444,9 @@ struct Anomaly {
     /// Epochs the effect lasts in the data (persistent shifts: to the end).
     effect_len: usize,
     magnitude: f64,
+    /// A spike: whether its log arrived (a spike on a missing log, or during an outage, left no trace and
+    /// is not labelled).
+    observed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -706,6 +712,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             len,
             effect_len,
             magnitude: sign * magnitude,
+            observed: false,
         };
         let clash = anomalies.iter().any(|b: &Anomaly| {
             b.feature == a.feature
@@ -839,7 +846,8 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         c.ar_state[k] = ar_state as f32;
         let mut noise = ar_state;
         let mut value_override = None;
-        for a in &c.anomalies {
+        let mut spike: Option<(usize, f64)> = None;
+        for (i, a) in c.anomalies.iter_mut().enumerate() {
             if a.feature != Some(k) || e < a.start {
                 continue;
             }
@@ -851,7 +859,13 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 // A spike is measured against the series' own extremes: 1.5 to 4 times the largest
                 // excursion its noise makes in about three years. Heavy-tailed series make big excursions
                 // every week; an anomaly there has to stand out from those, not from a Gaussian's.
-                InjectedKind::Spike => mean += a.magnitude * p.noise * extreme_excursion(p.df),
+                InjectedKind::Spike => {
+                    // (this log is emitted: the missing and outage cases returned above)
+                    a.observed = true;
+                    let add = a.magnitude * p.noise * extreme_excursion(p.df);
+                    spike = Some((i, add));
+                    mean += add;
+                }
                 InjectedKind::LevelShift => mean += a.magnitude * p.noise,
                 InjectedKind::Drift => {
                     let frac = ((into + 1) as f64 / a.len as f64).min(1.0);
@@ -865,6 +879,21 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 }
                 InjectedKind::Dropout => value_override = Some(f64::NAN),
                 InjectedKind::Outage => {}
+            }
+        }
+        if let Some((i, add)) = spike {
+            // A spike the feature's physical range cannot hold would be clamped to its bound, where it may be
+            // an ordinary value of this series (a channel at 35 ± 3.5 % "spiking" to 0 %): such a spike is
+            // not injected, and so not labelled.
+            let (lo, hi) = match f.shape {
+                Shape::Real { lo, hi, .. } => (lo, hi),
+                Shape::Count => (0.0, f64::INFINITY),
+                _ => (f64::NEG_INFINITY, f64::INFINITY),
+            };
+            let raw = mean + noise;
+            if raw < lo || raw > hi {
+                mean -= add;
+                c.anomalies[i].observed = false;
             }
         }
         if c.rebooting > 0 {
@@ -969,47 +998,6 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             }
         }
     }
-
-    let mut labels: Vec<(i64, String, String, &'static str, i64, i64)> = Vec::new();
-    for c in parts_c.iter().flatten() {
-        for a in &c.anomalies {
-            let s = start + a.start as i64 * epoch_len;
-            let name = match a.feature {
-                Some(k) => FEATURES[k].name.to_string(),
-                None => "*".to_string(),
-            };
-            labels.push((
-                s,
-                c.id.to_string(),
-                name,
-                a.kind.as_str(),
-                s + a.len as i64 * epoch_len,
-                start + c.join as i64 * epoch_len,
-            ));
-        }
-    }
-    // Customers are numbered in blocks of 50 per element: index the outages' customers directly.
-    for (el, s, len) in &outages {
-        let members = (el * 50..(el + 1) * 50)
-            .filter_map(|i| customer_at(&parts_c, i))
-            .map(|(p, o)| &parts_c[p][o])
-            .filter(|c| c.element == *el);
-        for c in members {
-            if c.join > *s {
-                continue;
-            }
-            let st = start + *s as i64 * epoch_len;
-            labels.push((
-                st,
-                c.id.to_string(),
-                "*".into(),
-                "outage",
-                st + *len as i64 * epoch_len,
-                start + c.join as i64 * epoch_len,
-            ));
-        }
-    }
-    labels.sort();
 
     let telemetry = out_dir.join("telemetry.jsonl");
     let mut w = BufWriter::with_capacity(8 << 20, File::create(&telemetry)?);
@@ -1124,6 +1112,51 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     }
     w.flush()?;
 
+    // Labels, once the data is written: a spike whose log never arrived is not one.
+    let mut labels: Vec<(i64, String, String, &'static str, i64, i64)> = Vec::new();
+    for c in parts_c.iter().flatten() {
+        for a in &c.anomalies {
+            if a.kind == InjectedKind::Spike && !a.observed {
+                continue;
+            }
+            let s = start + a.start as i64 * epoch_len;
+            let name = match a.feature {
+                Some(k) => FEATURES[k].name.to_string(),
+                None => "*".to_string(),
+            };
+            labels.push((
+                s,
+                c.id.to_string(),
+                name,
+                a.kind.as_str(),
+                s + a.len as i64 * epoch_len,
+                start + c.join as i64 * epoch_len,
+            ));
+        }
+    }
+    // Customers are numbered in blocks of 50 per element: index the outages' customers directly.
+    for (el, s, len) in &outages {
+        let members = (el * 50..(el + 1) * 50)
+            .filter_map(|i| customer_at(&parts_c, i))
+            .map(|(p, o)| &parts_c[p][o])
+            .filter(|c| c.element == *el);
+        for c in members {
+            if c.join > *s {
+                continue;
+            }
+            let st = start + *s as i64 * epoch_len;
+            labels.push((
+                st,
+                c.id.to_string(),
+                "*".into(),
+                "outage",
+                st + *len as i64 * epoch_len,
+                start + c.join as i64 * epoch_len,
+            ));
+        }
+    }
+    labels.sort();
+
     let mut lw = BufWriter::new(File::create(out_dir.join("labels.jsonl"))?);
     for (s, c, f, k, end, joined) in &labels {
         writeln!(
@@ -1207,6 +1240,59 @@ mod tests {
         s.push(' ');
         push_fixed(&mut s, -0.04, 1);
         assert_eq!(s, "-61.3 0.004 12 0.0");
+    }
+
+    #[test]
+    fn every_labelled_spike_is_in_the_data_inside_its_features_range() {
+        // Many spikes on a small fleet: bounded features near their bounds (a channel at 35 ± 3.5 %), missing
+        // logs and outages. A spike the range cannot hold would be clamped to a bound and one on a missing
+        // log left no trace: neither is injected or labelled.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = GenerateConfig {
+            customers: 60,
+            epochs: 600,
+            seed: 11,
+            anomaly_rate: 40.0,
+            outage_rate: 1.0,
+            history_epochs: 24,
+            threads: 1,
+            ..Default::default()
+        };
+        generate(&cfg, dir.path()).unwrap();
+        let mut logs: std::collections::HashMap<(String, i64), serde_json::Value> =
+            std::collections::HashMap::new();
+        let text = std::fs::read_to_string(dir.path().join("telemetry.jsonl")).unwrap();
+        for line in text.lines().skip(1) {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap();
+            let v = m["value"].clone();
+            let c = v["customer_id"].as_str().unwrap().to_string();
+            let e = v["ts"].as_i64().unwrap().div_euclid(cfg.epoch_seconds);
+            logs.insert((c, e), v);
+        }
+        let labels = std::fs::read_to_string(dir.path().join("labels.jsonl")).unwrap();
+        let mut spikes = 0;
+        for line in labels.lines() {
+            let l: serde_json::Value = serde_json::from_str(line).unwrap();
+            if l["kind"] != "spike" {
+                continue;
+            }
+            spikes += 1;
+            let c = l["customer"].as_str().unwrap().to_string();
+            let e = l["start"].as_i64().unwrap().div_euclid(cfg.epoch_seconds);
+            let f = l["feature"].as_str().unwrap();
+            let log = logs
+                .get(&(c.clone(), e))
+                .unwrap_or_else(|| panic!("spike of {c} {f} at epoch {e} on a missing log"));
+            let x = log[f].as_f64().unwrap();
+            let k = FEATURES.iter().position(|m| m.name == f).unwrap();
+            if let Shape::Real { lo, hi, .. } = FEATURES[k].shape {
+                assert!(
+                    x > lo && x < hi,
+                    "spike of {c} {f} at epoch {e} clamped to {x}"
+                );
+            }
+        }
+        assert!(spikes > 200, "{spikes} spikes");
     }
 
     #[test]
