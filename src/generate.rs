@@ -13,8 +13,8 @@
 //!   element goes silent). Magnitudes are drawn relative to the series' own noise, from barely detectable
 //!   upwards — a fixed 3σ threshold would drown in the heavy-tailed customers' false alarms. A label means
 //!   the anomaly is in the data: a spike that the feature's physical range cannot hold (it would be clamped
-//!   to the bound, which may be an ordinary value of that series) is not injected, and a spike whose log
-//!   never arrived (a missing log, an outage) is not labelled.
+//!   or rounded onto the bound, which may be an ordinary value of that series) is not injected, and a spike
+//!   whose log never arrived (a missing log, an outage) or was written corrupted is not labelled.
 //! * **Customers joining mid-stream** (cold start).
 //!
 //! Outputs in `--out DIR`: `telemetry.jsonl` (a recorded topic, 16 partitions keyed by customer),
@@ -444,8 +444,9 @@ struct Anomaly {
     /// Epochs the effect lasts in the data (persistent shifts: to the end).
     effect_len: usize,
     magnitude: f64,
-    /// A spike: whether its log arrived (a spike on a missing log, or during an outage, left no trace and
-    /// is not labelled).
+    /// A spike: whether it is in the data — its log was emitted (not missing, not in an outage) and the
+    /// feature's range could hold it (else it was withdrawn). A spike that is not, or whose log was written
+    /// corrupted (`malformed_rate`), is not labelled.
     observed: bool,
 }
 
@@ -860,7 +861,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 // excursion its noise makes in about three years. Heavy-tailed series make big excursions
                 // every week; an anomaly there has to stand out from those, not from a Gaussian's.
                 InjectedKind::Spike => {
-                    // (this log is emitted: the missing and outage cases returned above)
+                    // (this log is emitted — the missing and outage cases returned above — if perhaps corrupted)
                     a.observed = true;
                     let add = a.magnitude * p.noise * extreme_excursion(p.df);
                     spike = Some((i, add));
@@ -881,43 +882,34 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 InjectedKind::Outage => {}
             }
         }
-        if let Some((i, add)) = spike {
-            // A spike the feature's physical range cannot hold would be clamped to its bound, where it may be
-            // an ordinary value of this series (a channel at 35 ± 3.5 % "spiking" to 0 %): such a spike is
-            // not injected, and so not labelled.
-            let (lo, hi) = match f.shape {
-                Shape::Real { lo, hi, .. } => (lo, hi),
-                Shape::Count => (0.0, f64::INFINITY),
-                _ => (f64::NEG_INFINITY, f64::INFINITY),
-            };
-            let raw = mean + noise;
-            if raw < lo || raw > hi {
-                mean -= add;
-                c.anomalies[i].observed = false;
-            }
+        // The mean without the spike, if there is one (no other anomaly shares a spike's feature and epoch).
+        let spike_free = spike.map(|(_, add)| mean - add);
+        let rebooting = c.rebooting > 0;
+        if rebooting {
+            mean = reboot_effect(f.name, mean);
         }
-        if c.rebooting > 0 {
-            // Reboot after-effects: devices reconnect, traffic and CPU are briefly off.
-            match f.name {
-                "clients_2g" | "clients_5g" => mean *= 0.2,
-                "throughput_down_mbps" | "throughput_up_mbps" => mean *= 0.3,
-                "cpu_pct" => mean += 25.0,
-                _ => {}
+        if let (Some((i, _)), Some(free)) = (spike, spike_free) {
+            // A spike the feature's physical range cannot hold would be clamped (or rounded) onto its bound,
+            // where it may be an ordinary value of this series (a channel at 35 ± 3.5 % "spiking" to 0 %):
+            // such a spike is not injected, and so not labelled.
+            let v = shaped(f.shape, mean + noise);
+            let at_bound = match f.shape {
+                Shape::Real { lo, hi, .. } => v <= lo || v >= hi,
+                Shape::Count => v <= 0.0,
+                Shape::Uptime | Shape::Reboots => false,
+            };
+            if at_bound {
+                mean = if rebooting {
+                    reboot_effect(f.name, free)
+                } else {
+                    free
+                };
+                c.anomalies[i].observed = false;
             }
         }
         let v = match value_override {
             Some(v) => v,
-            None => {
-                let raw = mean + noise;
-                match f.shape {
-                    Shape::Real { lo, hi, decimals } => {
-                        let scale = [1.0, 10.0, 100.0, 1000.0][decimals.min(3) as usize];
-                        (raw.clamp(lo, hi) * scale).round() / scale
-                    }
-                    Shape::Count => raw.max(0.0).round(),
-                    Shape::Uptime | Shape::Reboots => raw,
-                }
-            }
+            None => shaped(f.shape, mean + noise),
         };
         out[k] = v;
         if v.is_finite() {
@@ -928,6 +920,28 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         c.rebooting -= 1;
     }
     true
+}
+
+/// Reboot after-effects on a feature's mean: devices reconnect, traffic and CPU are briefly off.
+fn reboot_effect(feature: &str, mean: f64) -> f64 {
+    match feature {
+        "clients_2g" | "clients_5g" => mean * 0.2,
+        "throughput_down_mbps" | "throughput_up_mbps" => mean * 0.3,
+        "cpu_pct" => mean + 25.0,
+        _ => mean,
+    }
+}
+
+/// The value a feature reports for `raw`: clamped into its range and rounded to its resolution.
+fn shaped(shape: Shape, raw: f64) -> f64 {
+    match shape {
+        Shape::Real { lo, hi, decimals } => {
+            let scale = [1.0, 10.0, 100.0, 1000.0][decimals.min(3) as usize];
+            (raw.clamp(lo, hi) * scale).round() / scale
+        }
+        Shape::Count => raw.max(0.0).round(),
+        Shape::Uptime | Shape::Reboots => raw,
+    }
 }
 
 /// Customers per chunk of work (a fixed size: the file's line order must not depend on the thread count).
@@ -1014,6 +1028,9 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     let parts = cfg.partitions as usize;
     let features = cfg.features.clamp(1, FEATURES.len());
     let mut mrng = Rng::new(cfg.seed, 0xBAD);
+    // (customer, epoch) of the logs written corrupted
+    let mut corrupted: std::collections::HashSet<(String, usize)> =
+        std::collections::HashSet::new();
     // Customers are processed in chunks with buffers reused from chunk to chunk: memory stays bounded and
     // no page of it is touched for the first time twice, whatever the fleet size.
     let mut values: Vec<Option<[f64; 20]>> = Vec::with_capacity(CHUNK);
@@ -1093,6 +1110,13 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
                     if cfg.malformed_rate > 0.0 {
                         for line in b.lines() {
                             let l = if mrng.chance(cfg.malformed_rate) {
+                                // (its record goes to the dead-letter output: a spike on it is not labelled)
+                                if let Some(key) = line
+                                    .split_once("\"key\":\"")
+                                    .and_then(|(_, rest)| rest.split_once('"'))
+                                {
+                                    corrupted.insert((key.0.to_string(), e));
+                                }
                                 corrupt(line, &mut mrng)
                             } else {
                                 line.to_string()
@@ -1116,7 +1140,9 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     let mut labels: Vec<(i64, String, String, &'static str, i64, i64)> = Vec::new();
     for c in parts_c.iter().flatten() {
         for a in &c.anomalies {
-            if a.kind == InjectedKind::Spike && !a.observed {
+            if a.kind == InjectedKind::Spike
+                && (!a.observed || corrupted.contains(&(c.id.to_string(), a.start)))
+            {
                 continue;
             }
             let s = start + a.start as i64 * epoch_len;
@@ -1245,8 +1271,8 @@ mod tests {
     #[test]
     fn every_labelled_spike_is_in_the_data_inside_its_features_range() {
         // Many spikes on a small fleet: bounded features near their bounds (a channel at 35 ± 3.5 %), missing
-        // logs and outages. A spike the range cannot hold would be clamped to a bound and one on a missing
-        // log left no trace: neither is injected or labelled.
+        // logs, outages and corrupted lines. A spike the range cannot hold would be clamped to a bound, one
+        // on a missing log left no trace, one on a corrupted line is dead-lettered: none is labelled.
         let dir = tempfile::tempdir().unwrap();
         let cfg = GenerateConfig {
             customers: 60,
@@ -1254,6 +1280,7 @@ mod tests {
             seed: 11,
             anomaly_rate: 40.0,
             outage_rate: 1.0,
+            malformed_rate: 0.01,
             history_epochs: 24,
             threads: 1,
             ..Default::default()
@@ -1262,7 +1289,13 @@ mod tests {
         let mut logs: std::collections::HashMap<(String, i64), serde_json::Value> =
             std::collections::HashMap::new();
         let text = std::fs::read_to_string(dir.path().join("telemetry.jsonl")).unwrap();
+        let spec = crate::spec::Spec::embedded();
+        let mut parser = crate::sources::parse::LogParser::new(&spec);
+        let mut log = crate::record::Log::empty(CustomerId::parse(b"x", b"").unwrap());
         for line in text.lines().skip(1) {
+            if parser.parse_recorded(line.as_bytes(), &mut log).is_err() {
+                continue; // dead-lettered by the pipeline
+            }
             let m: serde_json::Value = serde_json::from_str(line).unwrap();
             let v = m["value"].clone();
             let c = v["customer_id"].as_str().unwrap().to_string();
@@ -1285,11 +1318,15 @@ mod tests {
                 .unwrap_or_else(|| panic!("spike of {c} {f} at epoch {e} on a missing log"));
             let x = log[f].as_f64().unwrap();
             let k = FEATURES.iter().position(|m| m.name == f).unwrap();
-            if let Shape::Real { lo, hi, .. } = FEATURES[k].shape {
-                assert!(
-                    x > lo && x < hi,
-                    "spike of {c} {f} at epoch {e} clamped to {x}"
-                );
+            match FEATURES[k].shape {
+                Shape::Real { lo, hi, .. } => {
+                    assert!(
+                        x > lo && x < hi,
+                        "spike of {c} {f} at epoch {e} clamped to {x}"
+                    )
+                }
+                Shape::Count => assert!(x > 0.0, "spike of {c} {f} at epoch {e} clamped to 0"),
+                Shape::Uptime | Shape::Reboots => {}
             }
         }
         assert!(spikes > 200, "{spikes} spikes");
