@@ -95,6 +95,17 @@ enum Shape {
     Reboots,
 }
 
+impl Shape {
+    /// The physical range a value is clamped into, for the shapes that have one.
+    fn bounds(self) -> Option<(f64, f64)> {
+        match self {
+            Shape::Real { lo, hi, .. } => Some((lo, hi)),
+            Shape::Count => Some((0.0, f64::INFINITY)),
+            Shape::Uptime | Shape::Reboots => None,
+        }
+    }
+}
+
 /// Population model of one feature.
 #[derive(Debug, Clone, Copy)]
 struct FeatureModel {
@@ -678,12 +689,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
         // Shifts and drifts move away from a physical bound they would otherwise run into (a percentage
         // pushed below zero just sits at zero: that is not the anomaly being labelled).
-        let bounds = match FEATURES[feature].shape {
-            Shape::Real { lo, hi, .. } => Some((lo, hi)),
-            Shape::Count => Some((0.0, f64::INFINITY)),
-            _ => None,
-        };
-        if let Some((lo, hi)) = bounds
+        if let Some((lo, hi)) = FEATURES[feature].shape.bounds()
             && matches!(
                 kind,
                 InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike
@@ -882,22 +888,19 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 InjectedKind::Outage => {}
             }
         }
-        // The mean without the spike, if there is one (no other anomaly shares a spike's feature and epoch).
-        let spike_free = spike.map(|(_, add)| mean - add);
+        // The spike, if there is one, with the mean it leaves out (no other anomaly shares a spike's feature
+        // and epoch).
+        let spike = spike.map(|(i, add)| (i, mean - add));
         let rebooting = c.rebooting > 0;
         if rebooting {
             mean = reboot_effect(f.name, mean);
         }
-        if let (Some((i, _)), Some(free)) = (spike, spike_free) {
+        if let Some((i, free)) = spike {
             // A spike the feature's physical range cannot hold would be clamped (or rounded) onto its bound,
             // where it may be an ordinary value of this series (a channel at 35 ± 3.5 % "spiking" to 0 %):
             // such a spike is not injected, and so not labelled.
             let v = shaped(f.shape, mean + noise);
-            let at_bound = match f.shape {
-                Shape::Real { lo, hi, .. } => v <= lo || v >= hi,
-                Shape::Count => v <= 0.0,
-                Shape::Uptime | Shape::Reboots => false,
-            };
+            let at_bound = f.shape.bounds().is_some_and(|(lo, hi)| v <= lo || v >= hi);
             if at_bound {
                 mean = if rebooting {
                     reboot_effect(f.name, free)
