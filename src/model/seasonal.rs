@@ -487,9 +487,17 @@ impl SeasonalRobust {
                 st.season[k] += eta * sigma * psi_base * f;
             }
         }
+        // A value at a declared bound is censored: the quantity behind a percentage of exactly 0 is at most
+        // 0, so with the prediction inside the bounds its residual only bounds the real one from below. It
+        // may teach the noise scale to grow, never to shrink (and nothing when the prediction lies beyond
+        // the bound, where it bounds nothing): a series at 0 most of the time (an idle radio) would otherwise
+        // learn the scale of its zeros and take every ordinary burst above them for a shift.
         let target = r.abs().min(4.0 * sigma);
-        let gain = if target > st.mad { b } else { b / 4.0 };
-        st.mad += gain * (target - st.mad);
+        let learns = obs.at_bound == AtBound::Inside || (target > st.mad && !censored);
+        if learns {
+            let gain = if target > st.mad { b } else { b / 4.0 };
+            st.mad += gain * (target - st.mad);
+        }
         if st.c_hi.max(st.c_lo) >= 3.0 * self.cusum_h {
             // A confirmed shift: adopt the new level instead of crawling towards it.
             st.level = x - st.seasonal(&season) - wk * st.weekend;
@@ -1028,6 +1036,40 @@ mod tests {
         let mut s = st_in.encode(Transform::Level, false);
         let a = d.observe(&mut s, &o, &prior);
         assert!(!a.censored && a.surprise > 23.0, "{}", a.surprise);
+    }
+
+    #[test]
+    fn values_at_a_bound_teach_the_noise_scale_to_grow_never_to_shrink() {
+        // An idle radio: channel utilisation at 0 % (its declared lower bound) most of the time, predicted
+        // at 0.1 with S = 2. Inside the bounds the residual −0.1 shrinks S by b/4 = 0.005 each time
+        // (S ← 2 + 0.005·(0.1 − 2) = 1.9905 once); at the bound it only says the real residual is at least
+        // 0.1, which is no reason to shrink: S stays where it is, however long the zeros last.
+        let d = SeasonalRobust::default();
+        let scale = |s: &DetectorState| St::decode(s, Transform::Level, false).mad;
+        let st = quiet(0.1, 2.0);
+        let s0 = scale(&st.encode(Transform::Level, false));
+        let prior = FeaturePrior::NONE;
+        let mut o = obs(0.0, 0, 255);
+        let mut s = st.encode(Transform::Level, false);
+        d.observe(&mut s, &o, &prior);
+        assert!((scale(&s) - 1.9905).abs() < 2e-3, "{}", scale(&s));
+        o.at_bound = AtBound::Lower;
+        let mut s = st.encode(Transform::Level, false);
+        for i in 0..500 {
+            o.ts = 300 * i;
+            d.observe(&mut s, &o, &prior);
+        }
+        assert_eq!(scale(&s), s0);
+        // A residual at the bound beyond S is a lower bound beyond S: S grows as usual. L = 9, S = 2
+        // (σ = 1.721): x = 0 is 9 below, target min(9, 4σ = 6.884) = 6.884, b = 0.02 → S = 2.0977.
+        let mut s = quiet(9.0, 2.0).encode(Transform::Level, false);
+        d.observe(&mut s, &o, &prior);
+        assert!((scale(&s) - 2.0977).abs() < 2e-3, "{}", scale(&s));
+        // A prediction beyond the bound (L = −5) agrees with the value: censored, nothing to learn.
+        let mut s = quiet(-5.0, 2.0).encode(Transform::Level, false);
+        let a = d.observe(&mut s, &o, &prior);
+        assert!(a.censored);
+        assert_eq!(scale(&s), s0);
     }
 
     #[test]
