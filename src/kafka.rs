@@ -644,6 +644,19 @@ impl crate::sinks::Output for KafkaOutput {
 
 /// The largest `epoch` of the summary records (key `epoch`) on partition 0 of `topic`, reading it whole.
 pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, KafkaIoError> {
+    summary_epoch(brokers, topic, true)
+}
+
+/// The largest `epoch` of the summary records below the high watermark `topic`'s partition 0 reports on
+/// entry: a lower bound on what a running pipeline has made durable. Unlike [`last_summary_epoch`] (which
+/// reads on until the partition has been quiet for a second, for resuming a stopped run) it answers while
+/// the pipeline keeps writing.
+pub fn durable_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, KafkaIoError> {
+    summary_epoch(brokers, topic, false)
+}
+
+/// `settle`: after the reported high watermark, read on until the partition has been quiet for a second.
+fn summary_epoch(brokers: &str, topic: &str, settle: bool) -> Result<Option<u64>, KafkaIoError> {
     let consumer: BaseConsumer = client_config(brokers)
         .set(
             "group.id",
@@ -692,6 +705,9 @@ pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, Kaf
             last = Some(last.map_or(s.epoch, |l: u64| l.max(s.epoch)));
         }
         if m.offset() + 1 >= high {
+            if !settle {
+                return Ok(last);
+            }
             reached = true;
         }
     }

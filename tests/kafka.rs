@@ -476,49 +476,6 @@ fn a_live_run_and_the_replay_of_its_recording_are_byte_identical() {
     );
 }
 
-/// The latest summary epoch among the messages of `topic` partition 0 below the high watermark seen on
-/// entry: a lower bound on what is durable, and unlike `kafka::last_summary_epoch` (which reads on until the
-/// partition is quiet for a second, for resuming a stopped run) it answers while a run keeps writing.
-fn durable_summary_epoch(broker: &Broker, topic: &str) -> Option<u64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "fw-test-durable")
-        .set("enable.auto.commit", "false")
-        .create()
-        .ok()?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .ok()?;
-    if high <= low {
-        return None;
-    }
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-        .ok()?;
-    consumer.assign(&tpl).ok()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        if m.key() == Some(b"epoch".as_slice())
-            && let Some(e) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                .and_then(|v| v["epoch"].as_u64())
-        {
-            last = last.max(Some(e));
-        }
-        if m.offset() + 1 >= high {
-            return last;
-        }
-    }
-    None
-}
-
 #[test]
 fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -571,7 +528,8 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
             first.try_wait().unwrap().is_none(),
             "the first run ended before it was killed"
         );
-        let done = durable_summary_epoch(&broker, "changes");
+        let done =
+            fleetwatch::kafka::durable_summary_epoch(&broker.brokers(), "changes").unwrap_or(None);
         if let (Some(d), Some(f)) = (done, first_epoch)
             && d >= f + 100
         {
