@@ -40,7 +40,7 @@
 //! quantiles keep their rate: their downward step is only λ·(1 − p), and slowing them further leaves a
 //! threshold that an early excursion pushed up high for weeks.
 //!
-//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.6 (7.5σ), which
+//! With `threshold_margin = 1.4` a Gaussian series alerts beyond 6.5σ; home-wifi.toml uses 1.75 (8.2σ), which
 //! its heavy-tailed features and the fleet's false-alert target need. The margin pays for the estimation
 //! noise of the quantiles: the threshold is convex in `r`, so an underestimated tail costs more false alarms
 //! than an overestimated one costs misses (`examples/calibration_probe.rs` measures this).
