@@ -47,8 +47,9 @@
 //! F⁺     = max(0, F⁺ + min(z, z_f) − k_f),  F⁻ likewise   the fast shift statistic (fast_cusum_*; off at
 //!          h_f = 0): a higher allowance k_f (2.5) forgets ordinary noise within an epoch or two, a higher
 //!          cap z_f (6) lets two or three observations of a big shift reach h_f (home-wifi 5.375) — the slow pair
-//!          above needs at least ⌈h·κ/(z_c − k_c)⌉ observations, 3 at κ = 1, more on heavy tails, and keeps
-//!          the small shifts and the drifts
+//!          above needs at least ⌈h·κ/(z_c − k_c)⌉ observations (κ ∈ [1, 2]: the framework's tail factor,
+//!          `alert.rs`, which raises both pairs' bars), 3 at κ = 1, more on heavy tails, and keeps the small
+//!          shifts and the drifts
 //! m      = m + γ·(min(|z|, 4) − m)                      (E|z| = 0.8 for Gaussian noise)
 //! ρ      = ρ + (sgn ψ_b · sgn ψ₋ − ρ)/64 while max(C⁺, C⁻) < h/2,  ψ₋ ← ψ_b
 //! run    = run + 1 if x repeats the last raw value exactly, else 0
@@ -292,6 +293,13 @@ impl SeasonalRobust {
                 m.fast_h
             ));
         }
+        if m.fast_h > 0.0 && m.fast_cap <= m.fast_k {
+            return Err(format!(
+                "detector parameter fast_cusum_cap = {} must exceed fast_cusum_k = {}: the fast shift \
+                 statistic could never step up",
+                m.fast_cap, m.fast_k
+            ));
+        }
         if m.fast_h > 0.0 && m.range_tolerance > 0.0 {
             // Both live in the state's last bytes (32..36): a spec has one or the other.
             return Err(format!(
@@ -450,7 +458,8 @@ impl SeasonalRobust {
         let fast = !range && self.fast_h > 0.0;
         // Most observations leave the fast pair at rest (|z| within its allowance, nothing accumulated):
         // skip its arithmetic then, a well-predicted branch instead of ~20 instructions per series.
-        let fast_active = fast && (st.f_hi + st.f_lo > 0.0 || z.abs() > self.fast_k);
+        // (A NaN z takes the arithmetic path, exactly as without the shortcut.)
+        let fast_active = fast && (st.f_hi + st.f_lo > 0.0 || z.abs() > self.fast_k || z.is_nan());
         if fast_active {
             st.f_hi = (st.f_hi + z.min(self.fast_cap) - self.fast_k).clamp(0.0, 31.0);
             st.f_lo = (st.f_lo - z.max(-self.fast_cap) - self.fast_k).clamp(0.0, 31.0);
@@ -764,9 +773,10 @@ mod tests {
     #[test]
     fn a_big_shift_reaches_the_fast_bar_in_two_observations_where_the_slow_pair_needs_three() {
         // The shipped home-wifi pairs: slow k_c = 1, cap 4, h = 9; fast k_f = 2.5, cap 6, h_f = 5.375. A 6σ
-        // shift on a quiet series (L = 10, S = 1): the first value steps C⁺ by 3 and F⁺ by 3.5; the second
-        // (the level has learned a·σ·c = 0.086 of it and S has grown, so z ≈ 5.3) adds 3 and about 2.8:
-        // F⁺ ≈ 6.3 ≥ 5.375 raises, C⁺ = 6 < 9 does not.
+        // shift on a quiet series (L = 10, S = 1, σ = 0.8605): the first value (z = 6) steps C⁺ by 3 and F⁺
+        // by 3.5; then the level has learned a·σ·c = 0.04·0.8605·2.5 = 0.086 of it and S has grown to
+        // 1 + 0.02·(4σ − 1) = 1.0488 (σ = 0.9025), so the second value is z = (15.163 − 10.086)/0.9025 = 5.63:
+        // C⁺ gains 3 more, F⁺ 3.13 — F⁺ = 6.63 (6.625 in eighths) ≥ 5.375 raises, C⁺ = 6 < 9 does not.
         let d = SeasonalRobust {
             cusum_h: 9.0,
             fast_h: 5.375,
@@ -792,18 +802,23 @@ mod tests {
         }
         assert!(fast[0] < 1.0 && fast[1] >= 1.0, "{fast:?}");
         assert!(slow[1] < 1.0, "{slow:?}");
-        assert_eq!(St::decode(&s, Transform::Level, false).c_hi, 6.0);
+        let after = St::decode(&s, Transform::Level, false);
+        assert_eq!((after.c_hi, after.f_hi), (6.0, 6.625));
     }
 
     #[test]
     fn the_fast_shift_statistic_and_the_range_rule_are_one_or_the_other() {
-        let params = |t: &str| DetectorParams::new(t.parse::<toml::Table>().unwrap_or_default());
+        let params = |t: &str| DetectorParams::new(t.parse::<toml::Table>().unwrap());
         assert!(SeasonalRobust::from_params(&params("fast_cusum_h = 5.375")).is_ok());
         assert!(SeasonalRobust::from_params(&params("range_tolerance = 0.05")).is_ok());
         let both =
             SeasonalRobust::from_params(&params("fast_cusum_h = 5.375\nrange_tolerance = 0.05"));
         assert!(both.is_err_and(|e| e.contains("exclude each other")));
         assert!(SeasonalRobust::from_params(&params("fast_cusum_h = 0.5")).is_err());
+        let never_steps = SeasonalRobust::from_params(&params(
+            "fast_cusum_h = 5\nfast_cusum_k = 6\nfast_cusum_cap = 6",
+        ));
+        assert!(never_steps.is_err_and(|e| e.contains("must exceed")));
     }
 
     #[test]
@@ -992,8 +1007,8 @@ mod tests {
             prev: 0.0,
             c_hi: 3.0,
             c_lo: 0.0,
-            f_hi: 0.0,
-            f_lo: 0.0,
+            f_hi: 2.5,
+            f_lo: 31.0,
             vol: 1.25,
             run: 4,
             run_max: 2.5,
@@ -1004,9 +1019,16 @@ mod tests {
             lo: -7.5,
             hi: 1_002_438_656.0, // a bound16 code: 2^29·(1 + 444/512)
         };
+        // With the range rule its bounds take bytes 32..36 (the fast pair is off, its values not kept);
+        // without it the fast pair takes bytes 32 and 33.
+        let range = St {
+            f_hi: 0.0,
+            f_lo: 0.0,
+            ..st
+        };
         assert_eq!(
             St::decode(&st.encode(Transform::Level, true), Transform::Level, true),
-            st
+            range
         );
         let off = St {
             lo: 0.0,
