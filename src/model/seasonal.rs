@@ -253,6 +253,16 @@ impl St {
     }
 }
 
+/// One step of a two-sided CUSUM pair in σ units: each side adds its surprise, capped at `cap`, beyond the
+/// allowance `k`, and stays within [0, 31] (stored as a byte of eighths). Both pairs, slow and fast, step so.
+#[inline(always)]
+fn cusum_step(hi: f32, lo: f32, z: f32, cap: f32, k: f32) -> (f32, f32) {
+    (
+        (hi + z.min(cap) - k).clamp(0.0, 31.0),
+        (lo - z.max(-cap) - k).clamp(0.0, 31.0),
+    )
+}
+
 /// 8-bit hash of a value's bits (for exact-repeat detection).
 fn hash8(x: f32) -> u8 {
     let h = (x.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -287,26 +297,29 @@ impl SeasonalRobust {
             prior_weight: p.f32("prior_weight", d.prior_weight, 0.0, 1000.0)?,
             warm: p.f32("warm", d.warm as f32, 1.0, 255.0)? as u8,
         };
-        if m.fast_h > 0.0 && m.fast_h < 1.0 {
-            return Err(format!(
-                "detector parameter fast_cusum_h = {} must be 0 (off) or in [1, 10]",
-                m.fast_h
-            ));
-        }
-        if m.fast_h > 0.0 && m.fast_cap <= m.fast_k {
-            return Err(format!(
-                "detector parameter fast_cusum_cap = {} must exceed fast_cusum_k = {}: the fast shift \
-                 statistic could never step up",
-                m.fast_cap, m.fast_k
-            ));
-        }
-        if m.fast_h > 0.0 && m.range_tolerance > 0.0 {
-            // Both live in the state's last bytes (32..36): a spec has one or the other.
-            return Err(format!(
-                "detector parameters fast_cusum_h = {} and range_tolerance = {} exclude each other: the fast \
-                 shift statistic and the range rule share the last bytes of the series' state; set one to 0",
-                m.fast_h, m.range_tolerance
-            ));
+        if m.fast_h > 0.0 {
+            if m.fast_h < 1.0 {
+                return Err(format!(
+                    "detector parameter fast_cusum_h = {} must be 0 (off) or in [1, 10]",
+                    m.fast_h
+                ));
+            }
+            if m.fast_cap <= m.fast_k {
+                return Err(format!(
+                    "detector parameter fast_cusum_cap = {} must exceed fast_cusum_k = {}: the fast shift \
+                     statistic could never step up",
+                    m.fast_cap, m.fast_k
+                ));
+            }
+            if m.range_tolerance > 0.0 {
+                // Both live in the state's last bytes (32..36): a spec has one or the other.
+                return Err(format!(
+                    "detector parameters fast_cusum_h = {} and range_tolerance = {} exclude each other: the \
+                     fast shift statistic and the range rule share the last bytes of the series' state; set \
+                     one to 0",
+                    m.fast_h, m.range_tolerance
+                ));
+            }
         }
         Ok(m)
     }
@@ -453,16 +466,14 @@ impl SeasonalRobust {
         let psi_base = ((x - base) / sigma).clamp(-self.huber, self.huber);
 
         // Scores.
-        st.c_hi = (st.c_hi + z.min(self.cusum_cap) - self.cusum_k).clamp(0.0, 31.0);
-        st.c_lo = (st.c_lo - z.max(-self.cusum_cap) - self.cusum_k).clamp(0.0, 31.0);
+        (st.c_hi, st.c_lo) = cusum_step(st.c_hi, st.c_lo, z, self.cusum_cap, self.cusum_k);
         let fast = !range && self.fast_h > 0.0;
         // Most observations leave the fast pair at rest (|z| within its allowance, nothing accumulated):
         // skip its arithmetic then, a well-predicted branch instead of ~20 instructions per series.
         // (A NaN z takes the arithmetic path, exactly as without the shortcut.)
         let fast_active = fast && (st.f_hi + st.f_lo > 0.0 || z.abs() > self.fast_k || z.is_nan());
         if fast_active {
-            st.f_hi = (st.f_hi + z.min(self.fast_cap) - self.fast_k).clamp(0.0, 31.0);
-            st.f_lo = (st.f_lo - z.max(-self.fast_cap) - self.fast_k).clamp(0.0, 31.0);
+            (st.f_hi, st.f_lo) = cusum_step(st.f_hi, st.f_lo, z, self.fast_cap, self.fast_k);
         }
         st.vol += self.vol_gain * (z.abs().min(4.0) - st.vol);
         let sign = |v: f32| {
