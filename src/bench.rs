@@ -37,6 +37,10 @@ pub struct BenchOptions {
     pub generator: Option<PathBuf>,
     /// Keep the generated topic (and output) after the run.
     pub keep: bool,
+    /// Measure the detector's defaults for real telemetry instead of home-wifi's alerting: the memory of
+    /// recent point evidence and the shift/variance calibration on, the fast shift statistic (whose bytes
+    /// the memory takes) off.
+    pub own_history: bool,
 }
 
 /// The measured figures (printed as one JSON object).
@@ -132,7 +136,16 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
     let input_bytes = std::fs::metadata(&input)
         .map_err(io(format!("reading {}", input.display())))?
         .len();
-    let spec = spec_with_features(opts.features);
+    let mut spec = spec_with_features(opts.features);
+    if opts.own_history {
+        let defaults = crate::spec::AlertSpec::default();
+        spec.detector
+            .params
+            .insert("fast_cusum_h".into(), toml::Value::Float(0.0));
+        spec.alerting.score_margin = defaults.score_margin;
+        spec.alerting.memory_half_life_hours = defaults.memory_half_life_hours;
+        spec.alerting.memory_margin = defaults.memory_margin;
+    }
     let detector = Registry::builtin()
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(CommandError::Usage)?;

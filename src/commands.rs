@@ -282,6 +282,36 @@ pub fn eval(labels: &Path, alerts: &Path) -> Result<EvalReport, CommandError> {
     ))
 }
 
+/// `fleetwatch eval --alerts [--points] [--telemetry]`: point-wise scoring against customer-level point labels
+/// (or, without them, the raises per 1,000 series-days of an unlabelled run), with the robust z-score
+/// baseline on the same telemetry when it is given.
+pub fn eval_points(
+    alerts: &Path,
+    points: Option<&Path>,
+    telemetry: Option<&Path>,
+    baseline_window: usize,
+) -> Result<crate::pointeval::PointReport, CommandError> {
+    let run = crate::pointeval::read_run_output(alerts)?;
+    if run.epochs == 0 {
+        return Err(CommandError::Usage(format!(
+            "{} has no summary lines; pass a fleetwatch run output",
+            alerts.display()
+        )));
+    }
+    let points = points.map(crate::pointeval::read_points).transpose()?;
+    let table = telemetry.map(crate::pointeval::read_table).transpose()?;
+    let last = match (&points, &table) {
+        (Some(p), _) => Some(crate::pointeval::last_points(p)),
+        (None, Some(t)) => Some(crate::pointeval::last_rows(t)),
+        (None, None) => None,
+    };
+    let mut report = crate::pointeval::evaluate_points(&run, points.as_ref(), last.as_ref());
+    if let (Some(t), Some(p)) = (table.as_ref(), points.as_ref()) {
+        report.baseline = Some(crate::pointeval::baseline(t, p, baseline_window));
+    }
+    Ok(report)
+}
+
 /// `fleetwatch eval --nab`: NAB's three normalised scores (printed as one JSON object).
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct NabReport {
@@ -405,4 +435,14 @@ pub fn pretty_change(line: &str) -> String {
         n("lower"),
         n("upper")
     )
+}
+
+/// `fleetwatch import --dataset DIR --out OUT`: converts a real telemetry dataset (azure-vm-cpu, ms-cloudmon
+/// or petshop, detected from its layout) into one directory per set under `OUT` (telemetry.csv, points.csv
+/// for labelled sets, spec.toml, set.json); see [`crate::realdata`].
+pub fn import(
+    dataset: &Path,
+    out: &Path,
+) -> Result<crate::realdata::ImportReport, crate::realdata::ImportError> {
+    crate::realdata::import(dataset, out)
 }

@@ -14,6 +14,7 @@
 //! * [`dataflow`] — the assembled pipeline and `run`.
 //! * [`cluster`] — `cluster.toml`, multi-process configuration and `launch`.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
+//! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
 
 pub mod arrangement;
 pub mod bench;
@@ -31,6 +32,8 @@ pub mod keys;
 pub mod memory;
 pub mod model;
 pub mod nab;
+pub mod pointeval;
+pub mod realdata;
 pub mod record;
 pub mod rng;
 pub mod sinks;

@@ -142,16 +142,32 @@ enum Command {
         /// Directory for the generated topic and the output (default: a temporary one, removed after).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Alert with the detector's defaults for real telemetry (memory and shift/variance calibration on,
+        /// the fast shift statistic off) instead of home-wifi's settings.
+        #[arg(long)]
+        own_history: bool,
     },
     /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
     /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
     Eval {
         /// The generator's labels file (with `--alerts`).
-        #[arg(long, requires = "alerts", conflicts_with = "nab")]
+        #[arg(long, requires = "alerts", conflicts_with_all = ["nab", "points"])]
         labels: Option<PathBuf>,
-        /// A `fleetwatch run` output to score against `--labels`.
-        #[arg(long, requires = "labels")]
+        /// A `fleetwatch run` output to score against `--labels` (event scoring) or `--points` (point
+        /// scoring); alone, its raises per 1,000 series-days (an unlabelled set).
+        #[arg(long)]
         alerts: Option<PathBuf>,
+        /// Customer-level point labels, CSV `customer_id,ts,label` (real telemetry sets; with `--alerts`).
+        #[arg(long, requires = "alerts")]
+        points: Option<PathBuf>,
+        /// The run's input CSV export (`customer_id,ts,<feature>...`): with `--points`, adds the streaming
+        /// robust z-score baseline, its threshold chosen with the labels; alone, tells where each
+        /// customer's data ends (raises after it are the recording's end, counted apart).
+        #[arg(long, requires = "alerts")]
+        telemetry: Option<PathBuf>,
+        /// The baseline's trailing window, in values of each series.
+        #[arg(long, default_value_t = 288)]
+        baseline_window: usize,
         /// NAB's root folder (holding data/, labels/, config/): run the model over its 58 series and score
         /// them with NAB's rules; prints {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}.
         #[arg(long, requires = "out")]
@@ -196,6 +212,17 @@ enum Command {
         /// Stop after this many seconds without a new message.
         #[arg(long, default_value_t = 10.0)]
         until_idle: f64,
+    },
+    /// Convert a real telemetry dataset (azure-vm-cpu, ms-cloudmon or petshop, detected from its layout) into
+    /// one directory per set under OUT: telemetry.csv, points.csv (labelled sets), spec.toml, set.json.
+    /// Prints a JSON summary.
+    Import {
+        /// The dataset's folder (e.g. ../shared/datasets/ms-cloudmon).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Where the sets go (created if missing; existing files of a set are replaced).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Start every process of a cluster file that lives on this host, with the given run arguments.
     Launch {
@@ -377,6 +404,7 @@ fn main() -> Result<()> {
             seed,
             input,
             dir,
+            own_history,
         } => {
             let opts = fleetwatch::bench::BenchOptions {
                 customers,
@@ -389,6 +417,7 @@ fn main() -> Result<()> {
                 dir,
                 generator: std::env::current_exe().ok(),
                 keep: false,
+                own_history,
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -396,6 +425,9 @@ fn main() -> Result<()> {
         Command::Eval {
             labels,
             alerts,
+            points,
+            telemetry,
+            baseline_window,
             nab,
             out,
             dataflow,
@@ -411,7 +443,16 @@ fn main() -> Result<()> {
                 let r = commands::eval(&labels, &alerts)?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
             }
-            _ => anyhow::bail!("give --labels and --alerts, or --nab and --out"),
+            (_, _, None, Some(alerts)) => {
+                let r = commands::eval_points(
+                    &alerts,
+                    points.as_deref(),
+                    telemetry.as_deref(),
+                    baseline_window,
+                )?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            _ => anyhow::bail!("give --alerts (with --labels or --points), or --nab and --out"),
         },
         #[cfg(feature = "kafka")]
         Command::Produce { from, to, rate } => {
@@ -430,6 +471,11 @@ fn main() -> Result<()> {
             let idle = std::time::Duration::from_secs_f64(until_idle.max(0.1));
             let r = fleetwatch::kafka::record(&from, &out, idle)
                 .with_context(|| format!("record into {} failed", out.display()))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Import { dataset, out } => {
+            let r = commands::import(&dataset, &out)
+                .with_context(|| format!("import of {} failed", dataset.display()))?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Command::Launch { cluster, run_args } => {

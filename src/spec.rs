@@ -210,6 +210,28 @@ pub struct AlertSpec {
     /// boundaries (q = 0..3) its score is divided by `1 + first_day_margin·(3 − q)/3`. 0: off.
     #[serde(default)]
     pub first_day_margin: f64,
+    /// Self-calibration of the whole score: each series tracks `G`, the level its own score exceeds
+    /// 1/256 of the time (every evidence kind, anomalies included), and a score counts only beyond
+    /// `score_margin · G` (never below 1): a series whose ordinary life keeps crossing its bars (regime
+    /// switches, autocorrelated or bursty residuals) earns a higher one. 0: off. Its two bytes are the
+    /// detector state's last two, which seasonal-robust's range rule also uses: one or the other.
+    #[serde(default = "d_score_margin")]
+    pub score_margin: f64,
+    /// The surprise quantiles learn from every observation of the series (not while sustained evidence
+    /// builds up), points beyond the threshold and open alerts included: a series whose excursions recur
+    /// learns that they are its normal. `false`: only from ordinary observations (no alert open, below the
+    /// threshold), as NAB's single-anomaly series prefer (nab.toml).
+    #[serde(default = "d_true")]
+    pub calibrate_on_anomalies: bool,
+    /// Memory of recent point-wise evidence: each series remembers its largest recent `|z|/T`, decaying
+    /// with this half-life, and a point excursion counts only beyond `memory_margin ×` that memory (never
+    /// below 1): a recurring excursion (a daily batch job, a heavier tail than the calibration extrapolates)
+    /// raises once, not every time. 0: off. Its two bytes are seasonal-robust's fast shift statistic's:
+    /// one or the other.
+    #[serde(default = "d_memory_half_life")]
+    pub memory_half_life_hours: f64,
+    #[serde(default = "d_memory_margin")]
+    pub memory_margin: f64,
     /// An alert clears once the normalised score stays below this for `clear_epochs` epochs.
     #[serde(default = "d_clear_ratio")]
     pub clear_ratio: f64,
@@ -237,6 +259,10 @@ impl Default for AlertSpec {
             sustained_tail_exponent: d_sustained_tail(),
             mature_lo_rate: d_mature_lo_rate(),
             first_day_margin: 0.0,
+            calibrate_on_anomalies: true,
+            score_margin: d_score_margin(),
+            memory_half_life_hours: d_memory_half_life(),
+            memory_margin: d_memory_margin(),
             clear_ratio: d_clear_ratio(),
             clear_epochs: d_clear_epochs(),
             critical_ratio: d_critical(),
@@ -258,6 +284,18 @@ fn d_sustained_tail() -> f64 {
 }
 fn d_mature_lo_rate() -> f64 {
     1.0
+}
+fn d_true() -> bool {
+    true
+}
+fn d_score_margin() -> f64 {
+    3.0
+}
+fn d_memory_half_life() -> f64 {
+    72.0
+}
+fn d_memory_margin() -> f64 {
+    1.5
 }
 fn d_clear_ratio() -> f64 {
     0.6
@@ -421,6 +459,42 @@ impl Spec {
         if !(0.0..=4.0).contains(&a.first_day_margin) {
             return Err("alerting.first_day_margin must be in [0, 4]".into());
         }
+        if !(a.score_margin == 0.0 || (1.0..=100.0).contains(&a.score_margin)) {
+            return Err("alerting.score_margin must be 0 (off) or in [1, 100]".into());
+        }
+        let range_on = self
+            .detector
+            .params
+            .get("range_tolerance")
+            .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+            .is_some_and(|t| t > 0.0);
+        if a.score_margin > 0.0 && range_on {
+            return Err(format!(
+                "alerting.score_margin = {} and detector range_tolerance exclude each other: the score \
+                 calibration and the range rule share the last two bytes of the series' state; set one to 0",
+                a.score_margin
+            ));
+        }
+        if !(0.0..=8760.0).contains(&a.memory_half_life_hours) {
+            return Err("alerting.memory_half_life_hours must be 0 (off) or at most 8760".into());
+        }
+        if !(1.0..=100.0).contains(&a.memory_margin) {
+            return Err("alerting.memory_margin must be in [1, 100]".into());
+        }
+        let fast_on = self
+            .detector
+            .params
+            .get("fast_cusum_h")
+            .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+            .is_some_and(|t| t > 0.0);
+        if a.memory_half_life_hours > 0.0 && (fast_on || range_on) {
+            return Err(format!(
+                "alerting.memory_half_life_hours = {} excludes detector fast_cusum_h and range_tolerance: \
+                 the memory uses the state bytes of the fast shift statistic and of the range rule; set \
+                 one of them to 0",
+                a.memory_half_life_hours
+            ));
+        }
         if !(0.0..1.0).contains(&a.clear_ratio) {
             return Err("alerting.clear_ratio must be in [0, 1)".into());
         }
@@ -515,6 +589,38 @@ mod tests {
             assert!(
                 matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
                 "{margin}"
+            );
+        }
+        // The score calibration and the memory use state bytes the range rule (both) and the fast shift
+        // statistic (the memory) also use: such specs are refused, unless the one or the other is off.
+        let with = |detector: &str, alerting: &str| {
+            format!(
+                "name='x'\n[detector]\nname='seasonal-robust'\n{detector}\n[alerting]\n{alerting}\n\
+                 [[features]]\nname='a'\n"
+            )
+        };
+        for (detector, alerting, valid) in [
+            (
+                "range_tolerance = 0.05",
+                "memory_half_life_hours = 0",
+                false,
+            ),
+            ("range_tolerance = 0.05", "score_margin = 0", false),
+            (
+                "range_tolerance = 0.05",
+                "score_margin = 0\nmemory_half_life_hours = 0",
+                true,
+            ),
+            ("fast_cusum_h = 5", "", false),
+            ("fast_cusum_h = 5", "memory_half_life_hours = 0", true),
+            ("", "score_margin = 0.5", false),
+            ("", "memory_margin = 0.9", false),
+            ("", "", true),
+        ] {
+            assert_eq!(
+                Spec::parse(&with(detector, alerting), "t").is_ok(),
+                valid,
+                "{detector} / {alerting}"
             );
         }
         let ok = "name='x'\n[[features]]\nname='a'\nbounds = [0, inf]\n";

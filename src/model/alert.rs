@@ -268,6 +268,10 @@ pub struct AlertParams {
     pub lo_steps_mature: (u16, u16),
     /// `x^sustained_tail_exponent` (the spec's exponent lives here only).
     pub tail_power: TailPower,
+    /// `score_margin` (0: the score calibration is off): see [`ScoreQuantile`].
+    pub score_margin: f32,
+    /// `memory_margin` (0: the memory is off): see [`Memory`].
+    pub memory_margin: f32,
 }
 
 /// `x^e` for `x ≥ 1`, clamped to [1, 2] (the sustained-evidence bar's tail factor), computed once per series
@@ -363,6 +367,12 @@ impl AlertParams {
             critical_ratio: a.critical_ratio as f32,
             lo_steps_mature: lo_steps(a.mature_lo_rate),
             tail_power: TailPower::new(a.sustained_tail_exponent as f32),
+            score_margin: a.score_margin as f32,
+            memory_margin: if a.memory_half_life_hours > 0.0 {
+                a.memory_margin as f32
+            } else {
+                0.0
+            },
         }
     }
 
@@ -418,6 +428,12 @@ impl AlertParams {
     /// detector's alarm point raised with how heavy the series' tail is (`(t / T_gauss)^e`, in [1, 2], e =
     /// `sustained_tail_exponent`: sustained statistics average capped inputs, so tails matter less to them;
     /// stuck values are not a matter of tails).
+    ///
+    /// Shift and variance evidence is further divided by `calibration` (the series' own history of that
+    /// evidence, [`AlertParams::score_divisor`]) and point evidence by `memory` ([`AlertParams::memory_divisor`]);
+    /// both 1 when off. [`Scored`] also carries each evidence before that division: what the calibrations
+    /// learn from.
+    #[allow(clippy::too_many_arguments)]
     pub fn score(
         &self,
         surprise: f32,
@@ -425,21 +441,36 @@ impl AlertParams {
         sustained: f32,
         kind: AnomalyKind,
         bar: &Bar,
-    ) -> (f32, AnomalyKind) {
+        calibration: f32,
+        memory: f32,
+    ) -> Scored {
         let point = surprise / bar.threshold(upward);
         let tail = bar.tail;
-        let sustained = match kind {
+        let (sustained, learned) = match kind {
             // Neither is a matter of tails: a stuck value repeats, an out-of-range value leaves the series'
             // whole history behind.
-            AnomalyKind::StuckValue | AnomalyKind::OutOfRange => sustained,
+            AnomalyKind::StuckValue | AnomalyKind::OutOfRange => (sustained, 0.0),
             // The volatility statistic averages |z| capped at 4: tails matter to it less still.
-            AnomalyKind::VarianceBurst => sustained / tail.sqrt(),
-            _ => sustained / tail,
+            AnomalyKind::VarianceBurst => {
+                let v = sustained / tail.sqrt();
+                (v / calibration, v)
+            }
+            _ => {
+                let v = sustained / tail;
+                (v / calibration, v)
+            }
         };
-        if sustained > point {
+        let divided = point / memory;
+        let (score, kind) = if sustained > divided {
             (sustained, kind)
         } else {
-            (point, AnomalyKind::Spike)
+            (divided, AnomalyKind::Spike)
+        };
+        Scored {
+            score,
+            kind,
+            point,
+            sustained: learned,
         }
     }
 
@@ -448,6 +479,140 @@ impl AlertParams {
             Severity::Critical
         } else {
             Severity::Warning
+        }
+    }
+}
+
+/// The level a series' own score exceeds 1/256 of the time, `G`, as a log-code like [`Quantiles`] (0: not yet
+/// calibrated, read as [`ScoreQuantile::Q0`]). It is fed every scored, uncensored observation — anomalies and
+/// open alerts included — so it measures how often the series' ordinary life crosses its bars:
+///
+/// ```text
+/// log2 G ← log2 G + (256·1[s > G] − 1)/2048          (exceeded 1/256 of the time; λ = 0.087)
+/// s' = s / max(1, score_margin · G)                   what raises, updates and clears
+/// ```
+///
+/// Gaussian noise scores G ≈ 0.45 (the 1/256 quantile of |z| is 2.9σ against a 6.5σ threshold at the
+/// default margin; a CUSUM's is about the same fraction of its bar), so with `score_margin` 2 such a series
+/// keeps its bars. A series whose residuals are autocorrelated, bursty or switch regimes crosses half its bar
+/// every day or two; its G rises and its bar with it — each exceedance lifts G by 9 %, and it decays by half
+/// over 2,048 observations (a week of 5-minute epochs), so after an episode the same kind of episode is
+/// less news for about a week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScoreQuantile(pub u16);
+
+impl ScoreQuantile {
+    /// Where a series starts: about the 1/256 quantile of a Gaussian series' score.
+    pub const Q0: f32 = 0.45;
+    const UP: u16 = 32;
+    const DOWN: u16 = 1;
+    /// Observations per downward step.
+    pub const DOWN_EVERY: u64 = 8;
+    /// Codes of 0.05 and 1,000.
+    const MIN: u16 = 23_917;
+
+    /// The current estimate.
+    #[inline]
+    pub fn value(self) -> f32 {
+        if self.0 == 0 {
+            Self::Q0
+        } else {
+            code_value(self.0)
+        }
+    }
+
+    /// One step with the evidence `s` of an observation; `tick`: this observation may step down (one in
+    /// [`ScoreQuantile::DOWN_EVERY`]: a code is the smallest step, and a slow estimate needs a smaller one).
+    #[inline]
+    pub fn update(self, s: f32, tick: bool) -> ScoreQuantile {
+        let c = if self.0 == 0 {
+            Quantiles::code(Self::Q0)
+        } else {
+            self.0
+        };
+        ScoreQuantile(if s > code_value(c) {
+            (c + Self::UP).min(C_MAX)
+        } else if tick {
+            c.saturating_sub(Self::DOWN).max(Self::MIN)
+        } else {
+            c
+        })
+    }
+}
+
+impl AlertParams {
+    /// What a score is divided by under the score calibration: `max(1, score_margin · G)` (1 when off).
+    #[inline]
+    pub fn score_divisor(&self, g: ScoreQuantile) -> f32 {
+        if self.score_margin > 0.0 {
+            (self.score_margin * g.value()).max(1.0)
+        } else {
+            1.0
+        }
+    }
+}
+
+/// One observation's normalised score, and the evidence behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The score that raises, updates and clears (≥ 1: anomalous for this series).
+    pub score: f32,
+    pub kind: AnomalyKind,
+    /// The point-wise evidence `|z|/T_side` before the memory's division.
+    pub point: f32,
+    /// Shift or variance evidence before the calibration's division (0 for other kinds).
+    pub sustained: f32,
+}
+
+/// A series' memory of its largest recent point-wise evidence, `M`, as a log-code like [`Quantiles`] (0:
+/// nothing remembered). It decays with a half-life in time (`memory_half_life_hours`) and jumps to any larger
+/// evidence at once:
+///
+/// ```text
+/// log2 M ← max(log2 M − gap·epoch/half-life, log2 s_p)      s_p = |z|/T_side, every scored observation
+/// s_p' = s_p / max(1, memory_margin · M)                    M as it was before this observation
+/// ```
+///
+/// An excursion is news when it is larger than what the series did lately: a daily batch job's 30σ spike
+/// raises on its first day, then its next ones are no larger than the memory (which has decayed by a quarter
+/// in a day at a 3-day half-life) and stay quiet; a series whose noise merely has a heavier tail than its
+/// calibration extrapolates to raises once, not every day. Gaussian noise keeps M below 0.5 (its largest
+/// |z| over a few days is about 3.5σ against a 6.5σ threshold), so a quiet series keeps its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Memory(pub u16);
+
+impl Memory {
+    /// The remembered evidence (0: none).
+    #[inline]
+    pub fn value(self) -> f32 {
+        if self.0 == 0 { 0.0 } else { code_value(self.0) }
+    }
+
+    /// Decay by `codes` (log2 steps of 1/2048), then remember `s` if it is larger.
+    #[inline]
+    pub fn update(self, s: f32, codes: u32) -> Memory {
+        let decayed = if self.0 == 0 {
+            0
+        } else {
+            (self.0 as u32).saturating_sub(codes).max(C_LO_MIN as u32) as u16
+        };
+        if s > 0.0 && s.is_finite() {
+            let c = Quantiles::code(s.min(1000.0)).max(C_LO_MIN);
+            Memory(decayed.max(c))
+        } else {
+            Memory(decayed)
+        }
+    }
+}
+
+impl AlertParams {
+    /// What point evidence is divided by under the memory: `max(1, memory_margin · M)` (1 when off).
+    #[inline]
+    pub fn memory_divisor(&self, m: Memory) -> f32 {
+        if self.memory_margin > 0.0 {
+            (self.memory_margin * m.value()).max(1.0)
+        } else {
+            1.0
         }
     }
 }
@@ -557,6 +722,8 @@ mod tests {
             critical_ratio: 2.0,
             lo_steps_mature: lo_steps(0.25),
             tail_power: TailPower::new(0.5),
+            score_margin: 0.0,
+            memory_margin: 0.0,
         }
     }
 
@@ -703,8 +870,12 @@ mod tests {
             p.gaussian_threshold()
         );
         // the scores use the side of the excursion
-        let (up_score, _) = p.score(9.167, true, 0.0, AnomalyKind::LevelShift, &bar);
-        let (dn_score, _) = p.score(9.167, false, 0.0, AnomalyKind::LevelShift, &bar);
+        let up_score = p
+            .score(9.167, true, 0.0, AnomalyKind::LevelShift, &bar, 1.0, 1.0)
+            .score;
+        let dn_score = p
+            .score(9.167, false, 0.0, AnomalyKind::LevelShift, &bar, 1.0, 1.0)
+            .score;
         assert!(close(up_score, 0.1) && dn_score > 2.0 * up_score);
     }
 
@@ -790,5 +961,69 @@ mod tests {
             a.map(|a| (a.kind, a.severity)),
             Some((o, Severity::Warning))
         );
+    }
+
+    #[test]
+    fn score_quantile_steps_by_hand() {
+        // Uncalibrated: G = Q0 = 0.45. Exceeded: up 32 codes (2^(32/2048) = 1.010889×); not exceeded: down 1
+        // code (2^(−1/2048)) on a tick, unchanged otherwise. Equilibrium: 32·p = (1 − p)/8, p = 1/257.
+        let g0 = ScoreQuantile::default();
+        assert_eq!(g0.value(), ScoreQuantile::Q0);
+        let c0 = Quantiles::code(ScoreQuantile::Q0);
+        let up = g0.update(0.9, false);
+        assert_eq!(up.0, c0 + 32);
+        assert!((up.value() / code_value(c0) - 1.010_889).abs() < 1e-5);
+        assert_eq!(up.update(0.1, false), up);
+        assert_eq!(up.update(0.1, true).0, c0 + 31);
+        // The divisor: max(1, margin·G); off (margin 0) it is 1.
+        let mut p = params();
+        assert_eq!(p.score_divisor(up), 1.0);
+        p.score_margin = 3.0;
+        assert!((p.score_divisor(up) - 3.0 * up.value()).abs() < 1e-6); // 1.3647 > 1
+        assert_eq!(p.score_divisor(ScoreQuantile(Quantiles::code(0.2))), 1.0);
+    }
+
+    #[test]
+    fn memory_remembers_the_largest_recent_evidence_and_decays_by_time() {
+        let m = Memory::default();
+        assert_eq!(m.value(), 0.0);
+        // A 4.0 excursion is remembered at once (to the code's 0.034 %).
+        let m = m.update(4.0, 2);
+        assert!((m.value() - 4.0).abs() < 4.0 * 4e-4);
+        // A smaller one decays it by 2 codes and is forgotten.
+        let m2 = m.update(1.0, 2);
+        assert_eq!(m2.0, m.0 - 2);
+        // 2048 codes halve it: 3-day half-life at 5-minute epochs is 2048·300/259200 = 2.37 codes an epoch.
+        let m3 = m.update(0.0, 2048);
+        assert!((m3.value() - 2.0).abs() < 2.0 * 4e-4);
+        // The divisor: max(1, margin·M), margin 1.5: the next 4.0 excursion scores 4/6 of its point score.
+        let mut p = params();
+        p.memory_margin = 1.5;
+        assert!((p.memory_divisor(m) - 6.0).abs() < 6.0 * 4e-4);
+        assert_eq!(p.memory_divisor(Memory::default()), 1.0);
+        let bar = Bar {
+            up: 5.0,
+            down: 5.0,
+            tail: 1.0,
+        };
+        // |z| = 20 against T = 5: point 4, divided by 6 → 0.667; a shift of 0.5 wins neither.
+        let s = p.score(
+            20.0,
+            true,
+            0.5,
+            AnomalyKind::LevelShift,
+            &bar,
+            1.0,
+            p.memory_divisor(m),
+        );
+        assert_eq!(s.kind, AnomalyKind::Spike);
+        assert!((s.point - 4.0).abs() < 1e-6);
+        assert!((s.score - 4.0 / p.memory_divisor(m)).abs() < 1e-6);
+        assert!((s.sustained - 0.5).abs() < 1e-6);
+        // Shift evidence is divided by the calibration, and reported undivided.
+        let s = p.score(1.0, true, 2.0, AnomalyKind::LevelShift, &bar, 2.5, 1.0);
+        assert_eq!(s.kind, AnomalyKind::LevelShift);
+        assert!((s.score - 0.8).abs() < 1e-6);
+        assert!((s.sustained - 2.0).abs() < 1e-6);
     }
 }

@@ -7,10 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::alert::{self, AlertParams, Transition};
+use super::alert::{self, AlertParams, Memory, ScoreQuantile, Transition};
 use super::cohort::CohortAccumulator;
 use super::header::{self, OpenAlert, SeriesSlot, Severity};
-use super::{AnomalyKind, Assessment, AtBound, Detector, FeaturePrior, Observation, Transform};
+use super::{
+    AnomalyKind, Assessment, AtBound, DETECTOR_BYTES, Detector, FeaturePrior, Observation,
+    Transform,
+};
 use crate::keys::CustomerId;
 use crate::record::Log;
 use crate::spec::Spec;
@@ -51,6 +54,12 @@ pub struct ModelConfig {
     /// Spec `alerting.first_day_margin`: extra evidence a series that started without a cohort prior
     /// needs until it has seen a whole day.
     pub first_day_margin: f32,
+    /// How far the memory of point evidence decays per epoch, in log-code steps (2048 per halving; spec
+    /// `alerting.memory_half_life_hours`); unused when the memory is off.
+    pub memory_codes_per_epoch: f64,
+    /// Spec `alerting.calibrate_on_anomalies`: the surprise quantiles also learn from points beyond the
+    /// threshold and during open alerts.
+    pub calibrate_on_anomalies: bool,
 }
 
 impl ModelConfig {
@@ -81,6 +90,13 @@ impl ModelConfig {
             warm_for_dropout: 24,
             epoch_seconds: spec.epoch.length_seconds.clamp(1, i64::MAX as u64) as i64,
             first_day_margin: spec.alerting.first_day_margin as f32,
+            calibrate_on_anomalies: spec.alerting.calibrate_on_anomalies,
+            memory_codes_per_epoch: if spec.alerting.memory_half_life_hours > 0.0 {
+                2048.0 * spec.epoch.length_seconds as f64
+                    / (spec.alerting.memory_half_life_hours * 3600.0)
+            } else {
+                0.0
+            },
         }
     }
 
@@ -355,7 +371,28 @@ fn step_reported(
                 transform: cfg.transforms[f],
                 at_bound: AtBound::of(v, cfg.bounds[f]),
             };
+            // The score calibration's G lives in the detector state's last two bytes (the detector leaves
+            // them zero; the spec refuses the one detector rule that uses them together with it).
+            // The memory M lives in the two before them (the fast shift statistic's, refused together).
+            let calibrated = cfg.alert.score_margin > 0.0;
+            let remembers = cfg.alert.memory_margin > 0.0;
+            let g = ScoreQuantile(if calibrated {
+                le::u16(&s.detector, DETECTOR_BYTES - 2)
+            } else {
+                0
+            });
+            let m = Memory(if remembers {
+                le::u16(&s.detector, DETECTOR_BYTES - 4)
+            } else {
+                0
+            });
             let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
+            if calibrated {
+                le::set_u16(&mut s.detector, DETECTOR_BYTES - 2, g.0);
+            }
+            if remembers {
+                le::set_u16(&mut s.detector, DETECTOR_BYTES - 4, m.0);
+            }
             // A series that starts on a cohort prior is as mature as its observations; one that starts
             // without counts the quarter days it sees after its 255th observation (it has not seen a
             // whole day before).
@@ -381,24 +418,52 @@ fn step_reported(
                 }
                 let upward = a.observed > a.expected;
                 let t = bars[f].threshold(upward);
-                let (score, kind) =
-                    cfg.alert
-                        .score(a.surprise, upward, a.sustained, a.kind, &bars[f]);
+                let alert::Scored {
+                    score,
+                    kind,
+                    point,
+                    sustained: learned,
+                } = cfg.alert.score(
+                    a.surprise,
+                    upward,
+                    a.sustained,
+                    a.kind,
+                    &bars[f],
+                    cfg.alert.score_divisor(g),
+                    cfg.alert.memory_divisor(m),
+                );
                 // A young series (cold start on a cohort prior) needs up to twice the evidence, one that
                 // started without a prior a little more until it has seen a whole day.
                 let unseen_quarters = (header::MATURE - s.maturity.min(header::MATURE)) as f32;
                 let score = score
                     / (2.0 - s.seen as f32 / 255.0
                         + cfg.first_day_margin * unseen_quarters / header::MATURE as f32);
-                // Calibrate on ordinary observations only: not during alerts, not on anomalous points, not
-                // while sustained evidence builds up (a shift in progress is not the series' normal).
+                // The shift and variance evidence's own history: G learns from every observation but the
+                // censored ones (they say nothing of the series' residuals) and the very first ones.
+                if remembers && !a.censored && s.seen >= cfg.calibrate_after {
+                    let codes = (cfg.memory_codes_per_epoch * gap.max(1) as f64).round() as u32;
+                    le::set_u16(
+                        &mut s.detector,
+                        DETECTOR_BYTES - 4,
+                        m.update(point, codes.max(1)).0,
+                    );
+                }
+                if calibrated && !a.censored && s.seen >= cfg.calibrate_after {
+                    let tick = e % ScoreQuantile::DOWN_EVERY == 0;
+                    le::set_u16(
+                        &mut s.detector,
+                        DETECTOR_BYTES - 2,
+                        g.update(learned, tick).0,
+                    );
+                }
+                // Calibrate on the series' own observations, not while sustained evidence builds up (a shift
+                // in progress is not the series' normal); with `calibrate_on_anomalies` off, not during
+                // alerts nor on points beyond the threshold either. On real telemetry the excursions are
+                // part of the series' life: a threshold that never sees them cannot learn that a daily batch
+                // job's burst is ordinary (QUALITY.md, "Real telemetry").
                 let sustained_quiet = kind == AnomalyKind::Spike || score < 0.5;
-                if s.alert.is_none()
-                    && !a.censored
-                    && a.surprise < t
-                    && sustained_quiet
-                    && s.seen >= cfg.calibrate_after
-                {
+                let ordinary = cfg.calibrate_on_anomalies || (s.alert.is_none() && a.surprise < t);
+                if ordinary && !a.censored && sustained_quiet && s.seen >= cfg.calibrate_after {
                     let z = if upward { a.surprise } else { -a.surprise };
                     s.q = cfg.alert.update_quantiles(s.q, z, s.seen == u8::MAX);
                 } else if s.q.lo == 0 {
@@ -773,6 +838,48 @@ mod tests {
         assert!(cleared);
     }
 
+    #[test]
+    fn a_daily_burst_raises_on_its_first_day_only_with_the_memory() {
+        // Gaussian noise around 10 (σ 0.5) on a series started on a prior; every day at the same time a
+        // burst to 40 (60σ). With the memory (the spec default: 72 h half-life, margin 1.5) the first
+        // burst raises and the next day's, no larger than the memory (decayed by 288 epochs × 2.37 codes:
+        // ×0.79, so 1.5·M ≈ 1.19× the burst's own evidence), does not; without it both raise.
+        let run = |memory: bool| {
+            let mut h = Harness::new();
+            if !memory {
+                h.cfg.alert.memory_margin = 0.0;
+            }
+            h.priors[0] = prior_a();
+            let mut rng = crate::rng::Rng::new(9, 9);
+            let base = 1_700_000_000 - 1_700_000_000 % 86_400;
+            let mut raised = Vec::new();
+            for e in 0..700u64 {
+                let a = if e % 288 == 100 && e > 288 {
+                    40.0
+                } else {
+                    10.0 + rng.normal() as f32 * 0.5
+                };
+                let out = h.epoch(
+                    e,
+                    &[log(
+                        h.c,
+                        base + e as i64 * 300,
+                        a,
+                        1000.0 + 300.0 * e as f32,
+                    )],
+                );
+                for (f, st) in statuses(&out) {
+                    if f == 0 && st == 1 {
+                        raised.push(e);
+                    }
+                }
+            }
+            raised
+        };
+        assert_eq!(run(true), vec![388]);
+        assert_eq!(run(false), vec![388, 676]);
+    }
+
     /// A prior for feature `a` of the test spec (level 10, relative noise 5 %).
     fn prior_a() -> FeaturePrior {
         FeaturePrior {
@@ -787,6 +894,8 @@ mod tests {
     fn a_series_that_started_without_a_prior_waits_for_its_own_history_then_a_day() {
         let mut h = Harness::new();
         h.cfg.first_day_margin = 0.3;
+        // The huge value at epoch 100 would be remembered, and the spike at 256 would not exceed it.
+        h.cfg.alert.memory_margin = 0.0;
         let mut rng = crate::rng::Rng::new(4, 4);
         let base = 1_700_000_000 - 1_700_000_000 % 86_400; // epoch e starts at base + 300·e
         let up = |e: u64| 1000.0 + 300.0 * e as f32;
@@ -811,6 +920,7 @@ mod tests {
         // From its 255th observation it may raise, with 1 + 0.3·3/3 = 1.3 times the evidence: the same
         // spike on a copy with the margin off scores 1.3 times higher.
         let mut off = Harness::new();
+        off.cfg.alert.memory_margin = 0.0;
         off.slots = h.slots.clone();
         off.priors = h.priors;
         let with = step(&mut h, 256, 40.0);
