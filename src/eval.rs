@@ -155,6 +155,13 @@ pub fn read_alerts(path: &Path) -> Result<(Vec<Raised>, i64, u64), EvalError> {
                 if v.get("status").and_then(|s| s.as_str()) != Some("raised") {
                     continue;
                 }
+                // The generator labels features (and whole customers going silent): a customer-level
+                // alert summarises its features' alerts and is not scored again here.
+                if v.get("level").and_then(|s| s.as_str()) == Some("customer")
+                    && v.get("kind").and_then(|s| s.as_str()) != Some("silent")
+                {
+                    continue;
+                }
                 let (Some(epoch), Some(c), Some(f)) = (
                     v.get("epoch").and_then(|x| x.as_u64()),
                     v.get("customer").and_then(|x| x.as_str()),

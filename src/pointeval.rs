@@ -141,6 +141,8 @@ pub struct RunOutput {
     pub changes: Vec<Change>,
     pub epoch_len: i64,
     pub series_epochs: u64,
+    /// Σ of the summaries' `records` (logs: one per reporting customer and epoch at a fleet's cadence).
+    pub records: u64,
     /// Epochs that closed (summary lines).
     pub epochs: u64,
 }
@@ -190,6 +192,7 @@ pub fn read_run_output(path: &Path) -> Result<RunOutput, EvalError> {
             Some("summary") => {
                 out.epochs += 1;
                 out.series_epochs += v.get("series_scored").and_then(|x| x.as_u64()).unwrap_or(0);
+                out.records += v.get("records").and_then(|x| x.as_u64()).unwrap_or(0);
                 if out.epoch_len == 0
                     && let (Some(e), Some(t)) = (
                         v.get("epoch").and_then(|x| x.as_u64()),
@@ -237,6 +240,9 @@ pub struct PointReport {
     pub raises_normal: u64,
     pub normal_series_days: f64,
     pub raises_per_1000_series_days: f64,
+    /// The same per customer-day (customer-level alerts are one per customer, not per series).
+    pub normal_customer_days: f64,
+    pub raises_per_1000_customer_days: f64,
     /// Normal raises by kind.
     pub raises_by_kind: BTreeMap<String, u64>,
     pub baseline: Option<Baseline>,
@@ -262,13 +268,14 @@ pub fn flagged_epochs(run: &RunOutput) -> (HashMap<String, Vec<u64>>, bool) {
     let customer_level = run.changes.iter().any(|c| c.customer_level);
     // Open alerts per customer: (feature) → raised epoch; an epoch is flagged from a raise to its clear.
     let mut spans: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-    let mut open: HashMap<(String, String), u64> = HashMap::new();
+    let mut open: HashMap<(String, String, bool), u64> = HashMap::new();
     for c in run
         .changes
         .iter()
         .filter(|c| !customer_level || c.customer_level)
     {
-        let key = (c.customer.clone(), c.feature.clone());
+        // A customer's silence and its anomaly alert are both feature "*": tell them apart by kind.
+        let key = (c.customer.clone(), c.feature.clone(), c.kind == "silent");
         match c.status {
             Status::Raised => {
                 open.entry(key).or_insert(c.epoch);
@@ -288,7 +295,7 @@ pub fn flagged_epochs(run: &RunOutput) -> (HashMap<String, Vec<u64>>, bool) {
         }
     }
     // still open when the run ended: flagged from its raise on
-    for ((customer, _), start) in open {
+    for ((customer, _, _), start) in open {
         spans.entry(customer).or_default().push((start, u64::MAX));
     }
     let mut out = HashMap::new();
@@ -459,6 +466,12 @@ pub fn evaluate_points(
     r.normal_series_days = run.series_epochs as f64 * epoch_len as f64 / 86_400.0 * normal_share;
     r.raises_per_1000_series_days = if r.normal_series_days > 0.0 {
         r.raises_normal as f64 / r.normal_series_days * 1000.0
+    } else {
+        0.0
+    };
+    r.normal_customer_days = run.records as f64 * epoch_len as f64 / 86_400.0 * normal_share;
+    r.raises_per_1000_customer_days = if r.normal_customer_days > 0.0 {
+        r.raises_normal as f64 / r.normal_customer_days * 1000.0
     } else {
         0.0
     };
@@ -753,6 +766,7 @@ mod tests {
             ],
             epoch_len: 60,
             series_epochs: 1440, // 1 series-day at 60 s
+            records: 720,        // half a customer-day
             epochs: 10,
         };
         let r = evaluate_points(&run, Some(&p), None);
@@ -772,6 +786,7 @@ mod tests {
         assert_eq!((r.raises, r.raises_normal), (3, 2));
         assert!((r.normal_series_days - 11.0 / 15.0).abs() < 1e-12);
         assert!((r.raises_per_1000_series_days - 2.0 / (11.0 / 15.0) * 1000.0).abs() < 1e-9);
+        assert!((r.normal_customer_days - 0.5 * 11.0 / 15.0).abs() < 1e-12);
         assert_eq!(r.flagged_by, "feature");
         // A's data ending at epoch 8: its raise at 9 is the recording's end, counted apart.
         let last: HashMap<String, i64> = [("A".to_string(), 480), ("B".to_string(), 240)].into();
@@ -791,6 +806,7 @@ mod tests {
             changes: vec![change(0, "A", "x", Status::Raised), cust],
             epoch_len: 60,
             series_epochs: 3,
+            records: 3,
             epochs: 3,
         };
         let r = evaluate_points(&run, Some(&p), None);

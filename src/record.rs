@@ -19,9 +19,10 @@ pub struct SourcePos {
 /// One parsed router log: a customer, an event time and the feature values (missing = NaN).
 ///
 /// Fixed-size and `Copy`: no heap allocation per record anywhere on the hot path. Serialised (between
-/// processes) as one fixed-size byte string, [`Log::WIRE_BYTES`] long, rather than field by field: bincode
-/// would otherwise make some sixty calls per log (every byte of the id, every value) and timely sizes every
-/// batch before writing it, so exchanging logs across processes cost twice that.
+/// processes) as one byte string rather than field by field: bincode would otherwise make some sixty calls
+/// per log (every byte of the id, every value) and timely sizes every batch before writing it, so exchanging
+/// logs across processes cost twice that. The string carries the values up to the last one present, so a
+/// 20-feature spec's logs cross as [`Log::HEAD_BYTES`] + 80 bytes however wide the array is.
 #[derive(Debug, Clone, Copy)]
 pub struct Log {
     pub customer: CustomerId,
@@ -33,11 +34,14 @@ pub struct Log {
 }
 
 impl Log {
-    /// Bytes of a log's binary form: id, event time, partition, offset, values (little-endian).
-    pub const WIRE_BYTES: usize = CustomerId::WIRE_BYTES + 8 + 4 + 8 + 4 * MAX_FEATURES;
+    /// Bytes of the binary form's head: id, event time, partition, offset (little-endian).
+    pub const HEAD_BYTES: usize = CustomerId::WIRE_BYTES + 8 + 4 + 8;
+    /// The longest binary form: the head and every value.
+    pub const WIRE_BYTES: usize = Self::HEAD_BYTES + 4 * MAX_FEATURES;
 
-    /// The binary form (values bit for bit, NaN payloads included).
-    pub fn to_wire(&self) -> [u8; Self::WIRE_BYTES] {
+    /// The binary form (values bit for bit, NaN payloads included, up to the last value that is not a
+    /// plain missing one): the buffer and how many of its bytes are used.
+    pub fn to_wire(&self) -> ([u8; Self::WIRE_BYTES], usize) {
         let mut w = [0u8; Self::WIRE_BYTES];
         let mut at = 0;
         let mut put = |bytes: &[u8]| {
@@ -48,15 +52,24 @@ impl Log {
         put(&self.ts.to_le_bytes());
         put(&self.pos.partition.to_le_bytes());
         put(&self.pos.offset.to_le_bytes());
-        for v in &self.values {
+        let missing = f32::NAN.to_bits();
+        let used = self
+            .values
+            .iter()
+            .rposition(|v| v.to_bits() != missing)
+            .map_or(0, |i| i + 1);
+        for v in &self.values[..used] {
             put(&v.to_bits().to_le_bytes());
         }
-        w
+        (w, at)
     }
 
-    /// Reads [`Log::to_wire`]'s form (`None` for anything else).
+    /// Reads [`Log::to_wire`]'s form (`None` for anything else); values not in it are missing.
     pub fn from_wire(w: &[u8]) -> Option<Log> {
-        if w.len() != Self::WIRE_BYTES {
+        if w.len() < Self::HEAD_BYTES
+            || w.len() > Self::WIRE_BYTES
+            || (w.len() - Self::HEAD_BYTES) % 4 != 0
+        {
             return None;
         }
         let (id, rest) = w.split_at(CustomerId::WIRE_BYTES);
@@ -64,7 +77,7 @@ impl Log {
         let (ts, rest) = rest.split_first_chunk::<8>()?;
         let (partition, rest) = rest.split_first_chunk::<4>()?;
         let (offset, rest) = rest.split_first_chunk::<8>()?;
-        let mut values = [0f32; MAX_FEATURES];
+        let mut values = [f32::NAN; MAX_FEATURES];
         for (v, b) in values.iter_mut().zip(rest.chunks_exact(4)) {
             *v = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         }
@@ -95,7 +108,8 @@ impl Log {
 
 impl Serialize for Log {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.to_wire())
+        let (w, n) = self.to_wire();
+        s.serialize_bytes(&w[..n])
     }
 }
 
@@ -105,7 +119,12 @@ impl<'de> Deserialize<'de> for Log {
         impl<'de> serde::de::Visitor<'de> for WireVisitor {
             type Value = Log;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "a log's {} bytes", Log::WIRE_BYTES)
+                write!(
+                    f,
+                    "a log's {} to {} bytes",
+                    Log::HEAD_BYTES,
+                    Log::WIRE_BYTES
+                )
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Log, E> {
                 Log::from_wire(v)
@@ -259,13 +278,19 @@ mod tests {
             u64::MAX - 1,
             &[0x3f80_0000, 0x7fc0_1234, 0x8000_0000, 0xff80_0000],
         );
-        let w = l.to_wire();
-        assert_eq!(w.len(), Log::WIRE_BYTES);
+        let (w, n) = l.to_wire();
+        // the head and the four values present (the rest are missing: not carried)
+        assert_eq!(n, Log::HEAD_BYTES + 16);
+        let w = &w[..n];
         assert_eq!(&w[..13], b"\x0ccust-0000042");
-        assert!(same(&Log::from_wire(&w).unwrap(), &l));
+        assert!(same(&Log::from_wire(w).unwrap(), &l));
         // bincode (timely's exchange between processes): a length, then the bytes.
         let b = bincode::serialize(&vec![l, l]).unwrap();
-        assert_eq!(b.len(), 8 + 2 * (8 + Log::WIRE_BYTES));
+        assert_eq!(b.len(), 8 + 2 * (8 + n));
+        // a log with every one of the widest spec's values carries them all
+        let full = log("c", 1, 2, 3, &[0x4000_0000; MAX_FEATURES]);
+        assert_eq!(full.to_wire().1, Log::WIRE_BYTES);
+        assert!(same(&Log::from_wire(&full.to_wire().0).unwrap(), &full));
         let back: Vec<Log> = bincode::deserialize(&b).unwrap();
         assert!(back.iter().all(|x| same(x, &l)));
         // JSON writes the bytes as numbers and reads them back.
@@ -275,18 +300,24 @@ mod tests {
 
     #[test]
     fn malformed_wire_forms_are_refused() {
-        let w = log("c1", 0, 0, 0, &[]).to_wire();
+        let (w, n) = log("c1", 0, 0, 0, &[0x3f80_0000]).to_wire();
+        let w = w[..n].to_vec();
         assert!(Log::from_wire(&w[1..]).is_none(), "short");
-        let mut bad = w;
+        assert!(Log::from_wire(&w[..n - 2]).is_none(), "a broken value");
+        assert!(
+            Log::from_wire(&[0u8; Log::WIRE_BYTES + 4]).is_none(),
+            "too long"
+        );
+        let mut bad = w.clone();
         bad[0] = 0;
         assert!(Log::from_wire(&bad).is_none(), "empty id");
-        let mut bad = w;
+        let mut bad = w.clone();
         bad[0] = 24;
         assert!(
             Log::from_wire(&bad).is_none(),
             "id longer than the capacity"
         );
-        let mut bad = w;
+        let mut bad = w.clone();
         bad[10] = b'x';
         assert!(Log::from_wire(&bad).is_none(), "bytes after the id");
         assert!(
@@ -304,7 +335,8 @@ mod tests {
             values in proptest::collection::vec(any::<u32>(), 0..=MAX_FEATURES),
         ) {
             let l = log(&id, ts, partition, offset, &values);
-            prop_assert!(same(&Log::from_wire(&l.to_wire()).unwrap(), &l));
+            let (w, n) = l.to_wire();
+            prop_assert!(same(&Log::from_wire(&w[..n]).unwrap(), &l));
             let b: Log = bincode::deserialize(&bincode::serialize(&l).unwrap()).unwrap();
             prop_assert!(same(&b, &l));
         }

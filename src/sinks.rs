@@ -20,7 +20,9 @@ use crate::keys::CustomerId;
 use crate::model::alert::Transition;
 #[cfg(test)]
 use crate::model::customer::TopFeature;
-use crate::model::customer::{CUSTOMER_FEATURE, Evidence, OpenAnomaly};
+use crate::model::customer::{
+    CUSTOMER_ALERT, CUSTOMER_FEATURE, Evidence, OpenAnomaly, is_customer_level,
+};
 use crate::record::DeadLetter;
 use crate::timefmt::format_rfc3339;
 
@@ -85,7 +87,7 @@ pub struct OutputFormat {
 
 impl OutputFormat {
     pub fn feature_name(&self, f: u16) -> &str {
-        if f == CUSTOMER_FEATURE {
+        if is_customer_level(f) {
             "*"
         } else {
             self.features
@@ -104,6 +106,11 @@ impl OutputFormat {
         push_str(out, c.customer.as_str());
         out.push_str(",\"feature\":");
         push_str(out, self.feature_name(c.feature));
+        out.push_str(if is_customer_level(c.feature) {
+            ",\"level\":\"customer\""
+        } else {
+            ",\"level\":\"feature\""
+        });
         out.push_str(",\"status\":\"");
         out.push_str(c.status.as_str());
         out.push_str("\",\"severity\":\"");
@@ -145,10 +152,10 @@ impl OutputFormat {
         out.push_str(",\"model\":");
         push_str(
             out,
-            if c.feature == CUSTOMER_FEATURE {
-                "silence"
-            } else {
-                &self.model
+            match c.feature {
+                CUSTOMER_FEATURE => "silence",
+                CUSTOMER_ALERT => "customer",
+                _ => &self.model,
             },
         );
         out.push_str("}\n");

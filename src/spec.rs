@@ -223,6 +223,11 @@ pub struct AlertSpec {
     /// threshold), as NAB's single-anomaly series prefer (nab.toml).
     #[serde(default = "d_true")]
     pub calibrate_on_anomalies: bool,
+    /// Customer-level alerts (`"level":"customer"`, feature `"*"`): the customer's features' fused score
+    /// against the customer's own history of alert-level episodes, with the same hysteresis. Operators act
+    /// on customers, not on twenty feature series.
+    #[serde(default = "d_true")]
+    pub customer_alerts: bool,
     /// Memory of recent point-wise evidence: each series remembers its largest recent `|z|/T`, decaying
     /// with this half-life, and a point excursion counts only beyond `memory_margin ×` that memory (never
     /// below 1): a recurring excursion (a daily batch job, a heavier tail than the calibration extrapolates)
@@ -260,6 +265,7 @@ impl Default for AlertSpec {
             mature_lo_rate: d_mature_lo_rate(),
             first_day_margin: 0.0,
             calibrate_on_anomalies: true,
+            customer_alerts: true,
             score_margin: d_score_margin(),
             memory_half_life_hours: d_memory_half_life(),
             memory_margin: d_memory_margin(),

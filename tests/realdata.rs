@@ -347,7 +347,8 @@ fn a_labelled_real_slice_is_scored_against_its_points_and_the_baseline() {
     // machine-01 starts 38 days after the others end: the slice holds the other ten series.
     assert_eq!(n("customers"), 10.0);
     assert!(n("anomalous_points") > 0.0 && n("events") > 0.0);
-    assert_eq!(report["flagged_by"], "feature");
+    // The run has customer-level alerts: they are what the labels are scored on.
+    assert_eq!(report["flagged_by"], "customer");
     // Every raise is in an anomaly, in a normal stretch, or after its series' data ended.
     let raises_in_anomalies = n("raises") - n("raises_normal") - n("raises_after_data_end");
     assert!(raises_in_anomalies >= 0.0);

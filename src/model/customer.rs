@@ -15,14 +15,23 @@ use super::{
     Transform,
 };
 use crate::keys::CustomerId;
-use crate::record::Log;
+use crate::record::{Log, MAX_FEATURES};
 use crate::spec::Spec;
 use crate::state::{SLOT_BYTES, Slot, le};
 
 const RESOLUTION: [f32; 7] = [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6];
 
-/// The feature index that stands for the whole customer (`"*"` in output).
+/// The feature index that stands for the whole customer (`"*"` in output): its silence.
 pub const CUSTOMER_FEATURE: u16 = u16::MAX;
+
+/// The feature index of a customer's own anomaly alert (`"*"`, `"level":"customer"` in output): its
+/// features' fused evidence against the customer's own history.
+pub const CUSTOMER_ALERT: u16 = u16::MAX - 1;
+
+/// True for the indexes that stand for the whole customer rather than one of its features.
+pub fn is_customer_level(feature: u16) -> bool {
+    feature >= CUSTOMER_ALERT
+}
 
 /// Framework parameters derived once from the spec.
 #[derive(Debug, Clone)]
@@ -60,6 +69,8 @@ pub struct ModelConfig {
     /// Spec `alerting.calibrate_on_anomalies`: the surprise quantiles also learn from points beyond the
     /// threshold and during open alerts.
     pub calibrate_on_anomalies: bool,
+    /// Spec `alerting.customer_alerts`: raise customer-level alerts from the fused feature scores.
+    pub customer_alerts: bool,
 }
 
 impl ModelConfig {
@@ -91,6 +102,7 @@ impl ModelConfig {
             epoch_seconds: spec.epoch.length_seconds.clamp(1, i64::MAX as u64) as i64,
             first_day_margin: spec.alerting.first_day_margin as f32,
             calibrate_on_anomalies: spec.alerting.calibrate_on_anomalies,
+            customer_alerts: spec.alerting.customer_alerts,
             memory_codes_per_epoch: if spec.alerting.memory_half_life_hours > 0.0 {
                 2048.0 * spec.epoch.length_seconds as f64
                     / (spec.alerting.memory_half_life_hours * 3600.0)
@@ -245,6 +257,11 @@ pub struct CustomerMeta {
     pub reboot: u32,
     pub silent: Option<OpenAlert>,
     pub silent_run: u8,
+    /// The customer alert ([`CUSTOMER_ALERT`]): open or not, its clear counter, and the memory of the
+    /// customer's alert-level fused scores (a log-code, [`Memory`]).
+    pub alert: Option<OpenAlert>,
+    pub alert_clear_run: u8,
+    pub memory: u16,
 }
 
 impl CustomerMeta {
@@ -255,6 +272,9 @@ impl CustomerMeta {
             reboot: le::u32(s, 8),
             silent: header::decode_alert(s[12]),
             silent_run: s[13],
+            alert: header::decode_alert(s[14]),
+            alert_clear_run: s[15],
+            memory: le::u16(s, 16),
         }
     }
 
@@ -265,6 +285,9 @@ impl CustomerMeta {
         le::set_u32(&mut s, 8, self.reboot);
         s[12] = header::encode_alert(self.silent);
         s[13] = self.silent_run;
+        s[14] = header::encode_alert(self.alert);
+        s[15] = self.alert_clear_run;
+        le::set_u16(&mut s, 16, self.memory);
         s
     }
 }
@@ -307,7 +330,9 @@ pub fn step_customer(
         }
     }
     if reported {
-        step_reported(ctx, customer, slots, logs, &mut meta, out);
+        // The per-series scratch arrays live on the stack, as wide as a log (a wider log would want a
+        // narrower instance for narrow specs: the width is a parameter).
+        step_reported::<MAX_FEATURES>(ctx, customer, slots, logs, &mut meta, out);
     } else if meta.last_seen != 0 {
         step_silent(ctx, customer, &mut meta, out);
     }
@@ -315,7 +340,7 @@ pub fn step_customer(
 }
 
 /// The epoch of a customer that sent logs: every series learns and is scored, alerts move, silence clears.
-fn step_reported(
+fn step_reported<const N: usize>(
     ctx: &StepContext<'_>,
     customer: CustomerId,
     slots: &mut [Slot],
@@ -327,14 +352,14 @@ fn step_reported(
     let f_count = cfg.features;
     let e = ctx.epoch;
     // Decode every series once; work on the decoded form; encode once at the end.
-    let mut series: [SeriesSlot; 32] = [SeriesSlot::ZERO; 32];
+    let mut series: [SeriesSlot; N] = [SeriesSlot::ZERO; N];
     for f in 0..f_count {
         series[f] = SeriesSlot::decode(&slots[f]);
     }
     // The best (highest normalised score) assessment per feature this epoch, and each series' threshold
     // (computed once per epoch, when first needed).
-    let mut best: [Option<(Assessment, f32, AnomalyKind)>; 32] = [None; 32];
-    let mut bars = [alert::Bar::default(); 32];
+    let mut best: [Option<(Assessment, f32, AnomalyKind, f32)>; N] = [None; N];
+    let mut bars = [alert::Bar::default(); N];
     let mut last_ts = meta.last_ts as i64;
     let mut max_ts = meta.last_ts as i64;
 
@@ -435,9 +460,12 @@ fn step_reported(
                 // A young series (cold start on a cohort prior) needs up to twice the evidence, one that
                 // started without a prior a little more until it has seen a whole day.
                 let unseen_quarters = (header::MATURE - s.maturity.min(header::MATURE)) as f32;
-                let score = score
-                    / (2.0 - s.seen as f32 / 255.0
-                        + cfg.first_day_margin * unseen_quarters / header::MATURE as f32);
+                let young = 2.0 - s.seen as f32 / 255.0
+                    + cfg.first_day_margin * unseen_quarters / header::MATURE as f32;
+                let score = score / young;
+                // What the customer alert fuses: the same score without the series' memory of its recent
+                // point evidence (the customer alert keeps its own memory, of the customer's episodes).
+                let unremembered = score.max(point / young);
                 // The shift and variance evidence's own history: G learns from every observation but the
                 // censored ones (they say nothing of the series' residuals) and the very first ones.
                 if remembers && !a.censored && s.seen >= cfg.calibrate_after {
@@ -469,8 +497,8 @@ fn step_reported(
                 } else if s.q.lo == 0 {
                     s.q = alert::Quantiles::INITIAL;
                 }
-                if best[f].is_none_or(|(_, bs, _)| score > bs) {
-                    best[f] = Some((a, score, kind));
+                if best[f].is_none_or(|(_, bs, _, _)| score > bs) {
+                    best[f] = Some((a, score, kind, unremembered));
                 }
             }
         }
@@ -479,50 +507,55 @@ fn step_reported(
     let in_grace = meta.reboot != 0 && e + 1 - meta.reboot as u64 <= cfg.reboot_grace as u64;
     let first_evidence = out.evidence.len();
     let mut fused = CustomerScore::default();
+    // The same fusion over the features that may raise (not young, not in a reboot's grace), with the kind
+    // of the strongest: what the customer alert is made of.
+    let mut alertable = CustomerScore::default();
+    let mut alertable_kind = (0.0f32, AnomalyKind::Spike);
     for f in 0..f_count {
         let s = &mut series[f];
-        let (score, kind, evidence) = if let Some((a, score, kind)) = best[f] {
-            out.series_scored += 1;
-            let bar = &bars[f];
-            let (expected, lower, upper) = cfg.explained(
-                f,
-                a.expected,
-                a.expected - bar.down * a.sigma,
-                a.expected + bar.up * a.sigma,
-            );
-            let ev = Evidence {
-                customer,
-                feature: f as u16,
-                score,
-                observed: a.observed,
-                expected,
-                lower,
-                upper,
-                customer_score: 0.0,
-                top: [TopFeature::NONE; 3],
+        let (score, kind, evidence, unremembered) =
+            if let Some((a, score, kind, unremembered)) = best[f] {
+                out.series_scored += 1;
+                let bar = &bars[f];
+                let (expected, lower, upper) = cfg.explained(
+                    f,
+                    a.expected,
+                    a.expected - bar.down * a.sigma,
+                    a.expected + bar.up * a.sigma,
+                );
+                let ev = Evidence {
+                    customer,
+                    feature: f as u16,
+                    score,
+                    observed: a.observed,
+                    expected,
+                    lower,
+                    upper,
+                    customer_score: 0.0,
+                    top: [TopFeature::NONE; 3],
+                };
+                (score, kind, Some(ev), unremembered)
+            } else if s.miss_run >= cfg.dropout_logs && s.seen >= cfg.warm_for_dropout {
+                let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
+                let bar = cfg.alert.bar(s.q);
+                let score = s.miss_run as f32 / cfg.dropout_logs as f32;
+                let (expected, lower, upper) =
+                    cfg.explained(f, p, p - bar.down * sigma, p + bar.up * sigma);
+                let ev = Evidence {
+                    customer,
+                    feature: f as u16,
+                    score,
+                    observed: f32::NAN,
+                    expected,
+                    lower,
+                    upper,
+                    customer_score: 0.0,
+                    top: [TopFeature::NONE; 3],
+                };
+                (score, AnomalyKind::Dropout, Some(ev), score)
+            } else {
+                (0.0, AnomalyKind::Spike, None, 0.0)
             };
-            (score, kind, Some(ev))
-        } else if s.miss_run >= cfg.dropout_logs && s.seen >= cfg.warm_for_dropout {
-            let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
-            let bar = cfg.alert.bar(s.q);
-            let score = s.miss_run as f32 / cfg.dropout_logs as f32;
-            let (expected, lower, upper) =
-                cfg.explained(f, p, p - bar.down * sigma, p + bar.up * sigma);
-            let ev = Evidence {
-                customer,
-                feature: f as u16,
-                score,
-                observed: f32::NAN,
-                expected,
-                lower,
-                upper,
-                customer_score: 0.0,
-                top: [TopFeature::NONE; 3],
-            };
-            (score, AnomalyKind::Dropout, Some(ev))
-        } else {
-            (0.0, AnomalyKind::Spike, None)
-        };
         fused.add(f as u16, score);
         if out.trace
             && let Some(ev) = evidence
@@ -540,6 +573,12 @@ fn step_reported(
         let can_raise = !in_grace
             && s.seen >= min_seen
             && (kind != AnomalyKind::Dropout || s.seen >= cfg.warm_for_dropout);
+        if can_raise {
+            alertable.add(f as u16, unremembered);
+            if unremembered > alertable_kind.0 {
+                alertable_kind = (unremembered, kind);
+            }
+        }
         let before = s.alert;
         let (after, run, transition) =
             alert::step(&cfg.alert, before, s.clear_run, score, kind, can_raise);
@@ -549,6 +588,14 @@ fn step_reported(
             emit(out, customer, f as u16, before, after, t, evidence, score);
         }
         slots[f] = s.encode();
+    }
+    if cfg.customer_alerts {
+        let gap = if meta.last_seen == 0 {
+            1
+        } else {
+            e + 1 - meta.last_seen as u64
+        };
+        customer_alert(cfg, customer, meta, &alertable, alertable_kind, gap, out);
     }
     // Every change of this customer's features carries the customer's fused view of the epoch.
     for ev in &mut out.evidence[first_evidence..] {
@@ -575,6 +622,65 @@ fn step_reported(
     }
     meta.last_seen = epoch_u32(e + 1);
     meta.last_ts = max_ts.clamp(0, u32::MAX as i64) as u32;
+}
+
+/// The customer alert's epoch: the fused score of the features that may raise (or its strongest feature's
+/// score, if higher), `c`, against the customer's own history of alert-level episodes:
+///
+/// ```text
+/// c' = c / max(1, memory_margin · M_c)          (1 when the memory is off)
+/// log2 M_c ← max(log2 M_c − gap·epoch/half-life, log2 c)   only when c ≥ 1: sub-threshold epochs (a build-up
+///                                                           in progress) teach it nothing
+/// ```
+///
+/// and the same hysteresis as a feature's alert (raise at c' ≥ 1, clear after `clear_epochs` epochs below
+/// `clear_ratio`). Its kind is the strongest feature's; its evidence lists the top features.
+fn customer_alert(
+    cfg: &ModelConfig,
+    customer: CustomerId,
+    meta: &mut CustomerMeta,
+    fused: &CustomerScore,
+    (strongest, kind): (f32, AnomalyKind),
+    gap: u64,
+    out: &mut StepOut,
+) {
+    // The fusion caps each feature at 4 so that one extreme feature does not drown the rest; the customer
+    // alert also sees the strongest feature whole, so that an excursion beyond any remembered one is news.
+    let c = fused.score().max(strongest);
+    let m = Memory(meta.memory);
+    let score = c / cfg.alert.memory_divisor(m);
+    if cfg.alert.memory_margin > 0.0 {
+        let codes = (cfg.memory_codes_per_epoch * gap.max(1) as f64).round() as u32;
+        meta.memory = m.update(if c >= 1.0 { c } else { 0.0 }, codes.max(1)).0;
+    }
+    let before = meta.alert;
+    let (after, run, transition) =
+        alert::step(&cfg.alert, before, meta.alert_clear_run, score, kind, true);
+    meta.alert = after;
+    meta.alert_clear_run = run;
+    if let Some(t) = transition {
+        let ev = Evidence {
+            customer,
+            feature: CUSTOMER_ALERT,
+            score,
+            observed: c,
+            expected: f32::NAN,
+            lower: f32::NAN,
+            upper: cfg.alert.memory_divisor(m),
+            customer_score: c,
+            top: fused.top,
+        };
+        emit(
+            out,
+            customer,
+            CUSTOMER_ALERT,
+            before,
+            after,
+            t,
+            Some(ev),
+            score,
+        );
+    }
 }
 
 /// The evidence of a customer's silence: epochs without a log (observed) against one expected, with the
@@ -786,11 +892,78 @@ mod tests {
         }
     }
 
+    /// The open-anomaly differences of features and of the customer's silence (its customer alert apart:
+    /// [`customer_statuses`]).
     fn statuses(out: &StepOut) -> Vec<(u16, i64)> {
         out.changes
             .iter()
+            .filter(|((_, a), _)| a.feature != CUSTOMER_ALERT)
             .map(|((_, a), d)| (a.feature, *d))
             .collect()
+    }
+
+    /// The customer alert's open-anomaly differences.
+    fn customer_statuses(out: &StepOut) -> Vec<i64> {
+        out.changes
+            .iter()
+            .filter(|((_, a), _)| a.feature == CUSTOMER_ALERT)
+            .map(|(_, d)| *d)
+            .collect()
+    }
+
+    #[test]
+    fn the_customer_alert_follows_its_features_and_remembers_its_episodes() {
+        // A series on a prior with Gaussian noise; a burst to 40 (60σ) at epochs 300 and 320: the first
+        // raises the feature alert and the customer alert (fused score = min(s, 4) ≥ 1); the customer
+        // alert clears after clear_epochs quiet epochs; the second burst, no larger than the remembered
+        // first (the customer memory learns only alert-level scores), raises neither level (the feature's
+        // own memory holds it too). A third at 80, beyond 1.5× the memory, raises both again.
+        let mut h = Harness::new();
+        h.priors[0] = prior_a();
+        let mut rng = crate::rng::Rng::new(21, 3);
+        let base = 1_700_000_000 - 1_700_000_000 % 86_400;
+        let mut customer = Vec::new();
+        let mut feature = Vec::new();
+        for e in 0..400u64 {
+            let a = match e {
+                300 | 320 => 40.0,
+                360 => 80.0,
+                _ => 10.0 + rng.normal() as f32 * 0.5,
+            };
+            let out = h.epoch(
+                e,
+                &[log(
+                    h.c,
+                    base + e as i64 * 300,
+                    a,
+                    1000.0 + 300.0 * e as f32,
+                )],
+            );
+            for d in customer_statuses(&out) {
+                customer.push((e, d));
+            }
+            for (f, d) in statuses(&out) {
+                if f == 0 {
+                    feature.push((e, d));
+                }
+            }
+        }
+        let raised = |v: &[(u64, i64)]| {
+            v.iter()
+                .filter(|x| x.1 == 1)
+                .map(|x| x.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(raised(&customer), vec![300, 360]);
+        assert_eq!(raised(&feature), vec![300, 360]);
+        // cleared after three quiet epochs (a raise's epoch, then 301, 302, 303 below the clear ratio)
+        assert_eq!(customer.iter().find(|x| x.1 == -1).map(|x| x.0), Some(303));
+        let meta = CustomerMeta::decode(&h.slots[2]);
+        assert!(
+            Memory(meta.memory).value() > 3.9,
+            "{}",
+            Memory(meta.memory).value()
+        );
     }
 
     #[test]

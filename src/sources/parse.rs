@@ -458,7 +458,7 @@ impl LogParser {
             return malformed(e);
         }
         out.values = [f32::NAN; MAX_FEATURES];
-        let mut seen: u64 = 0; // bit per feature, plus bits 62/63 for customer_id/ts
+        let mut seen: u128 = 0; // bit per feature, plus bits 126/127 for customer_id/ts
         let mut customer: Option<CustomerId> = None;
         let mut ts: Option<i64> = None;
         let mut hint = 0usize;
@@ -491,13 +491,13 @@ impl LogParser {
                 }
                 match field {
                     LogField::Customer => {
-                        if seen & (1 << 62) != 0 {
+                        if seen & (1 << 126) != 0 {
                             return reject(
                                 RejectCode::Malformed,
                                 "field 'customer_id' appears twice",
                             );
                         }
-                        seen |= 1 << 62;
+                        seen |= 1 << 126;
                         if sc.kind() != Kind::String {
                             return reject(
                                 RejectCode::WrongType,
@@ -515,10 +515,10 @@ impl LogParser {
                         }
                     }
                     LogField::Ts => {
-                        if seen & (1 << 63) != 0 {
+                        if seen & (1 << 127) != 0 {
                             return reject(RejectCode::Malformed, "field 'ts' appears twice");
                         }
-                        seen |= 1 << 63;
+                        seen |= 1 << 127;
                         ts = Some(self.read_ts(sc)?);
                     }
                     LogField::Feature(i) => {
@@ -771,7 +771,7 @@ impl LogParser {
             );
         }
         let mut cols = Vec::new();
-        let mut seen = 0u64;
+        let mut seen = 0u128;
         for name in header.iter().skip(2) {
             let name = trim(name);
             match self.lookup(name, 0) {
