@@ -54,8 +54,8 @@ fn parse_err(path: &Path, line: usize, message: impl Into<String>) -> EvalError 
     }
 }
 
-/// Reads a `customer_id,ts,label` file (header required; `ts` in Unix seconds or RFC 3339; label 0 or 1).
-pub fn read_points(path: &Path) -> Result<Points, EvalError> {
+/// Opens a CSV file with a header line: the reader and the header.
+fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), EvalError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
@@ -67,6 +67,12 @@ pub fn read_points(path: &Path) -> Result<Points, EvalError> {
         .headers()
         .map_err(|e| parse_err(path, 1, e.to_string()))?
         .clone();
+    Ok((rdr, header))
+}
+
+/// Reads a `customer_id,ts,label` file (header required; `ts` in Unix seconds or RFC 3339; label 0 or 1).
+pub fn read_points(path: &Path) -> Result<Points, EvalError> {
+    let (mut rdr, header) = open_csv(path)?;
     let cols: Vec<&str> = header.iter().map(str::trim).collect();
     if cols.len() < 3 || cols[0] != "customer_id" || cols[1] != "ts" || cols[2] != "label" {
         return Err(parse_err(
@@ -505,17 +511,7 @@ pub fn last_rows(table: &Table) -> HashMap<String, i64> {
 
 /// Reads a CSV export (`customer_id,ts,<feature>...`) for the baseline.
 pub fn read_table(path: &Path) -> Result<Table, EvalError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => io_err(path, io),
-            other => parse_err(path, 1, format!("{other:?}")),
-        })?;
-    let header = rdr
-        .headers()
-        .map_err(|e| parse_err(path, 1, e.to_string()))?
-        .clone();
+    let (mut rdr, header) = open_csv(path)?;
     if header.len() < 3 || &header[0] != "customer_id" || &header[1] != "ts" {
         return Err(parse_err(
             path,

@@ -17,6 +17,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::keys::CustomerId;
+use crate::model::AnomalyKind;
 use crate::model::alert::Transition;
 #[cfg(test)]
 use crate::model::customer::TopFeature;
@@ -77,6 +78,86 @@ pub fn push_str(s: &mut String, v: &str) {
     s.push('"');
 }
 
+/// A feature change's size and its reason, for the operator reading it: `deviation` = observed − expected
+/// (in the series' units), `band_fraction` = that deviation over the band's half on its side (±1 is the
+/// band's edge: the series' own threshold), and `why` in words.
+fn explain_feature(out: &mut String, c: &Change, e: &Evidence) {
+    let (o, x) = (e.observed, e.expected);
+    let deviation = o - x;
+    let half = if deviation >= 0.0 {
+        e.upper - x
+    } else {
+        x - e.lower
+    };
+    let fraction = if half > 0.0 {
+        deviation / half
+    } else {
+        f32::NAN
+    };
+    if deviation.is_finite() {
+        out.push_str(",\"deviation\":");
+        push_num(out, deviation);
+        out.push_str(",\"band_fraction\":");
+        push_num(out, fraction);
+    }
+    let side = if deviation >= 0.0 { "above" } else { "below" };
+    let why = if c.status == Transition::Cleared {
+        "back within its own normal for clear_epochs epochs".to_string()
+    } else {
+        match c.anomaly.kind {
+            AnomalyKind::Spike => format!(
+                "{} {side} expected {}: {:.2}× the way to its own band's edge, larger than this series' \
+                 tail and its recent excursions",
+                fmt3(o),
+                fmt3(x),
+                fraction.abs()
+            ),
+            AnomalyKind::LevelShift => format!(
+                "a sustained shift {side} expected {} (this log {}, {:.2} of the band's half): deviations \
+                 adding up beyond this series' own history of them",
+                fmt3(x),
+                fmt3(o),
+                fraction.abs()
+            ),
+            AnomalyKind::VarianceBurst => format!(
+                "its values scatter more than this series' own history allows (this log {}, expected {})",
+                fmt3(o),
+                fmt3(x)
+            ),
+            AnomalyKind::StuckValue => format!(
+                "{} repeated longer than any ordinary run of this series",
+                fmt3(o)
+            ),
+            AnomalyKind::OutOfRange => {
+                format!("{} is beyond every value this series has shown", fmt3(o))
+            }
+            AnomalyKind::Dropout => {
+                "the feature stopped reporting while the customer reports".to_string()
+            }
+            AnomalyKind::Silent => "no log from the customer".to_string(),
+        }
+    };
+    out.push_str(",\"why\":");
+    push_str(out, &why);
+}
+
+/// A value with about four significant digits, for sentences.
+fn fmt3(v: f32) -> String {
+    if !v.is_finite() {
+        return "?".into();
+    }
+    let a = v.abs();
+    if a >= 1000.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.2}")
+    } else if a >= 0.1 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
 /// Formats the change lines and summary of one epoch.
 pub struct OutputFormat {
     pub features: Vec<String>,
@@ -131,6 +212,23 @@ impl OutputFormat {
             out.push_str("\":");
             push_num(out, v.unwrap_or(f32::NAN));
         }
+        if let Some(e) = ev.filter(|_| !is_customer_level(c.feature)) {
+            explain_feature(out, c, &e);
+        }
+        if let Some(e) = ev.filter(|_| c.feature == CUSTOMER_ALERT) {
+            self.explain_customer(out, c, &e);
+        }
+        if let Some(e) = ev.filter(|_| c.feature == CUSTOMER_FEATURE) {
+            out.push_str(",\"why\":");
+            push_str(
+                out,
+                &if c.status == Transition::Cleared {
+                    "the customer reports again".to_string()
+                } else {
+                    format!("no log from the customer for {:.0} epochs", e.observed)
+                },
+            );
+        }
         if let Some(e) = ev.filter(|_| c.feature != CUSTOMER_FEATURE) {
             out.push_str(",\"customer_score\":");
             push_num(out, e.customer_score);
@@ -159,6 +257,33 @@ impl OutputFormat {
             },
         );
         out.push_str("}\n");
+    }
+
+    /// A customer alert's `why`: the features behind it (those at least half-way to their own bar).
+    fn explain_customer(&self, out: &mut String, c: &Change, e: &Evidence) {
+        let names: Vec<&str> = e
+            .top
+            .iter()
+            .filter(|t| !is_customer_level(t.feature) && t.score >= 0.5)
+            .map(|t| self.feature_name(t.feature))
+            .collect();
+        let why = match c.status {
+            Transition::Cleared => "its features are back within their own normal".to_string(),
+            _ if names.is_empty() => "its features' fused evidence".to_string(),
+            _ => format!(
+                "{} unusual for this customer: {}",
+                if names.len() == 1 {
+                    "1 feature"
+                } else if names.len() == 2 {
+                    "2 features"
+                } else {
+                    "3 or more features"
+                },
+                names.join(", ")
+            ),
+        };
+        out.push_str(",\"why\":");
+        push_str(out, &why);
     }
 
     pub fn summary_line(&self, epoch: u64, s: &EpochSummary, wall: f64, out: &mut String) {
@@ -491,5 +616,81 @@ mod tests {
         dead_letter_line(&dl, &["in.jsonl".into()], &mut d);
         let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap();
         assert_eq!(v["reason"], "malformed");
+    }
+
+    #[test]
+    fn changes_carry_their_size_level_and_reason() {
+        let f = OutputFormat {
+            features: vec!["wan_latency_ms".into()],
+            model: "m".into(),
+            epoch_len: 300,
+            reproducible: true,
+        };
+        let ev = |feature: u16, observed: f32| Evidence {
+            customer: id("cust-1"),
+            feature,
+            score: 1.2,
+            observed,
+            expected: 20.0,
+            lower: 12.0,
+            upper: 40.0,
+            customer_score: 1.2,
+            top: [
+                TopFeature {
+                    feature: 0,
+                    score: 1.2,
+                },
+                TopFeature::NONE,
+                TopFeature::NONE,
+            ],
+        };
+        let line = |feature: u16, kind: AnomalyKind, observed: f32| {
+            let c = Change {
+                customer: id("cust-1"),
+                feature,
+                status: Transition::Raised,
+                anomaly: OpenAnomaly {
+                    feature,
+                    kind,
+                    severity: Severity::Warning,
+                },
+                evidence: Some(ev(feature, observed)),
+            };
+            let mut s = String::new();
+            f.change_line(5_666_667, &c, &mut s);
+            serde_json::from_str::<serde_json::Value>(&s).unwrap()
+        };
+        // 25 against expected 20, band [12, 40]: +5 over the upper half of 20 → 0.25 of the band's half.
+        let v = line(0, AnomalyKind::LevelShift, 25.0);
+        assert_eq!(v["level"], "feature");
+        assert_eq!(v["deviation"], 5.0);
+        assert_eq!(v["band_fraction"], 0.25);
+        let why = v["why"].as_str().unwrap();
+        assert!(
+            why.starts_with("a sustained shift above expected 20.00"),
+            "{why}"
+        );
+        assert!(why.contains("0.25 of the band's half"), "{why}");
+        // 8 below: −12 over the lower half of 8 → −1.5 (beyond the band).
+        let v = line(0, AnomalyKind::Spike, 8.0);
+        assert_eq!(v["deviation"], -12.0);
+        assert_eq!(v["band_fraction"], -1.5);
+        assert!(v["why"].as_str().unwrap().contains("1.50× the way"));
+        // The customer alert: level customer, feature *, its features named.
+        let v = line(
+            crate::model::customer::CUSTOMER_ALERT,
+            AnomalyKind::Spike,
+            1.2,
+        );
+        assert_eq!(
+            (v["level"].as_str(), v["feature"].as_str()),
+            (Some("customer"), Some("*"))
+        );
+        assert_eq!(v["model"], "customer");
+        assert_eq!(
+            v["why"],
+            "1 feature unusual for this customer: wan_latency_ms"
+        );
+        assert!(v.get("deviation").is_none());
     }
 }
