@@ -38,7 +38,7 @@ use crate::model::customer::{
     CustomerMeta, Evidence, ModelConfig, OpenAnomaly, StepContext, StepOut, contribute_customer,
     step_customer,
 };
-use crate::record::{DeadLetter, Log, RejectCode, Rejection};
+use crate::record::{DeadLetter, LogN, RejectCode, Rejection};
 use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
 
 /// The trace type of the series-state arrangement.
@@ -163,8 +163,8 @@ pub struct ModelStreams<'scope> {
 
 /// Builds the `SeriesModel` operator. `logs` is exchanged by customer here; `cohort` must already carry
 /// every worker's cohort differences (broadcast) delayed by one epoch.
-pub fn series_model<'scope>(
-    logs: Stream<'scope, u64, Vec<Log>>,
+pub fn series_model<'scope, const N: usize>(
+    logs: Stream<'scope, u64, Vec<LogN<N>>>,
     cohort: Stream<'scope, u64, Vec<CohortDelta>>,
     config: ModelConfig,
     detector: Arc<dyn Detector>,
@@ -173,7 +173,10 @@ pub fn series_model<'scope>(
     let scope = logs.scope();
     let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
     let info = builder.operator_info();
-    let mut in_logs = builder.new_input(logs, Exchange::new(|l: &Log| customer_route(&l.customer)));
+    let mut in_logs = builder.new_input(
+        logs,
+        Exchange::new(|l: &LogN<N>| customer_route(&l.customer)),
+    );
     let mut in_cohort = builder.new_input(cohort, Pipeline);
     let (out_spans, spans) = builder.new_output();
     let (out_anom, anomalies) = builder.new_output::<Vec<AnomalyDiff>>();
@@ -205,8 +208,8 @@ pub fn series_model<'scope>(
 
     builder.build(move |caps| {
         let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
-        let mut stash: BTreeMap<u64, Vec<Log>> = BTreeMap::new();
-        let mut spare: Vec<Vec<Log>> = Vec::new();
+        let mut stash: BTreeMap<u64, Vec<LogN<N>>> = BTreeMap::new();
+        let mut spare: Vec<Vec<LogN<N>>> = Vec::new();
         let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
         let mut stats = CohortStats::new(config.features);
         let mut acc = CohortAccumulator::new(config.features);
@@ -437,10 +440,10 @@ impl EpochWorker {
     }
 
     /// Runs epoch `e` over the trace's current state and the epoch's logs.
-    pub fn run_epoch(
+    pub fn run_epoch<const N: usize>(
         &mut self,
         e: u64,
-        logs: &mut [Log],
+        logs: &mut [LogN<N>],
         reader: &mut TraceAgent<StateSpine>,
         priors: &[crate::model::FeaturePrior],
         acc: &mut CohortAccumulator,

@@ -37,7 +37,7 @@ use crate::keys::CustomerId;
 use crate::model::Detector;
 use crate::model::cohort::CohortDelta;
 use crate::model::customer::{Evidence, ModelConfig, OpenAnomaly};
-use crate::record::{DeadLetter, Log};
+use crate::record::{DeadLetter, LogN, MAX_FEATURES, NARROW};
 use crate::sinks::{
     EpochSummary, FileOutput, LineKind, Output, OutputError, OutputFormat, dead_letter_line,
     derive_changes,
@@ -140,11 +140,24 @@ fn record_error(slot: &Shared<String>, msg: String) {
 
 /// Runs the pipeline on a timely configuration (threads, or one process of a cluster).
 pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<RunReport, RunError> {
+    // The pipeline is instantiated at the spec's width: a log carries as many values as the spec can have.
+    if cfg.spec.features.len() <= NARROW {
+        run_width::<NARROW>(cfg, timely, process)
+    } else {
+        run_width::<MAX_FEATURES>(cfg, timely, process)
+    }
+}
+
+fn run_width<const N: usize>(
+    cfg: RunConfig,
+    timely: timely::Config,
+    process: usize,
+) -> Result<RunReport, RunError> {
     // Validate inputs up front (readable, CSV headers map), so usage errors are reported before any work.
     #[allow(irrefutable_let_patterns)] // (refutable with the `kafka` feature)
     if let Inputs::Files(files) = &cfg.inputs {
         for input in files {
-            FileSource::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
+            FileSource::<N>::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
         }
     }
     // Process 0 writes the output; open it now so a bad path or an unreachable broker fails fast.
@@ -197,20 +210,20 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
         let guards = timely::execute(timely, move |worker| {
             let index = worker.index();
             let peers = worker.peers();
-            let source: Result<Box<dyn Source>, SourceError> = match &cfg.inputs {
+            let source: Result<Box<dyn Source<N>>, SourceError> = match &cfg.inputs {
                 Inputs::Files(files) => {
-                    FileSource::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
+                    FileSource::<N>::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
                         if let Some(shared) = &shared_inputs {
                             // (Timely numbers the workers of process p as p·threads + local index.)
                             s = s.with_shared(shared.for_slot(index % local_workers.max(1)));
                         }
-                        Box::new(s) as Box<dyn Source>
+                        Box::new(s) as Box<dyn Source<N>>
                     })
                 }
                 #[cfg(feature = "kafka")]
                 Inputs::Kafka(k) => {
-                    crate::sources::kafka::KafkaSource::new(&cfg.spec, k, index, peers)
-                        .map(|s| Box::new(s) as Box<dyn Source>)
+                    crate::sources::kafka::KafkaSource::<N>::new(&cfg.spec, k, index, peers)
+                        .map(|s| Box::new(s) as Box<dyn Source<N>>)
                 }
             };
             let source = Rc::new(RefCell::new(match source {
@@ -269,10 +282,10 @@ pub fn run(cfg: RunConfig, timely: timely::Config, process: usize) -> Result<Run
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build<'scope>(
+fn build<'scope, const N: usize>(
     scope: Scope<'scope, u64>,
     cfg: &RunConfig,
-    source: SharedSource,
+    source: SharedSource<N>,
     sink_output: Option<(Box<dyn Output>, Option<u64>)>,
     probe: &ProbeHandle<u64>,
     errors: Shared<String>,
@@ -326,7 +339,7 @@ fn build<'scope>(
 }
 
 /// A worker's source, shared by its operator and `run` (which makes the last commit).
-type SharedSource = Rc<RefCell<Option<Box<dyn Source>>>>;
+type SharedSource<const N: usize> = Rc<RefCell<Option<Box<dyn Source<N>>>>>;
 
 /// What steers a source operator besides its source.
 struct SourceControl {
@@ -342,22 +355,22 @@ struct SourceControl {
 
 /// The per-worker source operator: outputs logs, dead letters and per-epoch counts.
 #[allow(clippy::type_complexity)]
-fn source_operator<'scope>(
+fn source_operator<'scope, const N: usize>(
     scope: Scope<'scope, u64>,
-    source: SharedSource,
+    source: SharedSource<N>,
     ctl: SourceControl,
     errors: Shared<String>,
 ) -> (
-    Stream<'scope, u64, Vec<Log>>,
+    Stream<'scope, u64, Vec<LogN<N>>>,
     Stream<'scope, u64, Vec<DeadLetter>>,
     Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
 ) {
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
-    let (out_logs, logs) = builder.new_output::<Vec<Log>>();
+    let (out_logs, logs) = builder.new_output::<Vec<LogN<N>>>();
     let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
     let (out_counts, counts) = builder.new_output::<Vec<(Option<u64>, SourceCounts)>>();
-    let mut out_logs = OutputBuilder::<_, CapacityContainerBuilder<Vec<Log>>>::from(out_logs);
+    let mut out_logs = OutputBuilder::<_, CapacityContainerBuilder<Vec<LogN<N>>>>::from(out_logs);
     let mut out_dead =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_dead);
     let mut out_counts = OutputBuilder::<

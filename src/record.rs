@@ -4,8 +4,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::CustomerId;
 
-/// The most features one spec may list (the width of a log's value array).
-pub const MAX_FEATURES: usize = 32;
+/// The most features one spec may list (the width of the widest log's value array).
+pub const MAX_FEATURES: usize = 64;
+
+/// The width of the log that specs of up to this many features use ([`Log`]); wider specs use
+/// [`WideLog`]. The whole pipeline is instantiated at the spec's width, so a 20-feature spec's logs are not
+/// twice as large for the sake of a wider one (a 64-wide log cost 1 GiB of peak memory at 2 M customers).
+pub const NARROW: usize = 32;
+
+/// Bytes of a log's binary form before its values: id, event time, partition, offset.
+pub const LOG_HEAD_BYTES: usize = CustomerId::WIRE_BYTES + 8 + 4 + 8;
+/// The longest binary form of any log: the head and [`MAX_FEATURES`] values.
+pub const LOG_WIRE_MAX: usize = LOG_HEAD_BYTES + 4 * MAX_FEATURES;
 
 /// Where a record came from: a source partition (input file and topic partition) and its offset in it.
 ///
@@ -24,25 +34,30 @@ pub struct SourcePos {
 /// logs across processes cost twice that. The string carries the values up to the last one present, so a
 /// 20-feature spec's logs cross as [`Log::HEAD_BYTES`] + 80 bytes however wide the array is.
 #[derive(Debug, Clone, Copy)]
-pub struct Log {
+pub struct LogN<const N: usize> {
     pub customer: CustomerId,
     /// Event time, Unix seconds.
     pub ts: i64,
     pub pos: SourcePos,
     /// Feature values in spec order; `NaN` marks a feature absent from the log (or `null`).
-    pub values: [f32; MAX_FEATURES],
+    pub values: [f32; N],
 }
 
-impl Log {
+/// The log of specs of up to [`NARROW`] features.
+pub type Log = LogN<NARROW>;
+/// The log of wider specs, up to [`MAX_FEATURES`].
+pub type WideLog = LogN<MAX_FEATURES>;
+
+impl<const N: usize> LogN<N> {
     /// Bytes of the binary form's head: id, event time, partition, offset (little-endian).
-    pub const HEAD_BYTES: usize = CustomerId::WIRE_BYTES + 8 + 4 + 8;
-    /// The longest binary form: the head and every value.
-    pub const WIRE_BYTES: usize = Self::HEAD_BYTES + 4 * MAX_FEATURES;
+    pub const HEAD_BYTES: usize = LOG_HEAD_BYTES;
+    /// The longest binary form of this width: the head and every value.
+    pub const WIRE_BYTES: usize = LOG_HEAD_BYTES + 4 * N;
 
     /// The binary form (values bit for bit, NaN payloads included, up to the last value that is not a
     /// plain missing one): the buffer and how many of its bytes are used.
-    pub fn to_wire(&self) -> ([u8; Self::WIRE_BYTES], usize) {
-        let mut w = [0u8; Self::WIRE_BYTES];
+    pub fn to_wire(&self) -> ([u8; LOG_WIRE_MAX], usize) {
+        let mut w = [0u8; LOG_WIRE_MAX];
         let mut at = 0;
         let mut put = |bytes: &[u8]| {
             w[at..at + bytes.len()].copy_from_slice(bytes);
@@ -64,8 +79,9 @@ impl Log {
         (w, at)
     }
 
-    /// Reads [`Log::to_wire`]'s form (`None` for anything else); values not in it are missing.
-    pub fn from_wire(w: &[u8]) -> Option<Log> {
+    /// Reads [`LogN::to_wire`]'s form (`None` for anything else, or more values than this width holds);
+    /// values not in it are missing.
+    pub fn from_wire(w: &[u8]) -> Option<LogN<N>> {
         if w.len() < Self::HEAD_BYTES
             || w.len() > Self::WIRE_BYTES
             || (w.len() - Self::HEAD_BYTES) % 4 != 0
@@ -77,11 +93,11 @@ impl Log {
         let (ts, rest) = rest.split_first_chunk::<8>()?;
         let (partition, rest) = rest.split_first_chunk::<4>()?;
         let (offset, rest) = rest.split_first_chunk::<8>()?;
-        let mut values = [f32::NAN; MAX_FEATURES];
+        let mut values = [f32::NAN; N];
         for (v, b) in values.iter_mut().zip(rest.chunks_exact(4)) {
             *v = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         }
-        Some(Log {
+        Some(LogN {
             customer,
             ts: i64::from_le_bytes(*ts),
             pos: SourcePos {
@@ -93,53 +109,56 @@ impl Log {
     }
 
     /// An empty log (all features missing).
-    pub fn empty(customer: CustomerId) -> Log {
-        Log {
+    pub fn empty(customer: CustomerId) -> LogN<N> {
+        LogN {
             customer,
             ts: 0,
             pos: SourcePos {
                 partition: 0,
                 offset: 0,
             },
-            values: [f32::NAN; MAX_FEATURES],
+            values: [f32::NAN; N],
         }
     }
 }
 
-impl Serialize for Log {
+impl<const N: usize> Serialize for LogN<N> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (w, n) = self.to_wire();
         s.serialize_bytes(&w[..n])
     }
 }
 
-impl<'de> Deserialize<'de> for Log {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Log, D::Error> {
-        struct WireVisitor;
-        impl<'de> serde::de::Visitor<'de> for WireVisitor {
-            type Value = Log;
+impl<'de, const N: usize> Deserialize<'de> for LogN<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogN<N>, D::Error> {
+        struct WireVisitor<const N: usize>;
+        impl<'de, const N: usize> serde::de::Visitor<'de> for WireVisitor<N> {
+            type Value = LogN<N>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 write!(
                     f,
                     "a log's {} to {} bytes",
-                    Log::HEAD_BYTES,
-                    Log::WIRE_BYTES
+                    LogN::<N>::HEAD_BYTES,
+                    LogN::<N>::WIRE_BYTES
                 )
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Log, E> {
-                Log::from_wire(v)
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<LogN<N>, E> {
+                LogN::from_wire(v)
                     .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))
             }
             // Formats without a byte-string type (JSON) write the bytes as a sequence of numbers.
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Log, A::Error> {
-                let mut v = Vec::with_capacity(Log::WIRE_BYTES);
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LogN<N>, A::Error> {
+                let mut v = Vec::with_capacity(LogN::<N>::WIRE_BYTES);
                 while let Some(b) = seq.next_element::<u8>()? {
                     v.push(b);
                 }
                 self.visit_bytes(&v)
             }
         }
-        d.deserialize_bytes(WireVisitor)
+        d.deserialize_bytes(WireVisitor::<N>)
     }
 }
 
@@ -287,10 +306,20 @@ mod tests {
         // bincode (timely's exchange between processes): a length, then the bytes.
         let b = bincode::serialize(&vec![l, l]).unwrap();
         assert_eq!(b.len(), 8 + 2 * (8 + n));
-        // a log with every one of the widest spec's values carries them all
-        let full = log("c", 1, 2, 3, &[0x4000_0000; MAX_FEATURES]);
+        // a log with every value of its width carries them all; a narrow log refuses a wide one's form
+        let full = log("c", 1, 2, 3, &[0x4000_0000; NARROW]);
         assert_eq!(full.to_wire().1, Log::WIRE_BYTES);
-        assert!(same(&Log::from_wire(&full.to_wire().0).unwrap(), &full));
+        let (fw, fnn) = full.to_wire();
+        assert!(same(&Log::from_wire(&fw[..fnn]).unwrap(), &full));
+        let mut wide = WideLog::empty(full.customer);
+        wide.values = [1.0; MAX_FEATURES];
+        let (w, n) = wide.to_wire();
+        assert_eq!(n, LOG_WIRE_MAX);
+        assert!(Log::from_wire(&w[..n]).is_none());
+        let back = WideLog::from_wire(&w[..n]).unwrap();
+        assert!(back.values.iter().all(|v| *v == 1.0));
+        let round: WideLog = bincode::deserialize(&bincode::serialize(&wide).unwrap()).unwrap();
+        assert_eq!(round.values, wide.values);
         let back: Vec<Log> = bincode::deserialize(&b).unwrap();
         assert!(back.iter().all(|x| same(x, &l)));
         // JSON writes the bytes as numbers and reads them back.
@@ -332,7 +361,7 @@ mod tests {
             ts in any::<i64>(),
             partition in any::<u32>(),
             offset in any::<u64>(),
-            values in proptest::collection::vec(any::<u32>(), 0..=MAX_FEATURES),
+            values in proptest::collection::vec(any::<u32>(), 0..=NARROW),
         ) {
             let l = log(&id, ts, partition, offset, &values);
             let (w, n) = l.to_wire();

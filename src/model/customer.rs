@@ -15,7 +15,9 @@ use super::{
     Transform,
 };
 use crate::keys::CustomerId;
-use crate::record::{Log, MAX_FEATURES};
+#[cfg(test)]
+use crate::record::Log;
+use crate::record::LogN;
 use crate::spec::Spec;
 use crate::state::{SLOT_BYTES, Slot, le};
 
@@ -306,11 +308,11 @@ pub struct StepContext<'a> {
 
 /// Runs one customer's epoch. `slots` holds `features + 1` slots (the last is the meta slot) and is updated
 /// in place. `logs` must be sorted by `(ts, pos)`.
-pub fn step_customer(
+pub fn step_customer<const N: usize>(
     ctx: &StepContext<'_>,
     customer: CustomerId,
     slots: &mut [Slot],
-    logs: &[Log],
+    logs: &[LogN<N>],
     out: &mut StepOut,
 ) {
     let f_count = ctx.config.features;
@@ -330,9 +332,8 @@ pub fn step_customer(
         }
     }
     if reported {
-        // The per-series scratch arrays live on the stack, as wide as a log (a wider log would want a
-        // narrower instance for narrow specs: the width is a parameter).
-        step_reported::<MAX_FEATURES>(ctx, customer, slots, logs, &mut meta, out);
+        // The per-series scratch arrays live on the stack, as wide as the spec's logs.
+        step_reported(ctx, customer, slots, logs, &mut meta, out);
     } else if meta.last_seen != 0 {
         step_silent(ctx, customer, &mut meta, out);
     }
@@ -344,7 +345,7 @@ fn step_reported<const N: usize>(
     ctx: &StepContext<'_>,
     customer: CustomerId,
     slots: &mut [Slot],
-    logs: &[Log],
+    logs: &[LogN<N>],
     meta: &mut CustomerMeta,
     out: &mut StepOut,
 ) {

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::epoch::{Admission, EpochClock, PartitionClock};
-use crate::record::{DeadLetter, Log, RejectCode, Rejection};
+#[cfg(test)]
+use crate::record::Log;
+use crate::record::{DeadLetter, LogN, RejectCode, Rejection};
 
 /// Counts of one epoch at one worker's source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,22 +51,22 @@ pub enum Admitted {
     DeadLettered(Option<u64>),
 }
 
-/// One worker's epoching state and output buffers.
-pub struct Intake {
+/// One worker's epoching state and output buffers (logs of `N` values: the spec's width).
+pub struct Intake<const N: usize> {
     pub clock: EpochClock,
     /// Partitions by (input index, partition).
     pub partitions: HashMap<(u32, u32), PartitionState>,
     /// No record is delivered at an epoch below this.
     floor: u64,
     /// Buffered output: logs by epoch.
-    pub logs: BTreeMap<u64, Vec<Log>>,
+    pub logs: BTreeMap<u64, Vec<LogN<N>>>,
     /// Buffered dead letters (with their epoch attribution).
     pub dead: Vec<DeadLetter>,
     /// Buffered counts by epoch (`None`: dead letters of partitions that never had a good record).
     pub counts: BTreeMap<Option<u64>, SourceCounts>,
 }
 
-impl Intake {
+impl<const N: usize> Intake<N> {
     pub fn new(clock: EpochClock) -> Self {
         Intake {
             clock,
@@ -99,7 +101,7 @@ impl Intake {
     /// letter. `raw` is asked for only when the record is dead-lettered.
     pub fn admit(
         &mut self,
-        mut log: Log,
+        mut log: LogN<N>,
         key: (u32, u32),
         line_no: u64,
         offset: Option<u64>,
@@ -209,7 +211,7 @@ mod tests {
     use crate::keys::CustomerId;
     use crate::spec::LatePolicy;
 
-    fn intake(policy: LatePolicy) -> Intake {
+    fn intake(policy: LatePolicy) -> Intake<{ crate::record::NARROW }> {
         Intake::new(EpochClock {
             length: 300,
             lateness: 60,

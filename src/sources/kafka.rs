@@ -47,7 +47,7 @@ use super::parse::LogParser;
 use super::{Admitted, Intake, Source, SourceError, partition_owner};
 use crate::epoch::EpochClock;
 use crate::keys::CustomerId;
-use crate::record::{DeadLetter, Log, SourcePos};
+use crate::record::{DeadLetter, LogN, SourcePos};
 use crate::spec::Spec;
 
 /// How a run consumes Kafka.
@@ -92,13 +92,13 @@ struct Part {
 }
 
 /// One worker's Kafka consumer and epoching state.
-pub struct KafkaSource {
+pub struct KafkaSource<const N: usize> {
     consumer: BaseConsumer,
     cfg: KafkaInput,
     parser: LogParser,
-    intake: Intake,
+    intake: Intake<N>,
     parts: HashMap<(u32, u32), Part>,
-    scratch: Log,
+    scratch: LogN<N>,
     line: Vec<u8>,
     /// The epoch this worker holds (what `frontier` last returned).
     held: u64,
@@ -124,14 +124,14 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-impl KafkaSource {
+impl<const N: usize> KafkaSource<N> {
     /// Connects worker `index` of `peers` and assigns it its partitions, each from its beginning.
     pub fn new(
         spec: &Spec,
         cfg: &KafkaInput,
         index: usize,
         peers: usize,
-    ) -> Result<KafkaSource, SourceError> {
+    ) -> Result<KafkaSource<N>, SourceError> {
         let consumer: BaseConsumer = crate::kafka::client_config(&cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
@@ -181,7 +181,7 @@ impl KafkaSource {
                 spec.input.max_future_skew_seconds,
             )),
             parts,
-            scratch: Log::empty(placeholder),
+            scratch: LogN::empty(placeholder),
             line: Vec::with_capacity(1024),
             held: 0,
             held_since: now,
@@ -265,7 +265,7 @@ impl KafkaSource {
     }
 
     /// Attributes a partition's early dead letters to its open epoch (now known, or the floor).
-    fn release_unstarted(intake: &mut Intake, part: &mut Part, key: (u32, u32)) {
+    fn release_unstarted(intake: &mut Intake<N>, part: &mut Part, key: (u32, u32)) {
         for dl in std::mem::take(&mut part.unstarted_dead) {
             let offset = dl.offset.and_then(|o| i64::try_from(o).ok()).unwrap_or(0);
             if let Some(e) = intake.push_dead(dl, key) {
@@ -276,7 +276,7 @@ impl KafkaSource {
     }
 }
 
-impl Source for KafkaSource {
+impl<const N: usize> Source<N> for KafkaSource<N> {
     fn frontier(&mut self) -> Option<u64> {
         if self.finished {
             return None;
@@ -418,7 +418,7 @@ impl Source for KafkaSource {
         Ok(n)
     }
 
-    fn intake(&mut self) -> &mut Intake {
+    fn intake(&mut self) -> &mut Intake<N> {
         &mut self.intake
     }
 

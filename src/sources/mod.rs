@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use crate::epoch::EpochClock;
 use crate::keys::CustomerId;
-use crate::record::{DeadLetter, Log, RejectCode, Rejection, SourcePos};
+use crate::record::{DeadLetter, LogN, RejectCode, Rejection, SourcePos};
 use crate::spec::Spec;
 pub use intake::{Admitted, Intake, PartitionState, SourceCounts};
 use parse::LogParser;
@@ -57,14 +57,14 @@ pub enum SourceError {
 
 /// What the source operator drives on each worker: a file replay or a live Kafka consumer. Both parse into
 /// an [`Intake`], which epochs the records and buffers them for the operator to ship.
-pub trait Source {
+pub trait Source<const N: usize> {
     /// The least epoch this worker may still emit records at (`u64::MAX`: nothing more before the end);
     /// `None` once the source is done.
     fn frontier(&mut self) -> Option<u64>;
     /// Reads up to `budget` records; returns how many it consumed.
     fn pump(&mut self, budget: usize) -> Result<usize, SourceError>;
     /// The epoched records and dead letters waiting to be shipped.
-    fn intake(&mut self) -> &mut Intake;
+    fn intake(&mut self) -> &mut Intake<N>;
     /// Every output of every epoch below `upto` is durably written (`u64::MAX`: all of them): a source with
     /// a commit protocol commits its input positions up to there.
     fn acknowledged(&mut self, _upto: u64) {}
@@ -78,14 +78,14 @@ pub trait Source {
     }
 }
 
-impl Source for FileSource {
+impl<const N: usize> Source<N> for FileSource<N> {
     fn frontier(&mut self) -> Option<u64> {
         FileSource::frontier(self)
     }
     fn pump(&mut self, budget: usize) -> Result<usize, SourceError> {
         FileSource::pump(self, budget)
     }
-    fn intake(&mut self) -> &mut Intake {
+    fn intake(&mut self) -> &mut Intake<N> {
         &mut self.intake
     }
     fn idle_wait(&self) -> Option<std::time::Duration> {
@@ -293,7 +293,7 @@ enum Reader {
 }
 
 /// One worker's share of the inputs: reads, parses, epochs and buffers records until the operator ships them.
-pub struct FileSource {
+pub struct FileSource<const N: usize> {
     inputs: Vec<InputFile>,
     index: usize,
     peers: usize,
@@ -301,9 +301,9 @@ pub struct FileSource {
     current: usize,
     reader: Option<Reader>,
     last_partition: u32,
-    scratch: Log,
+    scratch: LogN<N>,
     /// Epoching and the buffered output.
-    pub intake: Intake,
+    pub intake: Intake<N>,
     finished: bool,
     /// The process's shared readers of the inputs (`None`: this source reads them on its own).
     shared: Option<chunks::SharedInputs>,
@@ -311,21 +311,21 @@ pub struct FileSource {
     waiting: bool,
 }
 
-impl FileSource {
+impl<const N: usize> FileSource<N> {
     /// Prepares worker `index` of `peers`: finds each owned partition's first epoch.
     pub fn new(
         spec: &Spec,
         inputs: Vec<InputFile>,
         index: usize,
         peers: usize,
-    ) -> Result<FileSource, SourceError> {
+    ) -> Result<FileSource<N>, SourceError> {
         let clock = EpochClock::new(&spec.epoch, spec.input.max_future_skew_seconds);
         let mut parser = LogParser::new(spec);
         let placeholder = CustomerId::parse(b"x", b"").map_err(|_| SourceError::Csv {
             path: String::new(),
             message: "internal: placeholder id".into(),
         })?;
-        let mut scratch = Log::empty(placeholder);
+        let mut scratch = LogN::empty(placeholder);
         let mut partitions = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
             let i = i as u32;
@@ -370,7 +370,7 @@ impl FileSource {
 
     /// Reads the inputs through readers shared with the other workers of this process (one disk read per
     /// process; see [`chunks`]). Without this, the source reads each input on its own.
-    pub fn with_shared(mut self, shared: chunks::SharedInputs) -> FileSource {
+    pub fn with_shared(mut self, shared: chunks::SharedInputs) -> FileSource<N> {
         self.shared = Some(shared);
         self
     }
@@ -655,11 +655,11 @@ fn open_csv(
     Ok((reader, columns))
 }
 
-fn prescan_csv(
+fn prescan_csv<const N: usize>(
     path: &Path,
     parser: &mut LogParser,
     clock: &EpochClock,
-    scratch: &mut Log,
+    scratch: &mut LogN<N>,
 ) -> Result<Option<u64>, SourceError> {
     let (mut reader, columns) = open_csv(path, parser)?;
     let mut record = csv::ByteRecord::new();
@@ -684,14 +684,14 @@ fn prescan_csv(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn prescan_recorded(
+fn prescan_recorded<const N: usize>(
     path: &Path,
     input: u32,
     index: usize,
     peers: usize,
     parser: &mut LogParser,
     clock: &EpochClock,
-    scratch: &mut Log,
+    scratch: &mut LogN<N>,
     partitions: &mut HashMap<(u32, u32), PartitionState>,
 ) -> Result<(), SourceError> {
     let mut reader = LineReader::open(path)?;
@@ -774,7 +774,9 @@ mod tests {
         let mut dead = Vec::new();
         for w in 0..peers {
             let input = InputFile::detect(path).unwrap();
-            let mut s = FileSource::new(&spec(), vec![input], w, peers).unwrap();
+            let mut s =
+                FileSource::<{ crate::record::NARROW }>::new(&spec(), vec![input], w, peers)
+                    .unwrap();
             while !s.is_finished() {
                 s.pump(3).unwrap();
             }
@@ -848,7 +850,8 @@ mod tests {
         writeln!(f, "{}", line(1, 0, "cust-2", base + 300, 1.0)).unwrap();
         drop(f);
         let input = InputFile::detect(&path).unwrap();
-        let mut s = FileSource::new(&spec(), vec![input], 0, 1).unwrap();
+        let mut s =
+            FileSource::<{ crate::record::NARROW }>::new(&spec(), vec![input], 0, 1).unwrap();
         // (The reader thread may not have read the file yet: a pump can return before its budget.)
         let mut read = 0;
         while read < 5 {

@@ -5,7 +5,9 @@
 
 use crate::json::{Kind, Scanner, Str};
 use crate::keys::CustomerId;
-use crate::record::{Log, MAX_FEATURES, RejectCode, Rejection, SourcePos};
+#[cfg(test)]
+use crate::record::Log;
+use crate::record::{LogN, RejectCode, Rejection, SourcePos};
 use crate::spec::{Spec, UnknownFeaturePolicy};
 use crate::timefmt::parse_rfc3339;
 
@@ -145,7 +147,11 @@ impl LogParser {
     }
 
     /// Parses a recorded-topic line: the envelope and the log it carries.
-    pub fn parse_recorded(&mut self, line: &[u8], out: &mut Log) -> Result<Envelope, Rejection> {
+    pub fn parse_recorded<const N: usize>(
+        &mut self,
+        line: &[u8],
+        out: &mut LogN<N>,
+    ) -> Result<Envelope, Rejection> {
         if let Some(env) = self.parse_canonical(line, out) {
             return Ok(env);
         }
@@ -156,7 +162,11 @@ impl LogParser {
     /// in order, the log's features in spec order, plain numbers. It accepts a line only if the general
     /// parser would accept it with the same result; anything else (`None`) goes the general way, which also
     /// finds the reason for a refusal.
-    fn parse_canonical(&mut self, line: &[u8], out: &mut Log) -> Option<Envelope> {
+    fn parse_canonical<const N: usize>(
+        &mut self,
+        line: &[u8],
+        out: &mut LogN<N>,
+    ) -> Option<Envelope> {
         fn lit(line: &[u8], i: &mut usize, l: &[u8]) -> Option<()> {
             if line.get(*i..*i + l.len())? == l {
                 *i += l.len();
@@ -216,7 +226,7 @@ impl LogParser {
             return None;
         }
         out.ts = self.check_ts(ts as i64).ok()?;
-        out.values = [f32::NAN; MAX_FEATURES];
+        out.values = [f32::NAN; N];
         for f in 0..self.keyed.len() {
             lit(line, &mut i, &self.keyed[f])?;
             if line.get(i..i + 4) == Some(b"null") {
@@ -247,7 +257,11 @@ impl LogParser {
         })
     }
 
-    fn parse_general(&mut self, line: &[u8], out: &mut Log) -> Result<Envelope, Rejection> {
+    fn parse_general<const N: usize>(
+        &mut self,
+        line: &[u8],
+        out: &mut LogN<N>,
+    ) -> Result<Envelope, Rejection> {
         let mut sc = Scanner::new(line);
         if let Err(e) = sc.expect(b'{', "expected a JSON object") {
             return malformed(e);
@@ -443,7 +457,11 @@ impl LogParser {
     }
 
     /// Parses a JSON log object (`{"customer_id":..,"ts":..,<feature>:..}`) into `out`.
-    pub fn parse_log_object(&mut self, text: &[u8], out: &mut Log) -> Result<(), Rejection> {
+    pub fn parse_log_object<const N: usize>(
+        &mut self,
+        text: &[u8],
+        out: &mut LogN<N>,
+    ) -> Result<(), Rejection> {
         let mut sc = Scanner::new(text);
         self.parse_log_at(&mut sc, out)?;
         if let Err(e) = sc.end() {
@@ -453,11 +471,15 @@ impl LogParser {
     }
 
     /// Parses the JSON log object starting at the scanner's position, leaving the scanner after it.
-    fn parse_log_at(&mut self, sc: &mut Scanner<'_>, out: &mut Log) -> Result<(), Rejection> {
+    fn parse_log_at<const N: usize>(
+        &mut self,
+        sc: &mut Scanner<'_>,
+        out: &mut LogN<N>,
+    ) -> Result<(), Rejection> {
         if let Err(e) = sc.expect(b'{', "expected a JSON object") {
             return malformed(e);
         }
-        out.values = [f32::NAN; MAX_FEATURES];
+        out.values = [f32::NAN; N];
         let mut seen: u128 = 0; // bit per feature, plus bits 126/127 for customer_id/ts
         let mut customer: Option<CustomerId> = None;
         let mut ts: Option<i64> = None;
@@ -652,11 +674,11 @@ impl LogParser {
     }
 
     /// Parses one CSV row given the header's column map (`columns[i]` is the feature of column `i + 2`).
-    pub fn parse_csv_row(
+    pub fn parse_csv_row<const N: usize>(
         &mut self,
         fields: &csv::ByteRecord,
         columns: &[Option<usize>],
-        out: &mut Log,
+        out: &mut LogN<N>,
     ) -> Result<(), Rejection> {
         if fields.len() != columns.len() + 2 {
             return reject(
@@ -702,7 +724,7 @@ impl LogParser {
                 }
             }
         };
-        out.values = [f32::NAN; MAX_FEATURES];
+        out.values = [f32::NAN; N];
         for (col, feature) in columns.iter().enumerate() {
             let cell = trim(fields.get(col + 2).unwrap_or_default());
             let Some(i) = *feature else { continue };
@@ -902,7 +924,7 @@ mod tests {
             assert_eq!(a.customer, b.customer);
             assert_eq!(a.ts, b.ts);
             assert_eq!(a.pos, b.pos);
-            for k in 0..MAX_FEATURES {
+            for k in 0..a.values.len() {
                 assert_eq!(a.values[k].to_bits(), b.values[k].to_bits());
             }
         }
