@@ -1,8 +1,12 @@
-//! Replays one customer's logs from a recorded topic through the model and prints, per epoch, what one
-//! feature's detector saw: observation, prediction, σ, surprise, the series' own threshold, and its alert.
+//! Replays one customer's logs from a recorded topic (JSON lines) or a CSV export through the model and
+//! prints, per epoch, what one feature's detector saw: observation, prediction, σ, surprise, the series' own
+//! threshold, and its alert. The spec is the embedded home-wifi one unless a fourth argument names one
+//! (e.g. a spec written by `fleetwatch import`).
 //!
 //! ```text
 //! cargo run --release --example explain_series -- telemetry.jsonl cust-0000042 rssi_dbm
+//! cargo run --release --example explain_series -- real-eval/ms-cloudmon-1h/telemetry.csv app1-01 value \
+//!     real-eval/ms-cloudmon-1h/spec.toml
 //! ```
 //!
 //! (The cohort prior is left out: this is the series on its own.)
@@ -19,10 +23,18 @@ use fleetwatch::spec::Spec;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, path, customer, feature] = args.as_slice() else {
-        anyhow::bail!("usage: explain_series <telemetry.jsonl> <customer> <feature>");
+    let (path, customer, feature, spec) = match args.as_slice() {
+        [_, path, customer, feature] => (path, customer, feature, Spec::embedded()),
+        [_, path, customer, feature, spec] => (
+            path,
+            customer,
+            feature,
+            Spec::load(std::path::Path::new(spec))?,
+        ),
+        _ => anyhow::bail!(
+            "usage: explain_series <telemetry.jsonl|telemetry.csv> <customer> <feature> [spec.toml]"
+        ),
     };
-    let spec = Spec::embedded();
     let f = spec
         .feature_index(feature)
         .ok_or_else(|| anyhow::anyhow!("unknown feature {feature}"))?;
@@ -34,16 +46,7 @@ fn main() -> anyhow::Result<()> {
     let mut parser = LogParser::new(&spec);
     let mut slots = vec![[0u8; fleetwatch::state::SLOT_BYTES]; spec.features.len() + 1];
     let priors = vec![FeaturePrior::NONE; spec.features.len()];
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    for line in file.lines() {
-        let line = line?;
-        if !line.contains(customer.as_str()) {
-            continue;
-        }
-        let mut log = Log::empty(id);
-        if parser.parse_recorded(line.as_bytes(), &mut log).is_err() || log.customer != id {
-            continue;
-        }
+    for log in customer_logs(path, customer, id, &mut parser)? {
         let epoch = (log.ts / spec.epoch.length_seconds as i64) as u64;
         let ctx = StepContext {
             config: &cfg,
@@ -108,4 +111,47 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The customer's logs, in file order, from a recorded topic or (by extension) a CSV export.
+fn customer_logs(
+    path: &str,
+    customer: &str,
+    id: CustomerId,
+    parser: &mut LogParser,
+) -> anyhow::Result<Vec<Log>> {
+    let mut logs = Vec::new();
+    if path.ends_with(".csv") {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_path(path)?;
+        let mut rows = reader.byte_records();
+        let header = rows
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{path} is empty"))??;
+        let columns = parser.csv_columns(&header).map_err(anyhow::Error::msg)?;
+        for row in rows {
+            let row = row?;
+            if row.get(0) != Some(customer.as_bytes()) {
+                continue;
+            }
+            let mut log = Log::empty(id);
+            if parser.parse_csv_row(&row, &columns, &mut log).is_ok() {
+                logs.push(log);
+            }
+        }
+    } else {
+        let file = std::io::BufReader::new(std::fs::File::open(path)?);
+        for line in file.lines() {
+            let line = line?;
+            if !line.contains(customer) {
+                continue;
+            }
+            let mut log = Log::empty(id);
+            if parser.parse_recorded(line.as_bytes(), &mut log).is_ok() && log.customer == id {
+                logs.push(log);
+            }
+        }
+    }
+    Ok(logs)
 }

@@ -307,7 +307,13 @@ pub fn eval_points(
     };
     let mut report = crate::pointeval::evaluate_points(&run, points.as_ref(), last.as_ref());
     if let (Some(t), Some(p)) = (table.as_ref(), points.as_ref()) {
-        report.baseline = Some(crate::pointeval::baseline(t, p, baseline_window));
+        report.baseline = Some(crate::pointeval::baseline(
+            t,
+            p,
+            baseline_window,
+            report.normal_series_days,
+            Some(report.raises_per_1000_series_days),
+        ));
     }
     Ok(report)
 }

@@ -254,12 +254,16 @@ pub struct PointReport {
     pub baseline: Option<Baseline>,
 }
 
-/// The robust z-score baseline at its best threshold, both fusions.
+/// The robust z-score baseline at its best threshold, both fusions; and the max fusion at the best threshold
+/// whose alert volume in normal stretches is no higher than the run's (the same budget).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Baseline {
     pub window: usize,
     pub max: BaselineScores,
     pub top3_mean: BaselineScores,
+    /// The max fusion's best point F1 among thresholds raising at most as often in normal stretches as
+    /// the run did (`None` if no threshold does).
+    pub max_at_run_volume: Option<BaselineScores>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -267,6 +271,33 @@ pub struct BaselineScores {
     pub threshold: f64,
     #[serde(flatten)]
     pub scores: PointScores,
+    /// Raises the baseline would make at normal points: a flagged normal point with no flagged point among
+    /// the customer's previous `BASELINE_CLEAR_POINTS` (the alerts' own `clear_epochs` default, 3).
+    pub raises_normal: u64,
+    pub raises_per_1000_series_days: f64,
+}
+
+/// The quiet points after which a flagged point counts as a new raise for the baseline (the alerts'
+/// default `clear_epochs`).
+pub const BASELINE_CLEAR_POINTS: usize = 3;
+
+/// Normal raises of a per-point flagging (see `BaselineScores::raises_normal`).
+fn normal_raises(points: &Points, flagged: &dyn Fn(&str, usize) -> bool) -> u64 {
+    let mut raises = 0;
+    for (c, pts) in &points.by_customer {
+        let mut quiet = BASELINE_CLEAR_POINTS;
+        for (i, &(_, label)) in pts.iter().enumerate() {
+            if flagged(c, i) {
+                if quiet >= BASELINE_CLEAR_POINTS && !label {
+                    raises += 1;
+                }
+                quiet = 0;
+            } else {
+                quiet += 1;
+            }
+        }
+    }
+    raises
 }
 
 /// Per customer, the epochs at which it is flagged (sorted, deduplicated), from the run's changes.
@@ -679,11 +710,38 @@ fn best_threshold(mut pairs: Vec<(f64, bool)>) -> f64 {
 }
 
 /// The robust z-score baseline on a CSV export, with its best thresholds chosen on `points`.
-pub fn baseline(table: &Table, points: &Points, window: usize) -> Baseline {
+/// `normal_series_days` converts its raises into a rate (the run's figure, so both are per the same
+/// series-days); `run_volume`, the run's raises per 1,000 normal series-days, caps the volume of
+/// `max_at_run_volume`.
+pub fn baseline(
+    table: &Table,
+    points: &Points,
+    window: usize,
+    normal_series_days: f64,
+    run_volume: Option<f64>,
+) -> Baseline {
     let scores = baseline_scores(table, points, window);
     let mut result = Baseline {
         window,
         ..Default::default()
+    };
+    let per_1000 = |raises: u64| {
+        if normal_series_days > 0.0 {
+            raises as f64 / normal_series_days * 1000.0
+        } else {
+            0.0
+        }
+    };
+    let at = |threshold: f64, which: usize| {
+        let pick = |s: &(f64, f64)| if which == 0 { s.0 } else { s.1 };
+        let flagged = |c: &str, i: usize| scores.get(c).is_some_and(|s| pick(&s[i]) >= threshold);
+        let raises_normal = normal_raises(points, &flagged);
+        BaselineScores {
+            threshold,
+            scores: score_flags(points, &|c, i, _| flagged(c, i)),
+            raises_normal,
+            raises_per_1000_series_days: per_1000(raises_normal),
+        }
     };
     for which in 0..2 {
         let pick = |s: &(f64, f64)| if which == 0 { s.0 } else { s.1 };
@@ -695,18 +753,36 @@ pub fn baseline(table: &Table, points: &Points, window: usize) -> Baseline {
                 pts.iter().zip(s.iter()).map(move |(p, s)| (pick(s), p.1))
             })
             .collect();
-        let threshold = best_threshold(pairs);
-        let sc = score_flags(points, &|c, i, _| {
-            scores.get(c).is_some_and(|s| pick(&s[i]) >= threshold)
-        });
-        let b = BaselineScores {
-            threshold,
-            scores: sc,
-        };
+        let b = at(best_threshold(pairs), which);
         if which == 0 {
             result.max = b;
         } else {
             result.top3_mean = b;
+        }
+    }
+    if let Some(cap) = run_volume {
+        // candidate thresholds: the max fusion's scores at ranks 1, 2, 3, … growing by 2 % (about 600
+        // candidates for 10⁶ points), from the highest down
+        let mut all: Vec<f64> = scores.values().flatten().map(|s| s.0).collect();
+        all.sort_unstable_by(|a, b| b.total_cmp(a));
+        let mut rank = 1.0f64;
+        let mut last = f64::NAN;
+        while (rank as usize) <= all.len() {
+            let t = all[rank as usize - 1];
+            rank = (rank * 1.02).max(rank + 1.0);
+            if t <= 0.0 || t == last {
+                continue;
+            }
+            last = t;
+            let b = at(t, 0);
+            if b.raises_per_1000_series_days <= cap
+                && result
+                    .max_at_run_volume
+                    .as_ref()
+                    .is_none_or(|best| b.scores.f1 > best.scores.f1)
+            {
+                result.max_at_run_volume = Some(b);
+            }
         }
     }
     result
@@ -841,6 +917,56 @@ mod tests {
         ];
         assert_eq!(best_threshold(pairs), 3.0);
         assert!(best_threshold(vec![(1.0, false)]).is_infinite());
+    }
+
+    #[test]
+    fn baseline_raises_count_new_episodes_at_normal_points() {
+        // flags at 0, 1 (one episode), 5 (4 quiet points before it: new), 8 (2 quiet: same episode),
+        // 12 (3 quiet: new, but labelled anomalous: not a normal raise) → 2 normal raises
+        let rows: Vec<(&str, i64, bool)> = (0..14).map(|i| ("a", i * 300, i == 12)).collect();
+        let p = points(&rows);
+        let flagged = |_: &str, i: usize| [0, 1, 5, 8, 12].contains(&i);
+        assert_eq!(normal_raises(&p, &flagged), 2);
+    }
+
+    #[test]
+    fn the_baseline_at_the_run_volume_keeps_to_it() {
+        // one customer, one feature alternating 10, 11 (window median 10.5, MAD 0.5: z = (x − 10.5)/0.74);
+        // anomalies (labelled) 13.5 at point 25 and 40 at point 30, an ordinary bump to 14 at point 12.
+        // Best F1: flag z ≥ z(13.5) = 4.05 → points 12, 25, 30: tp 2, fp 1, F1 0.8, one normal raise.
+        // At a volume of zero normal raises: flag only the 40 → tp 1, fn 1, F1 2/3.
+        let mut table = Table {
+            features: vec!["f".into()],
+            ..Default::default()
+        };
+        let (mut rows, mut vals, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..40i64 {
+            vals.push(match i {
+                12 => 14.0,
+                25 => 13.5,
+                30 => 40.0,
+                _ => 10.0 + (i % 2) as f64,
+            });
+            ts.push(i * 300);
+            rows.push(("a", i * 300, i == 25 || i == 30));
+        }
+        table.by_customer.insert("a".into(), (ts, vec![vals]));
+        let p = points(&rows);
+        let b = baseline(&table, &p, 8, 1.0, Some(0.0));
+        assert_eq!(b.max.scores.true_points, 2);
+        assert_eq!(b.max.scores.flagged_points, 3);
+        assert_eq!(b.max.raises_normal, 1);
+        assert!((b.max.raises_per_1000_series_days - 1000.0).abs() < 1e-9);
+        let matched = b.max_at_run_volume.unwrap();
+        assert_eq!(matched.raises_normal, 0);
+        assert_eq!(matched.scores.flagged_points, 1);
+        assert!((matched.scores.f1 - 2.0 / 3.0).abs() < 1e-12);
+        // a cap the best threshold meets: the same threshold
+        let loose = baseline(&table, &p, 8, 1.0, Some(1000.0));
+        assert_eq!(
+            loose.max_at_run_volume.unwrap().threshold,
+            loose.max.threshold
+        );
     }
 
     #[test]

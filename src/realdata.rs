@@ -286,7 +286,7 @@ pub struct SetSummary {
     /// Rows labelled 1 (labelled sets only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anomalous_points: Option<usize>,
-    /// Empty cells over all features.
+    /// Empty cells of the features each customer reports (at least once).
     pub missing_values: usize,
     pub first_ts: i64,
     pub last_ts: i64,
@@ -479,13 +479,24 @@ pub fn write_set(set: &ImportedSet, dir: &Path, source: &str) -> Result<SetSumma
         header.push_str(&f.name);
     }
     writeln!(w, "{header}").map_err(io(&tpath))?;
+    // missing: empty cells of the features a customer reports at all (a customer of a set with one feature
+    // per source folder leaves the other folders' columns empty: not missing values)
+    let mut reports = vec![vec![false; nf]; set.customers.len()];
+    for (i, &(_, c)) in set.rows.iter().enumerate() {
+        for (f, v) in set.values[i * nf..(i + 1) * nf].iter().enumerate() {
+            reports[c as usize][f] |= !v.is_nan();
+        }
+    }
     let mut missing = 0usize;
     for &i in &order {
         let (ts, c) = set.rows[i as usize];
         write!(w, "{},{ts}", set.customers[c as usize]).map_err(io(&tpath))?;
-        for &v in &set.values[i as usize * nf..(i as usize + 1) * nf] {
+        for (f, &v) in set.values[i as usize * nf..(i as usize + 1) * nf]
+            .iter()
+            .enumerate()
+        {
             w.write_all(b",").map_err(io(&tpath))?;
-            missing += v.is_nan() as usize;
+            missing += (v.is_nan() && reports[c as usize][f]) as usize;
             write_value(&mut w, v).map_err(io(&tpath))?;
         }
         w.write_all(b"\n").map_err(io(&tpath))?;
@@ -1255,6 +1266,20 @@ fn read_cloudmon_folder(domain: &Path) -> Result<Option<CloudFolder>, ImportErro
     }))
 }
 
+/// A folder's feature name: its name with every character but ASCII letters and digits as `_`, lower case.
+fn feature_name(folder: &str) -> String {
+    folder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn read_cloudmon(dir: &Path) -> Result<Vec<ImportedSet>, ImportError> {
     let mut folders = Vec::new();
     for domain in list_dir(&dir.join("data"))? {
@@ -1289,22 +1314,29 @@ fn read_cloudmon(dir: &Path) -> Result<Vec<ImportedSet>, ImportError> {
     let mut sets = Vec::new();
     for (cadence, members) in groups {
         let name = format!("ms-cloudmon-{}", cadence_label(cadence));
-        let mut set = ImportedSet::new(
-            &name,
-            DatasetKind::MsCloudmon,
-            cadence,
-            vec![Feature::new(
-                "value",
-                "the series' metric (see set.json folders)",
-                None,
-            )],
-        );
+        // One feature per folder: a folder is one metric broken down by entity (SOURCE.md), so its series
+        // are a fleet of that metric, and the cohort priors and robust statistics of one feature never mix
+        // a crash rate with a latency. Each customer reports its folder's feature only.
+        let features = members
+            .iter()
+            .map(|&(fi, _)| {
+                Feature::new(
+                    &feature_name(&folders[fi].name),
+                    &format!("{} (one series per entity)", folders[fi].name),
+                    None,
+                )
+            })
+            .collect();
+        let mut set = ImportedSet::new(&name, DatasetKind::MsCloudmon, cadence, features);
         set.labels = Some(Vec::new());
         let mut folder_meta = Vec::new();
         let mut bucketed_any = false;
-        for (fi, bucketed) in members {
+        let nf = members.len();
+        let mut row = vec![f64::NAN; nf];
+        for (slot, (fi, bucketed)) in members.into_iter().enumerate() {
             let f = &folders[fi];
             let (mut rows, mut anomalous, mut partial) = (0usize, 0usize, 0usize);
+            let mut non_negative = true;
             let mut stats = SeriesStats::default();
             for s in &f.series {
                 let c = set.customers.len() as u32;
@@ -1316,7 +1348,9 @@ fn read_cloudmon(dir: &Path) -> Result<Vec<ImportedSet>, ImportError> {
                 };
                 let full = (BUCKET_SECONDS / f.cadence) as usize;
                 for (p, n) in &pts {
-                    set.push(p.ts, c, &[p.value], Some(p.label));
+                    row[slot] = p.value;
+                    set.push(p.ts, c, &row, Some(p.label));
+                    non_negative &= p.value.is_nan() || p.value >= 0.0;
                     anomalous += p.label as usize;
                     partial += (bucketed && *n != full) as usize;
                 }
@@ -1328,8 +1362,13 @@ fn read_cloudmon(dir: &Path) -> Result<Vec<ImportedSet>, ImportError> {
                 stats.empty_values += s.stats.empty_values;
                 stats.out_of_order += s.stats.out_of_order;
             }
+            row[slot] = f64::NAN;
+            if non_negative {
+                set.features[slot].bounds = NON_NEGATIVE;
+            }
             let mut m = json!({
                 "folder": f.name,
+                "feature": set.features[slot].name,
                 "cadence_seconds": f.cadence,
                 "series": f.series.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
                 "rows": rows,
@@ -1344,17 +1383,15 @@ fn read_cloudmon(dir: &Path) -> Result<Vec<ImportedSet>, ImportError> {
             }
             folder_meta.push(m);
         }
-        if set.values.iter().filter(|v| !v.is_nan()).all(|&v| v >= 0.0) {
-            set.features[0].bounds = NON_NEGATIVE;
-        }
         let folder_names: Vec<&str> = folder_meta
             .iter()
             .filter_map(|m| m["folder"].as_str())
             .collect();
         set.notes = format!(
             "Microsoft Cloud Monitoring Dataset, folders {} (median timestamp step per folder, see folders). \
-             One customer per series file (its file stem); one feature, value, raw (a count, rate or latency \
-             depending on the folder). Both timestamp styles read as UTC (the Z ones are probably US local \
+             One customer per series file (its file stem); one feature per folder (the folder's name, \
+             `-` as `_`), raw (a count, rate or latency depending on the folder): each customer reports its \
+             folder's feature only. Both timestamp styles read as UTC (the Z ones are probably US local \
              time upstream). Repeated timestamps de-duplicated: the first row's value, the largest label. \
              An empty Value is an empty field and keeps its point label.{}",
             folder_names.join(", "),

@@ -287,8 +287,18 @@ fn ms_cloudmon() {
             assert_eq!(folder["cadence_seconds"], cadence, "{folder}");
         }
     }
+    // one feature per folder (a folder is one metric across entities), every one non-negative
     for s in [&h, &m, &f] {
-        assert_eq!(bounds(&s.spec, "value"), Some([0.0, f64::INFINITY]));
+        let folders = s.meta["folders"].as_array().unwrap();
+        for folder in folders {
+            let feature = folder["feature"].as_str().unwrap();
+            assert_eq!(
+                feature,
+                folder["folder"].as_str().unwrap().replace('-', "_")
+            );
+            assert_eq!(bounds(&s.spec, feature), Some([0.0, f64::INFINITY]));
+        }
+        assert_eq!(s.spec.features.len(), folders.len());
     }
 }
 
@@ -376,4 +386,15 @@ fn a_labelled_real_slice_is_scored_against_its_points_and_the_baseline() {
     assert!(f1 > 0.05 && f1 <= 1.0, "baseline F1 {f1}");
     let er = base["event_recall"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&er));
+    // Its raises in normal stretches at that threshold, and its best F1 within the run's own volume: never
+    // above the unconstrained best, never raising more often than the run.
+    assert!(base["raises_per_1000_series_days"].as_f64().unwrap() >= 0.0);
+    let matched = &report["baseline"]["max_at_run_volume"];
+    if !matched.is_null() {
+        assert!(matched["f1"].as_f64().unwrap() <= f1 + 1e-12);
+        assert!(
+            matched["raises_per_1000_series_days"].as_f64().unwrap()
+                <= n("raises_per_1000_series_days") + 1e-9
+        );
+    }
 }
