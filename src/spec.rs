@@ -198,6 +198,13 @@ pub struct AlertSpec {
     pub threshold_floor: f64,
     #[serde(default = "d_margin")]
     pub threshold_margin: f64,
+    /// The false-alarm rate each side's point threshold is extrapolated to, per 1,000 series-days: spread
+    /// over a day's epochs, so the same spec means the same daily rate at any cadence (the default, 0.864,
+    /// is 3·10⁻⁶ per observation at 5-minute epochs; hourly epochs get 12 times that per observation, 1-
+    /// minute ones a fifth). What a series' threshold holds to on noise of the t family; real telemetry's
+    /// other evidence and tails add to it (QUALITY.md, "Real telemetry").
+    #[serde(default = "d_threshold_rate")]
+    pub threshold_false_alarms_per_1000_series_days: f64,
     /// How much a heavy tail raises the bar for sustained evidence (shifts, variance): `(T/T_gauss)^e`.
     #[serde(default = "d_sustained_tail")]
     pub sustained_tail_exponent: f64,
@@ -261,6 +268,7 @@ impl Default for AlertSpec {
         AlertSpec {
             threshold_floor: d_floor(),
             threshold_margin: d_margin(),
+            threshold_false_alarms_per_1000_series_days: d_threshold_rate(),
             sustained_tail_exponent: d_sustained_tail(),
             mature_lo_rate: d_mature_lo_rate(),
             first_day_margin: 0.0,
@@ -281,6 +289,9 @@ impl Default for AlertSpec {
 
 fn d_floor() -> f64 {
     4.0
+}
+fn d_threshold_rate() -> f64 {
+    0.864
 }
 fn d_margin() -> f64 {
     1.4
@@ -459,6 +470,18 @@ impl Spec {
         if a.threshold_floor <= 0.0 || a.threshold_margin <= 0.0 {
             return Err("alerting thresholds must be positive".into());
         }
+        // per observation it must stay below the 1.25 % tail the quantiles estimate (extrapolation, not
+        // interpolation)
+        let per_obs = a.threshold_false_alarms_per_1000_series_days / 1000.0
+            * self.epoch.length_seconds as f64
+            / 86_400.0;
+        if !(a.threshold_false_alarms_per_1000_series_days > 0.0 && per_obs <= 0.0125) {
+            return Err(format!(
+                "alerting.threshold_false_alarms_per_1000_series_days = {} must be positive and, per {} s epoch, \
+                 at most 1.25 % of observations",
+                a.threshold_false_alarms_per_1000_series_days, self.epoch.length_seconds
+            ));
+        }
         if !(a.mature_lo_rate > 0.0 && a.mature_lo_rate <= 1.0) {
             return Err("alerting.mature_lo_rate must be in (0, 1]".into());
         }
@@ -595,6 +618,26 @@ mod tests {
             assert!(
                 matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
                 "{margin}"
+            );
+        }
+        // The threshold's design rate: positive, and at most 1.25 % of observations at the spec's cadence
+        // (1,000 per 1,000 series-days is 0.35 % of 5-minute observations, 4.2 % of hourly ones).
+        for (rate, epoch, valid) in [
+            ("0.864", 300, true),
+            ("0", 300, false),
+            ("-1", 300, false),
+            ("nan", 300, false),
+            ("1000", 300, true),
+            ("1000", 3600, false),
+        ] {
+            let text = format!(
+                "name='x'\n[epoch]\nlength_seconds = {epoch}\n[alerting]\n\
+                 threshold_false_alarms_per_1000_series_days = {rate}\n[[features]]\nname='a'\n"
+            );
+            assert_eq!(
+                Spec::parse(&text, "t").is_ok(),
+                valid,
+                "{rate} at {epoch} s"
             );
         }
         // The score calibration and the memory use state bytes the range rule (both) and the fast shift

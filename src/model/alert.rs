@@ -272,6 +272,80 @@ pub struct AlertParams {
     pub score_margin: f32,
     /// `memory_margin` (0: the memory is off): see [`Memory`].
     pub memory_margin: f32,
+    /// The design rate's factor on the threshold (identity at the fitted 3·10⁻⁶ per observation).
+    pub rate: RateFactor,
+}
+
+/// The threshold's factor for a design rate `p` per observation other than the fitted `P_FIT` (3·10⁻⁶):
+/// `g(r)`, the ratio of t(ν) quantiles at `p` and at `P_FIT` (`model::tails`), at the tail ratios `r` of the
+/// fit's knots (ν = ∞, 30, 10, 6, 4, 3, and 2 at `R_MAX`), linear in log r between them, constant outside.
+/// Held in code differences (`d = 2048·log2 r`), so a series' factor is a few comparisons on the two codes
+/// its threshold already reads. Identity (the multiply skipped) at `P_FIT`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateFactor {
+    identity: bool,
+    knots: [(f32, f32); 7],
+}
+
+impl RateFactor {
+    /// The tail ratios of the fit's knots and the degrees of freedom they stand for.
+    const NU: [(f32, f64); 7] = [
+        (1.948, f64::INFINITY),
+        (2.011, 30.0),
+        (2.157, 10.0),
+        (2.331, 6.0),
+        (2.600, 4.0),
+        (2.936, 3.0),
+        (R_MAX, 2.0),
+    ];
+
+    pub const IDENTITY: RateFactor = RateFactor {
+        identity: true,
+        knots: [(0.0, 1.0); 7],
+    };
+
+    /// For a design rate of `p` false alarms per observation (both sides).
+    pub fn for_rate(p: f64) -> RateFactor {
+        if (p / super::tails::P_FIT - 1.0).abs() < 1e-9 {
+            return RateFactor::IDENTITY;
+        }
+        let mut knots = [(0.0, 1.0); 7];
+        for (k, &(r, nu)) in knots.iter_mut().zip(Self::NU.iter()) {
+            *k = (
+                (r as f64).log2() as f32 * 2048.0,
+                super::tails::rate_factor(nu, p) as f32,
+            );
+        }
+        RateFactor {
+            identity: false,
+            knots,
+        }
+    }
+
+    /// g at the tail ratio of two codes `d = side − lo` apart.
+    #[inline]
+    fn at_codes(&self, side: u16, lo: u16) -> f32 {
+        let d = (side as f32 - lo as f32).max(0.0);
+        let k = &self.knots;
+        if d <= k[0].0 {
+            return k[0].1;
+        }
+        for w in k.windows(2) {
+            if d <= w[1].0 {
+                return w[0].1 + (w[1].1 - w[0].1) * (d - w[0].0) / (w[1].0 - w[0].0);
+            }
+        }
+        k[6].1
+    }
+
+    /// g at a tail ratio `r`.
+    pub fn at_ratio(&self, r: f32) -> f32 {
+        if self.identity {
+            return 1.0;
+        }
+        let d = r.max(1.0).log2() * 2048.0;
+        self.at_codes(d.round().clamp(0.0, 65535.0) as u16, 0)
+    }
 }
 
 /// `x^e` for `x ≥ 1`, clamped to [1, 2] (the sustained-evidence bar's tail factor), computed once per series
@@ -332,7 +406,8 @@ impl AlertParams {
     /// The threshold of an uncalibrated (Gaussian-tailed) series: `threshold(Q0_HI, Q0_LO)`, whose
     /// r = 1.947826 lies below the first knot (c = 1.10), so r^c = 2.082 13 is a constant.
     pub fn gaussian_threshold(&self) -> f32 {
-        self.floor.max(self.margin * Q0_HI * 2.082_13)
+        self.floor
+            .max(self.margin * Q0_HI * 2.082_13 * self.rate.at_ratio(1.947_826))
     }
 
     /// A series' bar for this epoch: its threshold on each side, and how much its tails raise the bar for
@@ -358,8 +433,13 @@ impl AlertParams {
         }
     }
 
-    pub fn from_spec(a: &AlertSpec) -> Self {
+    /// The spec's alerting parameters for epochs of `epoch_seconds`: the threshold's design rate per
+    /// observation is `threshold_false_alarms_per_1000_series_days` spread over a day's epochs.
+    pub fn from_spec(a: &AlertSpec, epoch_seconds: u64) -> Self {
+        let per_day = 86_400.0 / epoch_seconds.max(1) as f64;
+        let p = a.threshold_false_alarms_per_1000_series_days / 1000.0 / per_day;
         AlertParams {
+            rate: RateFactor::for_rate(p),
             floor: a.threshold_floor as f32,
             margin: a.threshold_margin as f32,
             clear_ratio: a.clear_ratio as f32,
@@ -379,8 +459,12 @@ impl AlertParams {
     /// `threshold` for two quantile codes: the same formula, by tables.
     #[inline]
     fn threshold_of_codes(&self, side: u16, lo: u16) -> f32 {
-        self.floor
-            .max(self.margin * code_value(side) * tail_factor_of_codes(side, lo))
+        let t = self.margin * code_value(side) * tail_factor_of_codes(side, lo);
+        if self.rate.identity {
+            self.floor.max(t)
+        } else {
+            self.floor.max(t * self.rate.at_codes(side, lo))
+        }
     }
 
     /// One side's threshold for that side's tail quantile and the body quantile (`0` means not yet
@@ -389,7 +473,8 @@ impl AlertParams {
         let hi = if q_hi > 0.0 { q_hi } else { Q0_HI };
         let lo = if q_lo > 0.0 { q_lo } else { Q0_LO };
         let r = (hi / lo).clamp(1.2, R_MAX);
-        self.floor.max(self.margin * hi * tail_factor(r))
+        self.floor
+            .max(self.margin * hi * tail_factor(r) * self.rate.at_ratio(r))
     }
 
     /// One calibration step with the signed surprise `z` (call only for ordinary observations); `mature`:
@@ -724,7 +809,53 @@ mod tests {
             tail_power: TailPower::new(0.5),
             score_margin: 0.0,
             memory_margin: 0.0,
+            rate: RateFactor::IDENTITY,
         }
+    }
+
+    #[test]
+    fn the_design_rate_is_per_series_day() {
+        // the default, 0.864 per 1,000 series-days, is the fitted 3·10⁻⁶ per observation at 5-minute epochs
+        let spec = AlertSpec::default();
+        assert_eq!(
+            AlertParams::from_spec(&spec, 300).rate,
+            RateFactor::IDENTITY
+        );
+        // hourly epochs: 12 times the rate per observation. A Gaussian series' bar falls by
+        // Q(1.8·10⁻⁵)/Q(1.5·10⁻⁶) = 4.134/4.673, a t(3)-tailed one's by more, a t(2)-tailed one's by √12
+        let hourly = AlertParams::from_spec(&spec, 3600);
+        let p = params();
+        let (g_gauss, g_t3, g_t2) = (
+            hourly.rate.at_ratio(1.948),
+            hourly.rate.at_ratio(2.936),
+            hourly.rate.at_ratio(R_MAX),
+        );
+        assert!((g_gauss - 0.8847).abs() < 2e-3, "{g_gauss}");
+        assert!((g_t2 - 12f32.powf(-0.5)).abs() < 2e-3, "{g_t2}");
+        assert!(g_t2 < g_t3 && g_t3 < g_gauss);
+        // between knots: linear in log r
+        let mid = ((1.948f32.log2() + 2.011f32.log2()) / 2.0).exp2();
+        let g_mid = hourly.rate.at_ratio(mid);
+        let g30 = hourly.rate.at_ratio(2.011);
+        assert!((g_mid - (g_gauss + g30) / 2.0).abs() < 1e-3);
+        // the threshold itself, by codes and by values, scales by g at its own ratio
+        let q = Quantiles {
+            up: Quantiles::code(3.7),
+            dn: Quantiles::code(3.7),
+            lo: Quantiles::code(1.26),
+        };
+        let h = AlertParams {
+            rate: hourly.rate,
+            floor: 0.0,
+            ..p
+        };
+        let base = AlertParams { floor: 0.0, ..p };
+        let ratio = h.bar(q).up / base.bar(q).up;
+        let r = 3.7f32 / 1.26;
+        assert!((ratio - hourly.rate.at_ratio(r)).abs() < 2e-3, "{ratio}");
+        assert!((h.threshold(3.7, 1.26) / base.threshold(3.7, 1.26) - ratio).abs() < 2e-3);
+        // one-minute epochs: a fifth of the rate, a higher bar
+        assert!(AlertParams::from_spec(&spec, 60).rate.at_ratio(2.0) > 1.0);
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl ModelConfig {
                 .map(|f| f.bounds.map(|[lo, hi]| (lo as f32, hi as f32)))
                 .collect(),
             reboot_feature: spec.feature_index(&spec.alerting.reboot_feature),
-            alert: AlertParams::from_spec(&spec.alerting),
+            alert: AlertParams::from_spec(&spec.alerting, spec.epoch.length_seconds),
             silence_epochs: spec.alerting.silence_epochs,
             reboot_grace: spec.alerting.reboot_grace_epochs,
             dropout_logs: 3,

@@ -19,6 +19,7 @@ pub mod ewma;
 pub mod header;
 pub mod registry;
 pub mod seasonal;
+pub mod tails;
 
 use serde::{Deserialize, Serialize};
 
