@@ -1095,6 +1095,7 @@ mod tests {
         // spike on a copy with the margin off scores 1.3 times higher.
         let mut off = Harness::new();
         off.cfg.alert.memory_margin = 0.0;
+        off.cfg.first_day_margin = 0.0;
         off.slots = h.slots.clone();
         off.priors = h.priors;
         let with = step(&mut h, 256, 40.0);
