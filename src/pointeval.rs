@@ -732,9 +732,14 @@ pub fn baseline(
             0.0
         }
     };
+    // a point's score under fusion `which`: 0 the max over features, 1 the mean of the top three
+    let pick = |s: &(f64, f64), which: usize| if which == 0 { s.0 } else { s.1 };
     let at = |threshold: f64, which: usize| {
-        let pick = |s: &(f64, f64)| if which == 0 { s.0 } else { s.1 };
-        let flagged = |c: &str, i: usize| scores.get(c).is_some_and(|s| pick(&s[i]) >= threshold);
+        let flagged = |c: &str, i: usize| {
+            scores
+                .get(c)
+                .is_some_and(|s| pick(&s[i], which) >= threshold)
+        };
         let raises_normal = normal_raises(points, &flagged);
         BaselineScores {
             threshold,
@@ -744,13 +749,14 @@ pub fn baseline(
         }
     };
     for which in 0..2 {
-        let pick = |s: &(f64, f64)| if which == 0 { s.0 } else { s.1 };
         let pairs: Vec<(f64, bool)> = points
             .by_customer
             .iter()
             .flat_map(|(c, pts)| {
                 let s = &scores[c];
-                pts.iter().zip(s.iter()).map(move |(p, s)| (pick(s), p.1))
+                pts.iter()
+                    .zip(s.iter())
+                    .map(move |(p, s)| (pick(s, which), p.1))
             })
             .collect();
         let b = at(best_threshold(pairs), which);
@@ -770,7 +776,10 @@ pub fn baseline(
         while (rank as usize) <= all.len() {
             let t = all[rank as usize - 1];
             rank = (rank * 1.02).max(rank + 1.0);
-            if t <= 0.0 || t == last {
+            if t <= 0.0 {
+                break; // every later candidate is lower still: nothing flagged
+            }
+            if t == last {
                 continue;
             }
             last = t;

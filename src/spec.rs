@@ -265,6 +265,14 @@ pub struct AlertSpec {
     pub reboot_feature: String,
 }
 
+impl AlertSpec {
+    /// The point threshold's design false-alarm rate per observation at epochs of `epoch_seconds`:
+    /// `threshold_false_alarms_per_1000_series_days` spread over a day's epochs.
+    pub fn threshold_rate_per_observation(&self, epoch_seconds: u64) -> f64 {
+        self.threshold_false_alarms_per_1000_series_days / 1000.0 * epoch_seconds as f64 / 86_400.0
+    }
+}
+
 impl Default for AlertSpec {
     fn default() -> Self {
         AlertSpec {
@@ -477,9 +485,7 @@ impl Spec {
         }
         // per observation it must stay below the 1.25 % tail the quantiles estimate (extrapolation, not
         // interpolation)
-        let per_obs = a.threshold_false_alarms_per_1000_series_days / 1000.0
-            * self.epoch.length_seconds as f64
-            / 86_400.0;
+        let per_obs = a.threshold_rate_per_observation(self.epoch.length_seconds);
         if !(a.threshold_false_alarms_per_1000_series_days > 0.0 && per_obs <= 0.0125) {
             return Err(format!(
                 "alerting.threshold_false_alarms_per_1000_series_days = {} must be positive and, per {} s epoch, \

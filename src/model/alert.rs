@@ -338,6 +338,13 @@ impl RateFactor {
         k[6].1
     }
 
+    /// g of a Gaussian tail (r = 1.947826, below the first knot: the first knot's value; 1 for the identity).
+    /// `bar` reads it for every series every epoch, so it is a field read, not an interpolation.
+    #[inline]
+    fn gaussian(&self) -> f32 {
+        self.knots[0].1
+    }
+
     /// g at a tail ratio `r`.
     pub fn at_ratio(&self, r: f32) -> f32 {
         if self.identity {
@@ -407,7 +414,7 @@ impl AlertParams {
     /// r = 1.947826 lies below the first knot (c = 1.10), so r^c = 2.082 13 is a constant.
     pub fn gaussian_threshold(&self) -> f32 {
         self.floor
-            .max(self.margin * Q0_HI * 2.082_13 * self.rate.at_ratio(1.947_826))
+            .max(self.margin * Q0_HI * 2.082_13 * self.rate.gaussian())
     }
 
     /// A series' bar for this epoch: its threshold on each side, and how much its tails raise the bar for
@@ -436,10 +443,8 @@ impl AlertParams {
     /// The spec's alerting parameters for epochs of `epoch_seconds`: the threshold's design rate per
     /// observation is `threshold_false_alarms_per_1000_series_days` spread over a day's epochs.
     pub fn from_spec(a: &AlertSpec, epoch_seconds: u64) -> Self {
-        let per_day = 86_400.0 / epoch_seconds.max(1) as f64;
-        let p = a.threshold_false_alarms_per_1000_series_days / 1000.0 / per_day;
         AlertParams {
-            rate: RateFactor::for_rate(p),
+            rate: RateFactor::for_rate(a.threshold_rate_per_observation(epoch_seconds)),
             floor: a.threshold_floor as f32,
             margin: a.threshold_margin as f32,
             clear_ratio: a.clear_ratio as f32,
@@ -625,15 +630,22 @@ impl ScoreQuantile {
     }
 }
 
+/// `max(1, margin · learned)`, or 1 when the margin is 0 (that calibration is off; `learned` is then not
+/// decoded: this runs for every series every epoch).
+#[inline]
+fn margin_divisor(margin: f32, learned: impl FnOnce() -> f32) -> f32 {
+    if margin > 0.0 {
+        (margin * learned()).max(1.0)
+    } else {
+        1.0
+    }
+}
+
 impl AlertParams {
     /// What a score is divided by under the score calibration: `max(1, score_margin · G)` (1 when off).
     #[inline]
     pub fn score_divisor(&self, g: ScoreQuantile) -> f32 {
-        if self.score_margin > 0.0 {
-            (self.score_margin * g.value()).max(1.0)
-        } else {
-            1.0
-        }
+        margin_divisor(self.score_margin, || g.value())
     }
 }
 
@@ -694,11 +706,7 @@ impl AlertParams {
     /// What point evidence is divided by under the memory: `max(1, memory_margin · M)` (1 when off).
     #[inline]
     pub fn memory_divisor(&self, m: Memory) -> f32 {
-        if self.memory_margin > 0.0 {
-            (self.memory_margin * m.value()).max(1.0)
-        } else {
-            1.0
-        }
+        margin_divisor(self.memory_margin, || m.value())
     }
 }
 

@@ -44,9 +44,26 @@ fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
+/// What the modified Lentz algorithm puts in place of a zero denominator.
+const TINY: f64 = 1e-300;
+
+/// One step of the modified Lentz algorithm for a continued fraction's term `a / (b + …)`: updates `c` and
+/// `d` (each kept away from zero) and returns the factor `del` the fraction's value is multiplied by.
+fn lentz_step(a: f64, b: f64, c: &mut f64, d: &mut f64) -> f64 {
+    *d = b + a * *d;
+    if d.abs() < TINY {
+        *d = TINY;
+    }
+    *c = b + a / *c;
+    if c.abs() < TINY {
+        *c = TINY;
+    }
+    *d = 1.0 / *d;
+    *d * *c
+}
+
 /// The continued fraction of the incomplete beta function (modified Lentz).
 fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    const TINY: f64 = 1e-300;
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
     let mut c = 1.0;
     let mut d = 1.0 - qab * x / qap;
@@ -58,28 +75,18 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     for m in 1..=300 {
         let m = m as f64;
         let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
+        h *= lentz_step(
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            1.0,
+            &mut c,
+            &mut d,
+        );
+        let del = lentz_step(
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+            1.0,
+            &mut c,
+            &mut d,
+        );
         h *= del;
         if (del - 1.0).abs() < 1e-15 {
             break;
@@ -123,24 +130,13 @@ fn erfc(x: f64) -> f64 {
         }
         1.0 - sum * (-y + a * y.ln() - gln).exp()
     } else {
-        const TINY: f64 = 1e-300;
         let mut b = y + 1.0 - a;
         let mut c = 1.0 / TINY;
         let mut d = 1.0 / b;
         let mut h = d;
         for i in 1..500 {
-            let an = -(i as f64) * (i as f64 - a);
             b += 2.0;
-            d = an * d + b;
-            if d.abs() < TINY {
-                d = TINY;
-            }
-            c = b + an / c;
-            if c.abs() < TINY {
-                c = TINY;
-            }
-            d = 1.0 / d;
-            let del = d * c;
+            let del = lentz_step(-(i as f64) * (i as f64 - a), b, &mut c, &mut d);
             h *= del;
             if (del - 1.0).abs() < 1e-16 {
                 break;
