@@ -22,7 +22,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Exchange, Feedback, Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use fleetwatch::arrangement::series_model;
+use fleetwatch::arrangement::{ModelRun, series_model};
 use fleetwatch::keys::{CustomerId, customer_route};
 use fleetwatch::model::Registry;
 use fleetwatch::model::cohort::CohortDelta;
@@ -75,7 +75,13 @@ fn arrangement(c: &mut Criterion) {
     let probe: ProbeHandle<u64> = worker.dataflow::<u64, _, _>(|scope| {
         let logs = scope.input_from(&mut input);
         let (handle, cycle) = scope.feedback::<Vec<CohortDelta>>(1);
-        let model = series_model(logs, cycle, config, Arc::clone(&detector), None);
+        let model = series_model(
+            logs,
+            cycle,
+            config,
+            Arc::clone(&detector),
+            ModelRun::default(),
+        );
         model.cohort.broadcast().connect_loop(handle);
         model.counts.probe().0
     });

@@ -119,6 +119,9 @@ fn main() -> anyhow::Result<()> {
         reproducible: true,
         speed: None,
         kafka: Default::default(),
+        checkpoint_dir: None,
+        checkpoint_every: None,
+        signals: false,
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

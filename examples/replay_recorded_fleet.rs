@@ -33,6 +33,9 @@ fn main() -> anyhow::Result<()> {
         reproducible: true,
         speed: None,
         kafka: Default::default(),
+        checkpoint_dir: None,
+        checkpoint_every: None,
+        signals: false,
     };
     let run = commands::run(&opts)?;
     println!(

@@ -22,6 +22,9 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         reproducible: true,
         speed: None,
         kafka: Default::default(),
+        checkpoint_dir: None,
+        checkpoint_every: None,
+        signals: false,
     }
 }
 

@@ -31,6 +31,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::Antichain;
 
+use crate::checkpoint::{Checkpointing, Loaded, StateHeader, part::PartWriter, record_bytes};
 use crate::keys::{CustomerId, customer_route};
 use crate::model::Detector;
 use crate::model::cohort::{CohortAccumulator, CohortDelta, CohortStats};
@@ -44,7 +45,8 @@ use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
 /// The trace type of the series-state arrangement.
 pub type StateSpine = ValSpine<CustomerId, u8, u64, Block>;
 type StateLayout = Vector<((CustomerId, u8), u64, Block)>;
-type StateBatch = OrdValBatch<StateLayout>;
+/// A batch of the series-state arrangement.
+pub type StateBatch = OrdValBatch<StateLayout>;
 
 /// Builds a batch of the state arrangement directly in its final containers. The model produces its
 /// differences already sorted by (customer, block) and consolidated (one per block), so the generic builder's
@@ -161,15 +163,149 @@ pub struct ModelStreams<'scope> {
     pub cohort: Stream<'scope, u64, Vec<CohortDelta>>,
 }
 
+/// Background writes of checkpoint parts still in progress (joined when the run ends).
+pub type PendingWrites = Arc<
+    std::sync::Mutex<
+        Vec<
+            std::thread::JoinHandle<
+                Result<crate::checkpoint::PartInfo, crate::checkpoint::CheckpointError>,
+            >,
+        >,
+    >,
+>;
+
+/// A worker's part in checkpoints: where to write, and what to resume from.
+#[derive(Clone)]
+pub struct ModelCheckpoint {
+    pub cfg: Checkpointing,
+    pub worker: usize,
+    pub peers: usize,
+    pub pending: PendingWrites,
+    /// The snapshots of this worker's source (written beside the state part).
+    pub snaps: Rc<std::cell::RefCell<crate::sources::intake::SourceSnaps>>,
+}
+
+/// This worker's share of a restored checkpoint: the series-state batch, the open anomalies it holds, the
+/// cohort statistics and (worker 0) the cohort window.
+pub struct Restored {
+    pub epoch: u64,
+    pub batch: Option<StateBatch>,
+    pub anomalies: Vec<AnomalyDiff>,
+    pub stats: CohortStats,
+    pub window: std::collections::VecDeque<(u64, Vec<CohortDelta>)>,
+    pub customers: usize,
+}
+
+/// Why a checkpoint's state could not be taken over.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint {dir}: {message}")]
+pub struct RestoreError {
+    pub dir: String,
+    pub message: String,
+}
+
+impl Restored {
+    /// Takes this worker's customers (by the routing hash, under the new layout) out of every state part.
+    pub fn take(
+        loaded: &Loaded,
+        worker: usize,
+        peers: usize,
+        features: usize,
+    ) -> Result<Restored, RestoreError> {
+        let err = |message: String| RestoreError {
+            dir: loaded.dir.display().to_string(),
+            message,
+        };
+        let epoch = loaded.manifest.epoch;
+        let blocks = blocks_for(features);
+        let rec = record_bytes(blocks);
+        let id_bytes = CustomerId::WIRE_BYTES;
+        // (customer, part, offset of its blocks)
+        let mut mine: Vec<(CustomerId, u32, usize)> = Vec::new();
+        for (p, part) in loaded.states.iter().enumerate() {
+            for (i, r) in part.body.chunks_exact(rec).enumerate() {
+                let id = CustomerId::from_wire(&r[..id_bytes])
+                    .ok_or_else(|| err(format!("part {p}: record {i} has no valid customer id")))?;
+                if customer_route(&id) % peers as u64 == worker as u64 {
+                    mine.push((id, p as u32, i * rec + id_bytes));
+                }
+            }
+        }
+        mine.sort_unstable_by_key(|a| a.0);
+        if mine.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(err("a customer appears in two parts".into()));
+        }
+        let mut batch = DirectBatch::new(epoch, mine.len(), mine.len() * blocks);
+        let mut anomalies = Vec::new();
+        let mut slots = vec![[0u8; SLOT_BYTES]; blocks * BLOCK_SLOTS];
+        let mut bl: Vec<(u8, Block)> = Vec::with_capacity(blocks);
+        let mut open = Vec::new();
+        for (id, p, at) in &mine {
+            let body = &loaded.states[*p as usize].body;
+            bl.clear();
+            for b in 0..blocks {
+                let block =
+                    Block::read_le(&body[at + b * Block::BYTES..at + (b + 1) * Block::BYTES]);
+                for s in 0..BLOCK_SLOTS {
+                    slots[b * BLOCK_SLOTS + s] = block.slot(s);
+                }
+                if block != Block::ZERO {
+                    bl.push((b as u8, block));
+                }
+            }
+            batch.push(*id, &bl);
+            open.clear();
+            crate::model::customer::open_anomalies(&slots[..=features], &mut open);
+            anomalies.extend(open.iter().map(|a| ((*id, *a), epoch, 1isize)));
+        }
+        let stats = CohortStats::from_raw(features, loaded.cohort_stats())
+            .ok_or_else(|| err("its population statistics are of another size".into()))?;
+        let window = if worker == 0 {
+            loaded.cohort_window().into_iter().collect()
+        } else {
+            Default::default()
+        };
+        Ok(Restored {
+            epoch,
+            batch: batch.done(),
+            anomalies,
+            stats,
+            window,
+            customers: mine.len(),
+        })
+    }
+}
+
+/// What the model operator does besides modelling: measure the state's size (benchmarks), write its share
+/// of checkpoints, start from a restored one, and end at a graceful stop's epoch.
+#[derive(Default)]
+pub struct ModelRun {
+    pub size: Option<Arc<StateSize>>,
+    pub checkpoint: Option<ModelCheckpoint>,
+    pub restored: Option<Restored>,
+    pub stop: Option<Arc<crate::stop::Stop>>,
+}
+
+/// A restored run's first output: the checkpoint epoch, its open anomalies, its state batch.
+type RestoredOut = (u64, Vec<AnomalyDiff>, Span<u64, Rc<StateBatch>>);
+
 /// Builds the `SeriesModel` operator. `logs` is exchanged by customer here; `cohort` must already carry
-/// every worker's cohort differences (broadcast) delayed by one epoch.
+/// every worker's cohort differences (broadcast) delayed by one epoch. With `run.checkpoint`, the worker
+/// writes its part of every checkpoint (and of a graceful stop's), and starts from `run.restored` (its
+/// share of a checkpoint) when given.
 pub fn series_model<'scope, const N: usize>(
     logs: Stream<'scope, u64, Vec<LogN<N>>>,
     cohort: Stream<'scope, u64, Vec<CohortDelta>>,
     config: ModelConfig,
     detector: Arc<dyn Detector>,
-    size: Option<Arc<StateSize>>,
+    run: ModelRun,
 ) -> ModelStreams<'scope> {
+    let ModelRun {
+        size,
+        checkpoint: ckpt,
+        restored,
+        stop,
+    } = run;
     let scope = logs.scope();
     let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
     let info = builder.operator_info();
@@ -206,16 +342,38 @@ pub fn series_model<'scope, const N: usize>(
     let (mut reader, mut writer) = TraceAgent::new(trace, info, None);
     let published = reader.clone();
 
+    // A restored run starts with the checkpoint's state as one batch covering every epoch up to it.
+    let mut stats = CohortStats::new(config.features);
+    let mut window: std::collections::VecDeque<(u64, Vec<CohortDelta>)> = Default::default();
+    let mut next: Option<u64> = None;
+    let mut upper: u64 = 0;
+    let mut restored_out: Option<RestoredOut> = None;
+    if let Some(r) = restored {
+        let c = r.epoch;
+        let desc = Description::new(
+            Antichain::from_elem(0),
+            Antichain::from_elem(c + 1),
+            Antichain::from_elem(0),
+        );
+        let span = Span::new(desc, r.batch.map(Rc::new));
+        writer.insert(span.clone(), timely::progress::Stamp::from_elem(c));
+        upper = c + 1;
+        reader.set_logical_compaction(Antichain::from_elem(c + 1).borrow());
+        reader.set_physical_compaction(Antichain::from_elem(c + 1).borrow());
+        stats = r.stats;
+        window = r.window;
+        next = Some(c + 1);
+        restored_out = Some((c, r.anomalies, span));
+    }
+    // The first checkpoint epoch this worker has not written yet.
+    let mut ckpt_from: u64 = next.unwrap_or(0);
+
     builder.build(move |caps| {
         let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
         let mut stash: BTreeMap<u64, Vec<LogN<N>>> = BTreeMap::new();
         let mut spare: Vec<Vec<LogN<N>>> = Vec::new();
         let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
-        let mut stats = CohortStats::new(config.features);
         let mut acc = CohortAccumulator::new(config.features);
-        let mut window: std::collections::VecDeque<(u64, Vec<CohortDelta>)> = Default::default();
-        let mut next: Option<u64> = None;
-        let mut upper: u64 = 0;
         let blocks = blocks_for(config.features);
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
 
@@ -234,12 +392,68 @@ pub fn series_model<'scope, const N: usize>(
                 }
             });
             let Some(held) = caps.as_mut() else { return };
+            // A restored run: the checkpoint's batch and open anomalies leave at the checkpoint epoch (the
+            // sink writes nothing for it: it is already in the output).
+            if let Some((c, mut anom, span)) = restored_out.take() {
+                out_spans
+                    .activate()
+                    .session(&held[0].delayed(&c))
+                    .give(span);
+                if !anom.is_empty() {
+                    out_anom
+                        .activate()
+                        .session(&held[1].delayed(&c))
+                        .give_container(&mut anom);
+                }
+            }
             let f_logs = frontiers[0].frontier().first().copied();
             let f_cohort = frontiers[1].frontier().first().copied();
             let bound = match (f_logs, f_cohort) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // A worker that has had no data yet holds no state: its part of a checkpoint it passes is empty
+            // (with the statistics every worker applied).
+            let stop_at = stop.as_ref().and_then(|s| s.epoch());
+            if let Some(ck) = &ckpt
+                && next.is_none()
+            {
+                let limit = match (bound, stash.keys().next()) {
+                    (Some(b), Some(&s)) => Some(b.min(s)),
+                    (b, s) => b.or(s.copied()),
+                };
+                // (A stopped run's inputs end after the stop epoch.)
+                let limit = limit.or(stop_at.map(|s| s + 1));
+                // The last checkpoint epoch below the limit (the stop epoch is one).
+                let regular = limit
+                    .filter(|l| *l >= ck.cfg.every)
+                    .map(|l| l - 1 - l % ck.cfg.every);
+                let stopping = stop_at.filter(|s| limit.is_some_and(|l| *s < l));
+                if let Some(c) = regular.max(stopping) {
+                    if c >= ckpt_from {
+                        let mut at_c = stats.clone();
+                        for (_, ds) in cohort_stash.range(..=c) {
+                            for d in ds {
+                                at_c.apply(d);
+                            }
+                        }
+                        if let Some(w) = start_state_part(ck, c) {
+                            finish_state_part(
+                                ck,
+                                w,
+                                c,
+                                config.features,
+                                blocks,
+                                0,
+                                at_c.raw(),
+                                &[],
+                                &window,
+                            );
+                        }
+                        ckpt_from = c + 1;
+                    }
+                }
+            }
             loop {
                 // The next epoch to process: contiguous after the first epoch with data.
                 let e = match next {
@@ -253,8 +467,13 @@ pub fn series_model<'scope, const N: usize>(
                     break;
                 }
                 let mut logs = stash.remove(&e).unwrap_or_default();
-                if f_logs.is_none() && logs.is_empty() && stash.is_empty() {
-                    // Input exhausted: nothing more will ever change.
+                if f_logs.is_none()
+                    && logs.is_empty()
+                    && stash.is_empty()
+                    && stop_at.is_none_or(|s| e > s)
+                {
+                    // Input exhausted: nothing more will ever change (a stopped run goes on to the stop
+                    // epoch, as the uninterrupted run would).
                     next = Some(e);
                     break;
                 }
@@ -272,7 +491,16 @@ pub fn series_model<'scope, const N: usize>(
                     writer.seal(Antichain::from_elem(e));
                     upper = e;
                 }
-                let result = worker.run_epoch(e, &mut logs, &mut reader, &priors, &mut acc);
+                let mut dump = match &ckpt {
+                    Some(ck)
+                        if (ck.cfg.is_checkpoint(e) || stop_at == Some(e)) && e >= ckpt_from =>
+                    {
+                        start_state_part(ck, e)
+                    }
+                    _ => None,
+                };
+                let result =
+                    worker.run_epoch(e, &mut logs, &mut reader, &priors, &mut acc, dump.as_mut());
                 // Keep the epoch's buffer for a later epoch: its capacity is already the size of an
                 // epoch, so the next epoch's logs append without growing (and copying) a new vector.
                 logs.clear();
@@ -334,6 +562,20 @@ pub fn series_model<'scope, const N: usize>(
                     }
                 }
                 consolidate_deltas(&mut deltas);
+                if let (Some(ck), Some(w)) = (&ckpt, dump.take()) {
+                    finish_state_part(
+                        ck,
+                        w,
+                        e,
+                        config.features,
+                        blocks,
+                        result.dumped,
+                        stats.raw(),
+                        &deltas,
+                        &window,
+                    );
+                    ckpt_from = e + 1;
+                }
                 if !deltas.is_empty() {
                     out_cohort
                         .activate()
@@ -380,6 +622,85 @@ pub fn series_model<'scope, const N: usize>(
     }
 }
 
+/// Starts worker `ck.worker`'s series-state part of checkpoint `c` (`None`, logged, if it cannot be).
+fn start_state_part(ck: &ModelCheckpoint, c: u64) -> Option<PartWriter> {
+    let started = ck.cfg.make_epoch_dir(c).and_then(|d| {
+        PartWriter::start(d.join(crate::checkpoint::state_part(ck.worker, ck.peers)))
+    });
+    match started {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("checkpoint at epoch {c}: {e}");
+            None
+        }
+    }
+}
+
+/// Hands the part's header to its writer; the write completes in the background.
+#[allow(clippy::too_many_arguments)]
+fn finish_state_part(
+    ck: &ModelCheckpoint,
+    w: PartWriter,
+    c: u64,
+    features: usize,
+    blocks: usize,
+    customers: u64,
+    stats: &[i64],
+    deltas: &[CohortDelta],
+    window: &std::collections::VecDeque<(u64, Vec<CohortDelta>)>,
+) {
+    let header = StateHeader {
+        epoch: c,
+        worker: ck.worker as u32,
+        peers: ck.peers as u32,
+        features: features as u32,
+        blocks: blocks as u32,
+        customers,
+        stats: stats.to_vec(),
+        deltas: deltas.to_vec(),
+        window: window.iter().cloned().collect(),
+    };
+    match bincode::serialize(&header) {
+        Ok(h) => {
+            let handle = w.finish(h);
+            if let Ok(mut p) = ck.pending.lock() {
+                p.push(handle);
+            }
+        }
+        Err(e) => tracing::error!("checkpoint at epoch {c}: header: {e}"),
+    }
+    // The source's cut for the same epoch (taken when its frontier passed `c`, which it has).
+    let Some(snap) = ck.snaps.borrow_mut().take(c) else {
+        tracing::error!(
+            "checkpoint at epoch {c}: worker {} has no source snapshot for it (left incomplete)",
+            ck.worker
+        );
+        return;
+    };
+    let body = match bincode::serialize(&snap) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("checkpoint at epoch {c}: source snapshot: {e}");
+            return;
+        }
+    };
+    let path = ck
+        .cfg
+        .epoch_dir(c)
+        .join(crate::checkpoint::source_part(ck.worker, ck.peers));
+    let spawned = std::thread::Builder::new()
+        .name("fleetwatch-ckpt".into())
+        .spawn(move || crate::checkpoint::part::write_part(&path, &body, &[]));
+    match spawned {
+        Ok(handle) => {
+            if let Ok(mut p) = ck.pending.lock() {
+                p.push(handle);
+            }
+        }
+        Err(e) => tracing::error!("checkpoint at epoch {c}: {e}"),
+    }
+}
+
 /// Epochs a cohort sample stays in the population statistics: every mature customer is sampled once per
 /// window (on the epochs where `(route hash + epoch) % COHORT_WINDOW == 0`), so the statistics describe the
 /// whole population as of the last few hours, at 1/64 of the cost of tracking every series every epoch.
@@ -414,6 +735,8 @@ pub struct EpochResult {
     pub evidence: Vec<Evidence>,
     pub counts: ModelCounts,
     pub dead: Vec<DeadLetter>,
+    /// Customers written to the checkpoint part (when one was given).
+    pub dumped: u64,
 }
 
 /// The per-epoch work of the operator, separated from the timely plumbing.
@@ -425,6 +748,8 @@ pub struct EpochWorker {
     old: Vec<Block>,
     /// Approximate number of customers in the trace (capacity hint for the next batch).
     customers_hint: usize,
+    /// One checkpoint record (id, then every block).
+    record: Vec<u8>,
 }
 
 impl EpochWorker {
@@ -436,10 +761,12 @@ impl EpochWorker {
             slots: vec![[0u8; SLOT_BYTES]; blocks * BLOCK_SLOTS],
             old: vec![Block::ZERO; blocks],
             customers_hint: 0,
+            record: vec![0u8; record_bytes(blocks)],
         }
     }
 
-    /// Runs epoch `e` over the trace's current state and the epoch's logs.
+    /// Runs epoch `e` over the trace's current state and the epoch's logs; with `dump`, writes every
+    /// customer's state after the epoch to it (a checkpoint part), in customer order.
     pub fn run_epoch<const N: usize>(
         &mut self,
         e: u64,
@@ -447,6 +774,7 @@ impl EpochWorker {
         reader: &mut TraceAgent<StateSpine>,
         priors: &[crate::model::FeaturePrior],
         acc: &mut CohortAccumulator,
+        mut dump: Option<&mut PartWriter>,
     ) -> EpochResult {
         logs.sort_unstable_by(|a, b| {
             a.customer
@@ -471,6 +799,8 @@ impl EpochWorker {
         let mut out = StepOut::default();
         let mut counts = ModelCounts::default();
         let mut dead = Vec::new();
+        let mut dumped = 0u64;
+        let mut new_blocks = vec![Block::ZERO; self.blocks];
         let mut li = 0usize;
         loop {
             let trace_key = cursor.get_key(&storage).copied();
@@ -507,6 +837,7 @@ impl EpochWorker {
                     unpack(&self.old, &mut self.slots);
                     contribute_customer(&ctx, &self.slots[..=f_count], acc);
                 }
+                dumped += dump_record(&mut self.record, &mut dump, customer, &self.old);
                 continue;
             }
             counts.customers += 1;
@@ -549,7 +880,7 @@ impl EpochWorker {
                 dead.push(dl);
             }
             changed.clear();
-            for b in 0..self.blocks {
+            for (b, slot) in new_blocks.iter_mut().enumerate().take(self.blocks) {
                 let mut new = Block::ZERO;
                 for s in 0..BLOCK_SLOTS {
                     new.set_slot(s, &self.slots[b * BLOCK_SLOTS + s]);
@@ -557,8 +888,10 @@ impl EpochWorker {
                 if new != self.old[b] {
                     changed.push((b as u8, new.minus(&self.old[b])));
                 }
+                *slot = new;
             }
             batch.push(customer, &changed);
+            dumped += dump_record(&mut self.record, &mut dump, customer, &new_blocks);
         }
         drop(cursor);
         drop(storage);
@@ -578,8 +911,34 @@ impl EpochWorker {
             evidence,
             counts,
             dead,
+            dumped,
         }
     }
+}
+
+/// Appends a customer's state after an epoch to a checkpoint part (nothing for an all-zero state, or
+/// without a part); returns the records written.
+#[inline]
+fn dump_record(
+    record: &mut [u8],
+    dump: &mut Option<&mut PartWriter>,
+    customer: CustomerId,
+    blocks: &[Block],
+) -> u64 {
+    let Some(w) = dump.as_mut() else { return 0 };
+    if blocks.iter().all(|b| *b == Block::ZERO) {
+        return 0;
+    }
+    let id = CustomerId::WIRE_BYTES;
+    record[..id].copy_from_slice(&customer.to_wire());
+    for (b, out) in blocks
+        .iter()
+        .zip(record[id..].chunks_exact_mut(Block::BYTES))
+    {
+        b.write_le(out);
+    }
+    w.push(record);
+    1
 }
 
 /// A customer without logs this epoch whose silence can no longer change (already reported at the highest

@@ -41,6 +41,27 @@ pub struct BenchOptions {
     /// recent point evidence and the shift/variance calibration on, the fast shift statistic (whose bytes
     /// the memory takes) off.
     pub own_history: bool,
+    /// Write checkpoints there (and resume from the last complete one found there: a restore
+    /// measurement), every `checkpoint_every` epochs.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_every: u64,
+}
+
+/// Checkpoint figures of a bench run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointFigures {
+    pub every: u64,
+    /// Steady epochs after which a checkpoint was taken: (epoch, wall seconds).
+    pub checkpoint_epochs: Vec<(u64, f64)>,
+    /// The median of the other steady epochs.
+    pub other_epochs_median: f64,
+    /// Completed checkpoints: bytes, and seconds from the epoch being durable to the manifest.
+    pub completed: Vec<crate::checkpoint::Completed>,
+    /// When the run resumed: from which checkpoint, the seconds to load it (read, verify), and the first
+    /// epoch's wall time after it (building the state from it included).
+    pub restored_from: Option<u64>,
+    pub restore_load_seconds: f64,
+    pub first_epoch_seconds: Option<f64>,
 }
 
 /// The measured figures (printed as one JSON object).
@@ -68,6 +89,7 @@ pub struct BenchReport {
     pub changes: u64,
     pub wall_seconds: f64,
     pub generate_seconds: f64,
+    pub checkpoints: Option<CheckpointFigures>,
 }
 
 /// Peak resident set size of this process, bytes.
@@ -165,6 +187,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         // an epoch's time is its whole end-to-end cost (with read-ahead, epochs complete in pairs).
         max_ahead: 0,
         state_size: Some(Arc::clone(&size)),
+        checkpoint: opts.checkpoint_dir.as_ref().map(|d| {
+            crate::checkpoint::Checkpointing::new(d.clone(), opts.checkpoint_every.max(1))
+        }),
+        stop: Default::default(),
+        connect_timeout: std::time::Duration::ZERO,
     };
     let run = crate::dataflow::run(cfg, timely::Config::process(opts.workers.max(1)), 0)?;
     let peak = peak_rss_bytes();
@@ -172,6 +199,27 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
     let (warmup, steady) = run.epoch_seconds.split_at(warm);
     let series = opts.customers * opts.features;
     let steady_secs: f64 = steady.iter().sum();
+    let checkpoints = opts.checkpoint_dir.as_ref().map(|_| {
+        let every = opts.checkpoint_every.max(1);
+        let ids = &run.epoch_ids[warm.min(run.epoch_ids.len())..];
+        let (mut at, mut other) = (Vec::new(), Vec::new());
+        for (e, t) in ids.iter().zip(steady) {
+            if (e + 1) % every == 0 {
+                at.push((*e, *t));
+            } else {
+                other.push(*t);
+            }
+        }
+        CheckpointFigures {
+            every,
+            checkpoint_epochs: at,
+            other_epochs_median: median(&other),
+            completed: run.checkpoints.clone(),
+            restored_from: run.restored_from,
+            restore_load_seconds: run.restore_seconds,
+            first_epoch_seconds: run.epoch_seconds.first().copied(),
+        }
+    });
     let scored_per_epoch = if run.epochs > 0 {
         run.series_scored as f64 / run.epochs as f64
     } else {
@@ -205,6 +253,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         changes: run.changes,
         wall_seconds: run.wall_seconds,
         generate_seconds,
+        checkpoints,
     };
     if !opts.keep && opts.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cluster::{ClusterError, ClusterFile};
 use crate::dataflow::{DEFAULT_MAX_AHEAD, DEFAULT_READ_BUDGET, RunConfig, RunError, RunReport};
@@ -35,6 +36,21 @@ pub enum CommandError {
     },
 }
 
+impl CommandError {
+    /// A peer process could not be reached or its connection failed (exit status
+    /// [`crate::cluster::EXIT_PEER_LOST`]).
+    pub fn is_peer_fault(&self) -> bool {
+        use crate::cluster::ClusterError as C;
+        matches!(
+            self,
+            CommandError::Cluster(C::Unreachable { .. } | C::Connection { .. })
+                | CommandError::Run(RunError::Cluster(
+                    C::Unreachable { .. } | C::Connection { .. }
+                ))
+        )
+    }
+}
+
 /// Where a run executes.
 #[derive(Debug, Clone)]
 pub enum Layout {
@@ -58,6 +74,12 @@ pub struct RunOptions {
     pub speed: Option<f64>,
     /// Settings for `kafka://` inputs and outputs.
     pub kafka: KafkaRunOptions,
+    /// Where checkpoints go and whence the run resumes (see [`crate::checkpoint`]).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Epochs between checkpoints (default: the spec's `checkpoint.every`).
+    pub checkpoint_every: Option<u64>,
+    /// Stop gracefully on SIGTERM / SIGINT (the binary installs the handlers: [`crate::stop`]).
+    pub signals: bool,
 }
 
 /// `run` settings that apply to `kafka://` inputs and outputs (feature `kafka`).
@@ -231,20 +253,29 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(|m| CommandError::Usage(format!("[detector] in the spec: {m}")))?;
     let (inputs, outputs) = endpoints(opts, &spec)?;
-    let (timely, process) = match &opts.layout {
+    let (timely, process, connect_timeout) = match &opts.layout {
         Layout::Threads(w) => {
             if *w == 0 {
                 return Err(CommandError::Usage("--workers must be at least 1".into()));
             }
-            (timely::Config::process(*w), 0)
+            (timely::Config::process(*w), 0, Duration::ZERO)
         }
         Layout::Cluster { file, index } => {
             let c = ClusterFile::load(file)?;
-            (c.timely_config(*index)?, *index)
+            let config = c.timely_config(*index)?;
+            if c.processes.len() > 1 {
+                // A lost peer ends this process with one line and its own exit status, not a panic.
+                crate::cluster::install_fault_hook(c.processes.clone(), *index);
+            }
+            (config, *index, c.connect_timeout())
         }
     };
+    if opts.checkpoint_every == Some(0) {
+        return Err(CommandError::Usage(
+            "--checkpoint-every must be at least 1".into(),
+        ));
+    }
     let cfg = RunConfig {
-        spec,
         inputs,
         outputs,
         speed: opts.speed,
@@ -253,6 +284,15 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         read_budget: DEFAULT_READ_BUDGET,
         max_ahead: DEFAULT_MAX_AHEAD,
         state_size: None,
+        checkpoint: opts.checkpoint_dir.as_ref().map(|d| {
+            crate::checkpoint::Checkpointing::new(
+                d.clone(),
+                opts.checkpoint_every.unwrap_or(spec.checkpoint.every),
+            )
+        }),
+        spec,
+        stop: Arc::new(crate::stop::Stop::new(opts.signals)),
+        connect_timeout,
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
 }
@@ -397,6 +437,9 @@ pub fn demo(
         reproducible: false,
         speed: None,
         kafka: Default::default(),
+        checkpoint_dir: None,
+        checkpoint_every: None,
+        signals: false,
     };
     let run = run(&opts)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;

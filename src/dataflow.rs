@@ -29,10 +29,18 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, Probe};
+use timely::dataflow::operators::{
+    Capability, Concat, ConnectLoop, Feedback, Input, Inspect, Probe,
+};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use crate::arrangement::{ModelCounts, series_model};
+use crate::arrangement::{
+    ModelCheckpoint, ModelCounts, ModelRun, PendingWrites, Restored, series_model,
+};
+use crate::checkpoint::{
+    CheckpointError, Checkpointing, Completed, Coordinator, Loaded, RunIdentity, SinkCheckpoint,
+    SinkSnapshot,
+};
 use crate::keys::CustomerId;
 use crate::model::Detector;
 use crate::model::cohort::CohortDelta;
@@ -42,8 +50,10 @@ use crate::sinks::{
     EpochSummary, FileOutput, LineKind, Output, OutputError, OutputFormat, dead_letter_line,
     derive_changes,
 };
+use crate::sources::intake::SourceSnaps;
 use crate::sources::{FileSource, InputFile, Source, SourceCounts, SourceError};
 use crate::spec::Spec;
+use crate::stop::{Agreement, Stop};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +62,12 @@ pub enum RunError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error("timely could not start: {0}")]
     Timely(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Worker(String),
 }
@@ -109,6 +123,13 @@ pub struct RunConfig {
     pub max_ahead: u64,
     /// Where to count the series-state arrangement's size at the end (benchmarks).
     pub state_size: Option<Arc<crate::arrangement::StateSize>>,
+    /// Write checkpoints there, and resume from the last complete one found there.
+    pub checkpoint: Option<Checkpointing>,
+    /// A graceful stop (SIGTERM / SIGINT, or `Stop::request`): the run ends after an epoch every worker
+    /// agrees on, with a checkpoint there (see [`crate::stop`]).
+    pub stop: Arc<Stop>,
+    /// Cluster layouts: how long to wait for the peer processes at start.
+    pub connect_timeout: Duration,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -125,6 +146,16 @@ pub struct RunReport {
     /// Wall seconds per epoch, in order (time between consecutive epoch completions at the sink).
     pub epoch_seconds: Vec<f64>,
     pub wall_seconds: f64,
+    /// The checkpoint epoch this run resumed from.
+    pub restored_from: Option<u64>,
+    /// Seconds spent loading that checkpoint before the dataflow started.
+    pub restore_seconds: f64,
+    /// Checkpoints completed (process 0).
+    pub checkpoints: Vec<Completed>,
+    /// The epoch each entry of `epoch_seconds` belongs to.
+    pub epoch_ids: Vec<u64>,
+    /// A graceful stop: the epoch the run ended after (a checkpoint there, with `--checkpoint-dir`).
+    pub stopped_after: Option<u64>,
 }
 
 type Shared<T> = Arc<Mutex<Option<T>>>;
@@ -160,6 +191,40 @@ fn run_width<const N: usize>(
             FileSource::<N>::new(&cfg.spec, vec![input.clone()], 0, usize::MAX)?;
         }
     }
+    // A checkpoint to resume from (every process loads and verifies the same one).
+    let load_started = Instant::now();
+    let identity = RunIdentity {
+        spec: cfg.spec.name.clone(),
+        features: cfg.spec.features.iter().map(|f| f.name.clone()).collect(),
+        detector: cfg.detector.name().to_string(),
+        epoch_seconds: cfg.spec.epoch.length_seconds,
+        inputs: cfg.inputs.names(),
+    };
+    let loaded: Option<Arc<Loaded>> = match &cfg.checkpoint {
+        Some(ck) => {
+            #[cfg(feature = "kafka")]
+            if let Inputs::Kafka(_) = &cfg.inputs {
+                return Err(RunError::Checkpoint(CheckpointError::Mismatch {
+                    path: ck.dir.display().to_string(),
+                    message: "checkpoints resume recorded-topic and CSV inputs; a Kafka input \
+                              resumes from its consumer group's committed offsets (run without \
+                              --checkpoint-dir)"
+                        .into(),
+                }));
+            }
+            crate::checkpoint::load_latest(&ck.dir, &identity)?.map(Arc::new)
+        }
+        None => None,
+    };
+    if let Some(l) = &loaded {
+        tracing::info!(
+            "resuming from the checkpoint at epoch {} ({}), taken by {} workers",
+            l.manifest.epoch,
+            l.dir.display(),
+            l.manifest.workers
+        );
+    }
+    let restore_seconds = load_started.elapsed().as_secs_f64();
     // Process 0 writes the output; open it now so a bad path or an unreachable broker fails fast.
     let output: Shared<(Box<dyn Output>, Option<u64>)> = Arc::new(Mutex::new(None));
     if process == 0 {
@@ -167,10 +232,27 @@ fn run_width<const N: usize>(
             Outputs::Files {
                 output,
                 dead_letter,
-            } => (
-                Box::new(FileOutput::create(output, dead_letter.as_deref())?),
-                None,
-            ),
+            } => match loaded.as_ref() {
+                Some(l) => match &l.manifest.output {
+                    Some(at) => (
+                        Box::new(FileOutput::resume(output, dead_letter.as_deref(), at)?),
+                        None,
+                    ),
+                    None => {
+                        return Err(RunError::Checkpoint(CheckpointError::Mismatch {
+                            path: l.dir.display().to_string(),
+                            message:
+                                "it was written by a run with a Kafka output, this run writes \
+                                      files"
+                                    .into(),
+                        }));
+                    }
+                },
+                None => (
+                    Box::new(FileOutput::create(output, dead_letter.as_deref())?),
+                    None,
+                ),
+            },
             #[cfg(feature = "kafka")]
             Outputs::Kafka(k) => {
                 let out = crate::kafka::KafkaOutput::connect(k)?;
@@ -190,12 +272,25 @@ fn run_width<const N: usize>(
         }
         timely::CommunicationConfig::Cluster { threads, .. } => *threads,
     };
+    let peers_total = match &timely.communication {
+        timely::CommunicationConfig::Cluster {
+            threads, addresses, ..
+        } => threads * addresses.len(),
+        _ => local_workers,
+    };
+    let n_inputs = cfg.inputs.names().len();
+    let starts = loaded
+        .as_ref()
+        .map(|l| crate::sources::resume_starts(&l.sources, n_inputs))
+        .unwrap_or_else(|| vec![Default::default(); n_inputs]);
     let shared_inputs = match &cfg.inputs {
         Inputs::Files(files) => {
             let paths: Vec<&std::path::Path> = files.iter().map(|f| f.path.as_path()).collect();
+            let at: Vec<crate::sources::chunks::Start> = starts.iter().map(|s| s.0).collect();
             Some(crate::sources::chunks::SharedInputs::new(
                 &paths,
                 local_workers,
+                &at,
             ))
         }
         #[cfg(feature = "kafka")]
@@ -203,71 +298,200 @@ fn run_width<const N: usize>(
     };
     let errors: Shared<String> = Arc::new(Mutex::new(None));
     let report: Shared<RunReport> = Arc::new(Mutex::new(None));
+    let pending: PendingWrites = Arc::new(Mutex::new(Vec::new()));
+    let coordinator = match (&cfg.checkpoint, process) {
+        (Some(ck), 0) => Some(Coordinator::start(ck.clone(), peers_total, identity)),
+        _ => None,
+    };
+    let to_coordinator = coordinator.as_ref().and_then(|c| c.sender());
+    let restored_from = loaded.as_ref().map(|l| l.manifest.epoch);
+    // The loaded checkpoint is handed to the workers and freed once the last of them has taken its share
+    // (it can be gigabytes).
+    let loaded = Arc::new(Mutex::new((loaded, local_workers)));
     let started = Instant::now();
+    let cfg_stop = Arc::clone(&cfg.stop);
     {
+        let pending = Arc::clone(&pending);
+        let to_coordinator = to_coordinator.clone();
         let errors = Arc::clone(&errors);
         let report = Arc::clone(&report);
-        let guards = timely::execute(timely, move |worker| {
-            let index = worker.index();
-            let peers = worker.peers();
-            let source: Result<Box<dyn Source<N>>, SourceError> = match &cfg.inputs {
-                Inputs::Files(files) => {
-                    FileSource::<N>::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
+        let (builders, others) =
+            crate::cluster::communication(&timely.communication, cfg.connect_timeout)?;
+        let worker_config = timely.worker.clone();
+        let guards =
+            timely::execute::execute_from(builders, others, worker_config, move |worker| {
+                let index = worker.index();
+                let peers = worker.peers();
+                let loaded: Option<Arc<Loaded>> = match loaded.lock() {
+                    Ok(mut g) => {
+                        let l = g.0.clone();
+                        g.1 = g.1.saturating_sub(1);
+                        if g.1 == 0 {
+                            g.0 = None;
+                        }
+                        l
+                    }
+                    Err(_) => None,
+                };
+                let source: Result<Box<dyn Source<N>>, SourceError> = match &cfg.inputs {
+                    Inputs::Files(files) => {
+                        FileSource::<N>::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
                         if let Some(shared) = &shared_inputs {
                             // (Timely numbers the workers of process p as p·threads + local index.)
                             s = s.with_shared(shared.for_slot(index % local_workers.max(1)));
                         }
+                        if let Some(l) = &loaded {
+                            // Worker 0 re-delivers what the earlier workers had read past the checkpoint.
+                            let bad = s.restore(&l.sources, starts.clone(), index == 0);
+                            if bad > 0 {
+                                record_error(
+                                    &errors,
+                                    format!(
+                                        "checkpoint {}: {bad} retained logs could not be decoded",
+                                        l.dir.display()
+                                    ),
+                                );
+                            }
+                        }
                         Box::new(s) as Box<dyn Source<N>>
                     })
-                }
-                #[cfg(feature = "kafka")]
-                Inputs::Kafka(k) => {
-                    crate::sources::kafka::KafkaSource::<N>::new(&cfg.spec, k, index, peers)
-                        .map(|s| Box::new(s) as Box<dyn Source<N>>)
-                }
-            };
-            let source = Rc::new(RefCell::new(match source {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    record_error(&errors, e.to_string());
+                    }
+                    #[cfg(feature = "kafka")]
+                    Inputs::Kafka(k) => {
+                        crate::sources::kafka::KafkaSource::<N>::new(&cfg.spec, k, index, peers)
+                            .map(|s| Box::new(s) as Box<dyn Source<N>>)
+                    }
+                };
+                let source = Rc::new(RefCell::new(match source {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        record_error(&errors, e.to_string());
+                        None
+                    }
+                }));
+                let sink_output = if index == 0 {
+                    output.lock().ok().and_then(|mut g| g.take())
+                } else {
                     None
+                };
+                let probe = ProbeHandle::new();
+                let snaps: Rc<RefCell<SourceSnaps>> = Rc::default();
+                let ckpt = cfg.checkpoint.as_ref().map(|ck| ModelCheckpoint {
+                    cfg: ck.clone(),
+                    worker: index,
+                    peers,
+                    pending: Arc::clone(&pending),
+                    snaps: Rc::clone(&snaps),
+                });
+                let restored = loaded.as_ref().and_then(|l| {
+                    match Restored::take(l, index, peers, cfg.spec.features.len()) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            record_error(&errors, e.to_string());
+                            None
+                        }
+                    }
+                });
+                let resume = loaded
+                    .as_ref()
+                    .map(|l| (l.manifest.epoch, l.manifest.sink.clone()));
+                drop(loaded);
+                let agree: Rc<RefCell<Agreement>> = Rc::default();
+                let main_dataflow = worker.next_dataflow_index();
+                worker.dataflow::<u64, _, _>(|scope| {
+                    build(
+                        scope,
+                        &cfg,
+                        Rc::clone(&source),
+                        sink_output,
+                        &probe,
+                        Arc::clone(&errors),
+                        Arc::clone(&report),
+                        started,
+                        Rc::clone(&agree),
+                        Checkpoints {
+                            model: ckpt,
+                            restored,
+                            snaps,
+                            resume,
+                            to_coordinator: if index == 0 {
+                                to_coordinator.clone()
+                            } else {
+                                None
+                            },
+                        },
+                    );
+                });
+                // A second, tiny dataflow carries the workers' stop proposals to every worker.
+                let mut proposals = Some(worker.dataflow::<u64, _, _>(|scope| {
+                    let (input, stream) = scope.new_input::<Vec<u64>>();
+                    let heard = Rc::clone(&agree);
+                    stream
+                        .broadcast()
+                        .inspect(move |p: &u64| heard.borrow_mut().heard.push(*p));
+                    input
+                }));
+                loop {
+                    if proposals.is_some() {
+                        let wants = agree.borrow().should_propose(cfg.stop.is_requested());
+                        let floor = agree.borrow().floor;
+                        if wants && let Some(p) = floor {
+                            agree.borrow_mut().proposed = Some(p);
+                            if let Some(mut input) = proposals.take() {
+                                input.send(p);
+                            }
+                            tracing::info!(
+                                "worker {index}: stop requested, proposing to stop after epoch {p}"
+                            );
+                        } else if probe.done()
+                            && !worker.installed_dataflows().contains(&main_dataflow)
+                        {
+                            // (The probe also reads done before the first progress reaches it.)
+                            proposals = None;
+                        }
+                    }
+                    if agree.borrow().holding()
+                        && let Some(s) = agree.borrow_mut().decide(peers)
+                    {
+                        // (Every worker of the process decides the same epoch.)
+                        cfg.stop.settle(s);
+                        tracing::info!("worker {index}: stopping after epoch {s}");
+                    }
+                    if !worker.step_or_park(Some(Duration::from_millis(50))) {
+                        break;
+                    }
                 }
-            }));
-            let sink_output = if index == 0 {
-                output.lock().ok().and_then(|mut g| g.take())
-            } else {
-                None
-            };
-            let probe = ProbeHandle::new();
-            worker.dataflow::<u64, _, _>(|scope| {
-                build(
-                    scope,
-                    &cfg,
-                    Rc::clone(&source),
-                    sink_output,
-                    &probe,
-                    Arc::clone(&errors),
-                    Arc::clone(&report),
-                    started,
-                );
-            });
-            while worker.step_or_park(None) {}
-            // The dataflow is complete, so the sink has made every output durable (it held the
-            // acknowledged frontier until then): unless something failed, the source commits all it read.
-            if errors.lock().map(|g| g.is_none()).unwrap_or(false)
-                && let Some(src) = source.borrow_mut().as_mut()
-                && src.wants_acks()
-            {
-                src.acknowledged(u64::MAX);
-            }
-        })
-        .map_err(RunError::Timely)?;
+                // The dataflow is complete, so the sink has made every output durable (it held the
+                // acknowledged frontier until then): unless something failed, the source commits all it read
+                // (after a stop: all it read up to the stop epoch).
+                if errors.lock().map(|g| g.is_none()).unwrap_or(false)
+                    && let Some(src) = source.borrow_mut().as_mut()
+                    && src.wants_acks()
+                {
+                    src.acknowledged(cfg.stop.epoch().map_or(u64::MAX, |s| s + 1));
+                }
+            })
+            .map_err(RunError::Timely)?;
         for r in guards.join() {
             if let Err(e) = r {
                 return Err(RunError::Worker(format!("a worker failed: {e}")));
             }
         }
     }
+    // Checkpoint parts still being written, then (process 0) their manifests.
+    let handles: Vec<_> = pending
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("a checkpoint part failed: {e}"),
+            Err(_) => tracing::error!("a checkpoint writer panicked"),
+        }
+    }
+    drop(to_coordinator);
+    let checkpoints = coordinator.map(|c| c.finish()).unwrap_or_default();
     if let Some(e) = errors.lock().ok().and_then(|mut g| g.take()) {
         return Err(RunError::Worker(e));
     }
@@ -278,7 +502,23 @@ fn run_width<const N: usize>(
         .unwrap_or_default();
     r.writer = process == 0;
     r.wall_seconds = started.elapsed().as_secs_f64();
+    r.restored_from = restored_from;
+    r.restore_seconds = restore_seconds;
+    if r.stopped_after.is_none() && process != 0 {
+        r.stopped_after = cfg_stop.epoch();
+    }
+    r.checkpoints = checkpoints;
     Ok(r)
+}
+
+/// A worker's part in checkpoints, as `build` wires it.
+struct Checkpoints {
+    model: Option<ModelCheckpoint>,
+    restored: Option<Restored>,
+    snaps: Rc<RefCell<SourceSnaps>>,
+    /// The checkpoint epoch resumed from and the sink's totals then.
+    resume: Option<(u64, SinkSnapshot)>,
+    to_coordinator: Option<std::sync::mpsc::Sender<SinkCheckpoint>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -291,6 +531,8 @@ fn build<'scope, const N: usize>(
     errors: Shared<String>,
     report: Shared<RunReport>,
     started: Instant,
+    agree: Rc<RefCell<Agreement>>,
+    ck: Checkpoints,
 ) {
     let acked = ProbeHandle::new();
     let (logs, src_dead, src_counts) = source_operator(
@@ -303,6 +545,11 @@ fn build<'scope, const N: usize>(
             max_ahead: cfg.max_ahead,
             speed: cfg.speed.filter(|s| *s > 0.0),
             epoch_len: cfg.spec.epoch.length_seconds as f64,
+            checkpoint: cfg
+                .checkpoint
+                .clone()
+                .map(|c| (c, Rc::clone(&ck.snaps), ck.resume.as_ref().map(|r| r.0))),
+            agree,
         },
         Arc::clone(&errors),
     );
@@ -312,7 +559,12 @@ fn build<'scope, const N: usize>(
         cohort_cycle,
         ModelConfig::from_spec(&cfg.spec),
         Arc::clone(&cfg.detector),
-        cfg.state_size.clone(),
+        ModelRun {
+            size: cfg.state_size.clone(),
+            checkpoint: ck.model,
+            restored: ck.restored,
+            stop: Some(Arc::clone(&cfg.stop)),
+        },
     );
     model.cohort.broadcast().connect_loop(cohort_handle);
     let counts = model.counts.probe_with(probe);
@@ -333,7 +585,9 @@ fn build<'scope, const N: usize>(
         counts,
         src_counts,
         dead,
-        SinkState::new(format, inputs, sink_output, errors, report, started),
+        SinkState::new(format, inputs, sink_output, errors, report, started)
+            .with_checkpoints(cfg.checkpoint.clone(), ck.to_coordinator, ck.resume)
+            .with_stop(Arc::clone(&cfg.stop)),
     )
     .probe_with(&acked);
 }
@@ -351,6 +605,10 @@ struct SourceControl {
     max_ahead: u64,
     speed: Option<f64>,
     epoch_len: f64,
+    /// Checkpoints: where the source's snapshots go, and the epoch a restored run resumed from.
+    checkpoint: Option<(Checkpointing, Rc<RefCell<SourceSnaps>>, Option<u64>)>,
+    /// A graceful stop: this worker's floor goes out through it, the agreed stop epoch comes back.
+    agree: Rc<RefCell<Agreement>>,
 }
 
 /// The per-worker source operator: outputs logs, dead letters and per-epoch counts.
@@ -378,11 +636,16 @@ fn source_operator<'scope, const N: usize>(
         CapacityContainerBuilder<Vec<(Option<u64>, SourceCounts)>>,
     >::from(out_counts);
     let activator = scope.activator_for(Rc::clone(&info.address));
-    // Sends what the source buffered, each at its epoch (never below the held capabilities).
+    // Sends what the source buffered, each at its epoch (never below the held capabilities), and notes the
+    // latest epoch anything left at. After a stop (`$stop`: the stop epoch), what belongs to later epochs
+    // stays in the intake: the checkpoint keeps it, this run does not process it.
     macro_rules! ship {
-        ($src:expr, $held:expr) => {{
+        ($src:expr, $held:expr, $stop:expr, $shipped:expr) => {{
             let intake = $src.intake();
+            let kept = $stop.map(|s: u64| intake.withhold_above(s));
+            intake.retain_shipped();
             for (e, mut logs) in std::mem::take(&mut intake.logs) {
+                $shipped = Some($shipped.map_or(e, |m: u64| m.max(e)));
                 out_logs
                     .activate()
                     .session(&$held[0].delayed(&e))
@@ -397,6 +660,7 @@ fn source_operator<'scope, const N: usize>(
                     .push(d);
             }
             for (t, mut v) in by_time {
+                $shipped = Some($shipped.map_or(t, |m: u64| m.max(t)));
                 out_dead
                     .activate()
                     .session(&$held[1].delayed(&t))
@@ -404,10 +668,14 @@ fn source_operator<'scope, const N: usize>(
             }
             for (k, c) in std::mem::take(&mut intake.counts) {
                 let t = k.unwrap_or(now).max(now);
+                $shipped = Some($shipped.map_or(t, |m: u64| m.max(t)));
                 out_counts
                     .activate()
                     .session(&$held[2].delayed(&t))
                     .give((k, c));
+            }
+            if let Some(k) = kept {
+                intake.put_back(k);
             }
         }};
     }
@@ -415,7 +683,14 @@ fn source_operator<'scope, const N: usize>(
         let mut caps: Option<Vec<Capability<u64>>> = Some(caps);
         // Pacing (`--speed`): the first epoch and when it was read.
         let mut pace_origin: Option<(u64, Instant)> = None;
+        // Checkpoints: the next checkpoint epoch whose snapshot this source has not taken.
+        let mut ckpt_next: Option<u64> = None;
+        // The latest epoch anything was shipped at (a stop proposal is never below it).
+        let mut shipped: Option<u64> = None;
         move |_frontiers| {
+            // (Raised below to what this source may still ship; at least set, so that a failed or finished
+            // source's worker can still take part in a stop.)
+            ctl.agree.borrow_mut().raise_floor(0);
             let mut slot = source.borrow_mut();
             let Some(src) = slot.as_mut() else {
                 caps = None;
@@ -440,13 +715,50 @@ fn source_operator<'scope, const N: usize>(
             // start epochs), so the rest of the dataflow learns where the data begins. What the source
             // buffered while deciding (a guard's note on the epoch it closes) leaves before the downgrade.
             let front = src.frontier();
-            ship!(src, held);
+            if let Some((ck, snaps, resumed)) = &ctl.checkpoint
+                && ckpt_next.is_none()
+            {
+                // Before the first read: the cut that holds for every checkpoint below the first frontier
+                // (what a restored run re-delivers is buffered now, not shipped yet).
+                let f0 = front.unwrap_or(u64::MAX);
+                let first = ck.first_from(
+                    f0.max(resumed.map_or(0, |r| r + 1))
+                        .min(u64::MAX - ck.every),
+                );
+                ckpt_next = Some(first);
+                if let Some(cuts) = src.cuts() {
+                    let intake = src.intake();
+                    snaps.borrow_mut().initial = Some((f0, intake.standing(0, cuts)));
+                    intake.retained.above = Some(first);
+                }
+            }
+            let stop_at = ctl.agree.borrow().settled;
+            ship!(src, held, stop_at, shipped);
             if let Some(f) = front {
                 for c in held.iter_mut() {
                     if *c.time() < f && f != u64::MAX {
                         c.downgrade(&f);
                     }
                 }
+            }
+            // A graceful stop: the floor this worker would propose; no reading while the workers decide.
+            {
+                let mut a = ctl.agree.borrow_mut();
+                a.raise_floor(front.filter(|f| *f != u64::MAX).unwrap_or(0));
+                if let Some(m) = shipped {
+                    a.raise_floor(m);
+                }
+                if a.holding() {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+            }
+            if let (Some(s), Some(c)) = (stop_at, ckpt_next.as_mut())
+                && *c > s
+            {
+                // The stop epoch is the next checkpoint (the source has not passed it: it held at its
+                // proposal, which is at most the stop epoch).
+                *c = s;
             }
             // Flow control: do not read more than `max_ahead` epochs past the last completed one.
             let completed = ctl.completed.with_frontier(|f| f.first().copied());
@@ -477,10 +789,61 @@ fn source_operator<'scope, const N: usize>(
                     return;
                 }
             };
-            ship!(src, held);
-            match src.frontier() {
+            ship!(src, held, stop_at, shipped);
+            let f_now = src.frontier();
+            if let (Some((ck, snaps, _)), Some(c_next)) = (&ctl.checkpoint, ckpt_next.as_mut())
+                && let Some(cuts) = src.cuts()
+            {
+                match f_now {
+                    // Every partition has closed the checkpoint epochs below the frontier: the cut of each.
+                    Some(f) if f != u64::MAX => {
+                        while *c_next < f && stop_at.is_none_or(|s| *c_next <= s) {
+                            let c = *c_next;
+                            if stop_at == Some(c) {
+                                // The stop epoch: what was read for later epochs is still in the intake.
+                                let snap = src.intake().standing(c, cuts.clone());
+                                snaps.borrow_mut().by_epoch.insert(c, snap);
+                                *c_next = c + 1;
+                                break;
+                            }
+                            // The frontier may pass many checkpoint epochs at once (a gap in the data,
+                            // a Kafka source's first records): one cut serves all of them up to the last
+                            // below the frontier (and below the stop epoch).
+                            let mut last = ck.last_below(f).unwrap_or(c).max(c);
+                            if let Some(s) = stop_at {
+                                last = last.min(ck.last_below(s).unwrap_or(c).max(c));
+                            }
+                            let next = match stop_at {
+                                Some(s) if s > last => ck.first_from(last + 1).min(s),
+                                _ => ck.first_from(last + 1),
+                            };
+                            let snap = src.intake().snapshot(c, cuts.clone(), next);
+                            let mut snaps = snaps.borrow_mut();
+                            if last == c {
+                                snaps.by_epoch.insert(c, snap);
+                            } else {
+                                snaps.spans.insert(c, (last, snap));
+                            }
+                            *c_next = next;
+                        }
+                    }
+                    // Nothing more to deliver: one cut for every later checkpoint.
+                    _ => {
+                        let snap = src.intake().standing(*c_next, cuts);
+                        snaps.borrow_mut().standing = Some(snap);
+                    }
+                }
+            }
+            // A graceful stop: once every partition has closed the stop epoch, this source is done.
+            if let Some(s) = stop_at
+                && f_now.is_none_or(|f| f > s)
+            {
+                caps = None;
+                return;
+            }
+            match f_now {
                 None => {
-                    ship!(src, held);
+                    ship!(src, held, stop_at, shipped);
                     caps = None;
                 }
                 Some(f) => {
@@ -532,6 +895,10 @@ pub struct SinkState {
     progress: bool,
     /// A summary was written after the last barrier.
     summary_unflushed: bool,
+    /// Checkpoints: the sink reports each checkpoint epoch to process 0's coordinator once it is durable.
+    checkpoint: Option<(Checkpointing, std::sync::mpsc::Sender<SinkCheckpoint>)>,
+    /// A graceful stop: its epoch is a checkpoint, and a run stopped there is not over (no `end` line).
+    stop: Arc<Stop>,
 }
 
 impl SinkState {
@@ -570,7 +937,77 @@ impl SinkState {
             line: String::with_capacity(1 << 16),
             progress,
             summary_unflushed: false,
+            checkpoint: None,
+            stop: Arc::new(Stop::default()),
         }
+    }
+
+    /// The run's stop (see [`crate::stop`]).
+    fn with_stop(mut self, stop: Arc<Stop>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Reports checkpoint epochs to `to` (the writer only), and continues a restored run: nothing is
+    /// written for the checkpoint epoch or before it, and the totals go on from the checkpoint's.
+    fn with_checkpoints(
+        mut self,
+        cfg: Option<Checkpointing>,
+        to: Option<std::sync::mpsc::Sender<SinkCheckpoint>>,
+        resume: Option<(u64, SinkSnapshot)>,
+    ) -> Self {
+        if let (Some(c), Some(t)) = (cfg, to) {
+            self.checkpoint = Some((c, t));
+        }
+        if let Some((c, snap)) = resume {
+            self.next = Some(c + 1);
+            self.open = snap.open;
+            let t = &mut self.totals;
+            t.epochs = snap.epochs;
+            t.records = snap.records;
+            t.late = snap.late;
+            t.dead_lettered = snap.dead_lettered;
+            t.series_scored = snap.series_scored;
+            t.changes = snap.changes;
+        }
+        self
+    }
+
+    /// After a checkpoint epoch: makes the output durable and tells the coordinator where it stands.
+    fn report_checkpoint(&mut self, e: u64) {
+        let Some((cfg, to)) = &self.checkpoint else {
+            return;
+        };
+        if !cfg.is_checkpoint(e) && !self.stop.is_stop_epoch(e) {
+            return;
+        }
+        let Some(out) = self.output.as_mut() else {
+            return;
+        };
+        let position = match out.durable_position() {
+            Ok(p) => p,
+            Err(e) => {
+                record_error(&self.errors, e.to_string());
+                self.output = None;
+                return;
+            }
+        };
+        self.summary_unflushed = false;
+        let t = &self.totals;
+        let sink = SinkSnapshot {
+            open: self.open,
+            epochs: t.epochs,
+            records: t.records,
+            late: t.late,
+            dead_lettered: t.dead_lettered,
+            series_scored: t.series_scored,
+            changes: t.changes,
+        };
+        let _ = to.send(SinkCheckpoint {
+            epoch: e,
+            sink,
+            output: position,
+        });
     }
 
     fn write(&mut self, text: &str, kinds: &[LineKind<'_>]) {
@@ -602,6 +1039,10 @@ impl SinkState {
             (None, Some(&k)) => k,
             (None, None) => return,
         };
+        // (A restored run's model re-seeds the open anomalies at the checkpoint epoch: already written.)
+        if self.buckets.keys().next().is_some_and(|&k| k < first) {
+            self.buckets = self.buckets.split_off(&first);
+        }
         let last_data = self.buckets.keys().next_back().copied();
         let end = match upto {
             Some(u) => u,
@@ -710,6 +1151,8 @@ impl SinkState {
         t.series_scored += summary.series_scored;
         t.changes += summary.changes;
         t.epoch_seconds.push(wall);
+        t.epoch_ids.push(e);
+        self.report_checkpoint(e);
     }
 
     /// The epoch below which every output is durable (the sink's acknowledged frontier).
@@ -721,6 +1164,25 @@ impl SinkState {
         self.emit_until(None);
         if self.progress {
             eprintln!();
+        }
+        // Stopped after epoch S (the last written): the run is not over, so no end line and no unattributed
+        // dead letters (the checkpoint at S holds them for the resumed run, which writes them at its end).
+        if let Some(s) = self.stop.epoch()
+            && self.next == Some(s + 1)
+        {
+            self.barrier();
+            if let Some(mut out) = self.output.take()
+                && let Err(e) = out.finish()
+            {
+                record_error(&self.errors, e.to_string());
+            }
+            if self.writer {
+                self.totals.stopped_after = Some(s);
+                if let Ok(mut g) = self.report.lock() {
+                    *g = Some(self.totals.clone());
+                }
+            }
+            return;
         }
         let mut text = String::new();
         let _ = std::fmt::Write::write_fmt(

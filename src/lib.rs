@@ -12,12 +12,16 @@
 //! * [`sinks`] — output and dead-letter writers.
 //! * [`memory`] — the binary's allocator (recycles the arrangement's large blocks).
 //! * [`dataflow`] — the assembled pipeline and `run`.
-//! * [`cluster`] — `cluster.toml`, multi-process configuration and `launch`.
+//! * [`cluster`] — `cluster.toml`, multi-process configuration, connections and their faults, `launch`
+//!   (supervision and restarts).
+//! * [`checkpoint`] — checkpoints of the state and the input and output positions; restore and rescaling.
+//! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
 //! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
 
 pub mod arrangement;
 pub mod bench;
+pub mod checkpoint;
 pub mod cluster;
 pub mod commands;
 pub mod dataflow;
@@ -40,4 +44,5 @@ pub mod sinks;
 pub mod sources;
 pub mod spec;
 pub mod state;
+pub mod stop;
 pub mod timefmt;

@@ -86,6 +86,13 @@ enum Command {
         /// Leave wall-clock fields out of the output, so runs can be compared byte for byte.
         #[arg(long)]
         reproducible: bool,
+        /// Write checkpoints into this directory, and resume from the last complete one found there
+        /// (a restarted run continues exactly where the checkpoint left off; see README, "Operating").
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Epochs between checkpoints (default: the spec's checkpoint.every, 12).
+        #[arg(long, requires = "checkpoint_dir")]
+        checkpoint_every: Option<u64>,
     },
     /// Write a synthetic fleet with labelled anomalies (telemetry.jsonl, labels.jsonl, topology.csv).
     Generate {
@@ -146,6 +153,13 @@ enum Command {
         /// the fast shift statistic off) instead of home-wifi's settings.
         #[arg(long)]
         own_history: bool,
+        /// Write checkpoints into this directory (and resume from the last complete one there: run twice
+        /// to measure a restore).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Epochs between checkpoints.
+        #[arg(long, default_value_t = 12)]
+        checkpoint_every: u64,
     },
     /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
     /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
@@ -224,10 +238,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Start every process of a cluster file that lives on this host, with the given run arguments.
+    /// Start every process of a cluster file that lives on this host, with the given run arguments, and
+    /// supervise them: when one fails, restart them (from the last checkpoint with --checkpoint-dir).
     Launch {
         #[arg(long)]
         cluster: PathBuf,
+        /// Restarts after failures in a row before giving up (a cluster that ran 5 minutes resets the count).
+        #[arg(long, default_value_t = 3)]
+        max_restarts: u32,
+        /// Seconds before the first restart, doubled for each further restart in a row (at most 30 s).
+        #[arg(long, default_value_t = 1.0)]
+        restart_backoff: f64,
         /// Arguments for `fleetwatch run` (after `--`).
         #[arg(last = true, required = true)]
         run_args: Vec<String>,
@@ -300,6 +321,8 @@ fn main() -> Result<()> {
             until_idle,
             summary_topic,
             output_partitions,
+            checkpoint_dir,
+            checkpoint_every,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 bail!("--speed must be a positive number");
@@ -309,6 +332,9 @@ fn main() -> Result<()> {
                 (None, None) => Layout::Threads(workers),
                 _ => bail!("--cluster and --process go together"),
             };
+            // SIGTERM / SIGINT: stop after the open epoch (with a checkpoint); a second one exits at once.
+            fleetwatch::stop::install_signal_handlers(true)
+                .context("cannot install the SIGTERM / SIGINT handlers")?;
             let opts = RunOptions {
                 dataflow,
                 inputs: input,
@@ -323,14 +349,45 @@ fn main() -> Result<()> {
                     summary_topic,
                     output_partitions,
                 },
+                checkpoint_dir: checkpoint_dir.clone(),
+                checkpoint_every,
+                signals: true,
             };
-            let report = commands::run(&opts).context("run failed")?;
+            let report = match commands::run(&opts) {
+                Ok(r) => r,
+                Err(e) if e.is_peer_fault() => {
+                    eprintln!(
+                        "fleetwatch: {e}; stopping (exit status {})",
+                        fleetwatch::cluster::EXIT_PEER_LOST
+                    );
+                    std::process::exit(fleetwatch::cluster::EXIT_PEER_LOST);
+                }
+                Err(e) => return Err(e).context("run failed"),
+            };
+            if let Some(s) = report.stopped_after {
+                match &checkpoint_dir {
+                    Some(d) => eprintln!(
+                        "stopped after epoch {s}: checkpoint in {}; start the same command again to resume",
+                        d.display()
+                    ),
+                    None => eprintln!(
+                        "stopped after epoch {s} (no --checkpoint-dir: a restart begins again at the start \
+                         of the inputs)"
+                    ),
+                }
+            }
             if !report.writer {
                 eprintln!(
                     "done in {:.2} s (process 0 writes the output)",
                     report.wall_seconds
                 );
                 return Ok(());
+            }
+            if let Some(c) = report.restored_from {
+                eprintln!(
+                    "resumed after epoch {c} (checkpoint loaded in {:.2} s)",
+                    report.restore_seconds
+                );
             }
             eprintln!(
                 "{} epochs, {} logs ({} late), {} dead-lettered, {} series scored, {} changes in {:.2} s",
@@ -405,6 +462,8 @@ fn main() -> Result<()> {
             input,
             dir,
             own_history,
+            checkpoint_dir,
+            checkpoint_every,
         } => {
             let opts = fleetwatch::bench::BenchOptions {
                 customers,
@@ -418,6 +477,8 @@ fn main() -> Result<()> {
                 generator: std::env::current_exe().ok(),
                 keep: false,
                 own_history,
+                checkpoint_dir,
+                checkpoint_every,
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -478,10 +539,39 @@ fn main() -> Result<()> {
                 .with_context(|| format!("import of {} failed", dataset.display()))?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Command::Launch { cluster, run_args } => {
+        Command::Launch {
+            cluster,
+            max_restarts,
+            restart_backoff,
+            run_args,
+        } => {
+            if !(restart_backoff.is_finite() && restart_backoff >= 0.0) {
+                bail!("--restart-backoff must be a number of seconds");
+            }
+            // Signals are passed on to the processes (the first stops them gracefully, a second at once).
+            fleetwatch::stop::install_signal_handlers(false)
+                .context("cannot install the SIGTERM / SIGINT handlers")?;
             let exe = std::env::current_exe().context("cannot find this executable")?;
-            let started = fleetwatch::cluster::launch(&exe, &cluster, &run_args)?;
-            eprintln!("all {} local processes finished", started.len());
+            let sup = fleetwatch::cluster::Supervision {
+                max_restarts,
+                backoff: std::time::Duration::from_secs_f64(restart_backoff),
+                ..Default::default()
+            };
+            let r = fleetwatch::cluster::launch(&exe, &cluster, &run_args, &sup)?;
+            eprintln!(
+                "launch: all {} local processes finished{}{}",
+                r.processes.len(),
+                if r.restarts > 0 {
+                    format!(" after {} restarts", r.restarts)
+                } else {
+                    String::new()
+                },
+                if r.stopped {
+                    " (stopped on a signal)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     Ok(())

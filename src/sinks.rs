@@ -432,6 +432,14 @@ pub trait Output: Send {
     fn barrier(&mut self) -> Result<(), OutputError>;
     /// Flushes and closes.
     fn finish(&mut self) -> Result<(), OutputError>;
+    /// Makes everything written so far durable on disk and says where the output stands (files: their
+    /// lengths; `None` for outputs a restart finds its place in by itself, like Kafka's last summary).
+    fn durable_position(
+        &mut self,
+    ) -> Result<Option<crate::checkpoint::OutputPosition>, OutputError> {
+        self.barrier()?;
+        Ok(None)
+    }
 }
 
 /// The file output: changes, summaries and the end line to one file, dead letters to another (or nowhere).
@@ -452,6 +460,30 @@ impl FileOutput {
         Ok(FileOutput {
             out: open(out)?,
             dead: dead.map(open).transpose()?,
+        })
+    }
+
+    /// Reopens the files of an interrupted run at a checkpoint's position: anything written after it is
+    /// cut off (it is written again, byte for byte).
+    pub fn resume(
+        out: &Path,
+        dead: Option<&Path>,
+        at: &crate::checkpoint::OutputPosition,
+    ) -> Result<FileOutput, OutputError> {
+        let open = |p: &Path, len: u64| {
+            LineFile::resume(p, len).map_err(|e| OutputError {
+                target: p.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let dead = match (dead, at.dead_letter_bytes) {
+            (Some(p), Some(len)) => Some(open(p, len)?),
+            (Some(p), None) => Some(open(p, 0)?),
+            (None, _) => None,
+        };
+        Ok(FileOutput {
+            out: open(out, at.output_bytes)?,
+            dead,
         })
     }
 }
@@ -490,12 +522,31 @@ impl Output for FileOutput {
         }
         Ok(())
     }
+
+    fn durable_position(
+        &mut self,
+    ) -> Result<Option<crate::checkpoint::OutputPosition>, OutputError> {
+        self.out.sync().map_err(|e| file_error(&self.out, e))?;
+        let dead_letter_bytes = match self.dead.as_mut() {
+            Some(d) => {
+                d.sync().map_err(|e| file_error(d, e))?;
+                Some(d.bytes)
+            }
+            None => None,
+        };
+        Ok(Some(crate::checkpoint::OutputPosition {
+            output_bytes: self.out.bytes,
+            dead_letter_bytes,
+        }))
+    }
 }
 
 /// A buffered file writer that reports the path on error.
 pub struct LineFile {
     path: String,
     w: BufWriter<File>,
+    /// Bytes in the file (written or buffered).
+    bytes: u64,
 }
 
 impl LineFile {
@@ -503,11 +554,45 @@ impl LineFile {
         Ok(LineFile {
             path: path.display().to_string(),
             w: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            bytes: 0,
+        })
+    }
+
+    /// Opens an existing file cut to its first `len` bytes, for appending. A file shorter than `len` was
+    /// replaced or truncated since: refused.
+    pub fn resume(path: &Path, len: u64) -> std::io::Result<LineFile> {
+        use std::io::Seek;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(len == 0)
+            .truncate(false)
+            .open(path)?;
+        let have = f.metadata()?.len();
+        if have < len {
+            return Err(std::io::Error::other(format!(
+                "holds {have} bytes, fewer than the {len} the checkpoint recorded as written: it was \
+                 truncated or replaced, so the run cannot continue it"
+            )));
+        }
+        f.set_len(len)?;
+        f.seek(std::io::SeekFrom::Start(len))?;
+        Ok(LineFile {
+            path: path.display().to_string(),
+            w: BufWriter::with_capacity(1 << 20, f),
+            bytes: len,
         })
     }
 
     pub fn write(&mut self, s: &str) -> std::io::Result<()> {
+        self.bytes += s.len() as u64;
         self.w.write_all(s.as_bytes())
+    }
+
+    /// Flushes and syncs the file to disk.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.w.flush()?;
+        self.w.get_ref().sync_data()
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -110,6 +110,27 @@ fn default_max_ts() -> i64 {
     4_102_444_800 // 2100-01-01
 }
 
+/// Checkpoints (used when a run is given `--checkpoint-dir`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// A checkpoint after every epoch `e` with `(e + 1) % every == 0` (`--checkpoint-every` overrides).
+    #[serde(default = "default_checkpoint_every")]
+    pub every: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    crate::checkpoint::DEFAULT_EVERY
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            every: default_checkpoint_every(),
+        }
+    }
+}
+
 /// How a run consumes and produces Kafka (used with `kafka://` inputs and outputs).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,6 +398,8 @@ pub struct Spec {
     pub alerting: AlertSpec,
     #[serde(default)]
     pub kafka: KafkaSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
     pub features: Vec<FeatureSpec>,
 }
 
@@ -428,6 +451,9 @@ impl Spec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.checkpoint.every == 0 {
+            return Err("checkpoint.every must be at least 1".into());
+        }
         for (name, v) in [
             (
                 "kafka.idle_partition_seconds",

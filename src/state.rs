@@ -151,6 +151,29 @@ impl<'de> Deserialize<'de> for Block {
     }
 }
 
+impl Block {
+    /// Bytes of the little-endian form ([`Block::write_le`]).
+    pub const BYTES: usize = BLOCK_WORDS * 8;
+
+    /// Appends the block's words, little-endian (a checkpoint's form: the same on every platform).
+    pub fn write_le(&self, out: &mut [u8]) {
+        for (w, o) in self.0.iter().zip(out.chunks_exact_mut(8)) {
+            o.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Reads [`Block::write_le`]'s form (`bytes` holds at least [`Block::BYTES`]).
+    pub fn read_le(bytes: &[u8]) -> Block {
+        let mut b = Block::ZERO;
+        for (w, i) in b.0.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(i);
+            *w = u64::from_le_bytes(a);
+        }
+        b
+    }
+}
+
 /// Blocks per customer for `features` series plus the meta slot.
 pub fn blocks_for(features: usize) -> usize {
     (features + 1).div_ceil(BLOCK_SLOTS)

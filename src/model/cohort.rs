@@ -151,6 +151,16 @@ impl CohortStats {
         }
     }
 
+    /// Statistics as a checkpoint stored them (`None` unless there are `features · STATS_PER_FEATURE`).
+    pub fn from_raw(features: usize, stats: Vec<i64>) -> Option<Self> {
+        (stats.len() == features * STATS_PER_FEATURE).then_some(CohortStats { features, stats })
+    }
+
+    /// The raw statistics (for a checkpoint).
+    pub fn raw(&self) -> &[i64] {
+        &self.stats
+    }
+
     pub fn apply(&mut self, d: &CohortDelta) {
         let i = d.feature as usize * STATS_PER_FEATURE + d.stat as usize;
         if let Some(s) = self.stats.get_mut(i) {

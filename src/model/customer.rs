@@ -742,6 +742,37 @@ fn step_silent(
     }
 }
 
+/// The anomalies a customer's state holds open (what the open-anomaly collection holds for it): each
+/// series' alert, the silence alert and the customer alert. `slots` are the customer's series slots
+/// followed by its meta slot. A restored run seeds the collection with these.
+pub fn open_anomalies(slots: &[Slot], out: &mut Vec<OpenAnomaly>) {
+    let Some((meta, series)) = slots.split_last() else {
+        return;
+    };
+    for (f, slot) in series.iter().enumerate() {
+        if let Some(a) = SeriesSlot::decode(slot).alert {
+            out.push(OpenAnomaly {
+                feature: f as u16,
+                kind: a.kind,
+                severity: a.severity,
+            });
+        }
+    }
+    let meta = CustomerMeta::decode(meta);
+    for (feature, a) in [
+        (CUSTOMER_FEATURE, meta.silent),
+        (CUSTOMER_ALERT, meta.alert),
+    ] {
+        if let Some(a) = a {
+            out.push(OpenAnomaly {
+                feature,
+                kind: a.kind,
+                severity: a.severity,
+            });
+        }
+    }
+}
+
 /// Adds a customer's mature series to this epoch's cohort sample.
 pub fn contribute_customer(ctx: &StepContext<'_>, slots: &[Slot], cohort: &mut CohortAccumulator) {
     for (f, slot) in slots.iter().enumerate().take(ctx.config.features) {
@@ -965,6 +996,54 @@ mod tests {
             "{}",
             Memory(meta.memory).value()
         );
+    }
+
+    #[test]
+    fn open_anomalies_read_from_the_state_are_the_sum_of_the_changes() {
+        // Bursts, a silence and recoveries: after every epoch, the anomalies the slots hold open are exactly
+        // the accumulated open-anomaly differences (what a restore seeds the collection with).
+        let mut h = Harness::new();
+        h.priors[0] = prior_a();
+        let mut rng = crate::rng::Rng::new(5, 9);
+        let base = 1_700_000_000 - 1_700_000_000 % 86_400;
+        let mut open: std::collections::BTreeMap<(u16, u8, u8), i64> = Default::default();
+        let key = |a: &OpenAnomaly| (a.feature, a.kind.index(), a.severity as u8);
+        let mut seen_open = 0;
+        for e in 0..420u64 {
+            let logs = if (340..352).contains(&e) {
+                Vec::new() // silent
+            } else {
+                let a = match e {
+                    300..=303 | 380 => 60.0,
+                    _ => 10.0 + rng.normal() as f32 * 0.5,
+                };
+                vec![log(
+                    h.c,
+                    base + e as i64 * 300,
+                    a,
+                    1000.0 + 300.0 * e as f32,
+                )]
+            };
+            let out = h.epoch(e, &logs);
+            for ((_, a), d) in &out.changes {
+                *open.entry(key(a)).or_default() += d;
+            }
+            open.retain(|_, d| *d != 0);
+            let mut from_state = Vec::new();
+            open_anomalies(&h.slots, &mut from_state);
+            let mut got: Vec<(u16, u8, u8)> = from_state.iter().map(key).collect();
+            got.sort();
+            let want: Vec<(u16, u8, u8)> = open
+                .iter()
+                .map(|(k, d)| {
+                    assert_eq!(*d, 1, "epoch {e}: {k:?} open {d} times");
+                    *k
+                })
+                .collect();
+            assert_eq!(got, want, "epoch {e}");
+            seen_open += got.len();
+        }
+        assert!(seen_open > 10, "the run opened anomalies: {seen_open}");
     }
 
     #[test]

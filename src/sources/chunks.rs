@@ -34,10 +34,11 @@ pub const AHEAD: usize = 40;
 pub const DIRECT_MIN: u64 = 256 << 20;
 use super::MAX_LINE;
 
-const ALIGN: usize = 4096;
+/// The alignment `O_DIRECT` needs for offsets, lengths and memory.
+pub const ALIGN: usize = 4096;
 
 /// A page-aligned byte buffer (`O_DIRECT` reads need aligned memory).
-struct AlignedBuf {
+pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
@@ -48,7 +49,7 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    fn new(len: usize) -> io::Result<AlignedBuf> {
+    pub fn new(len: usize) -> io::Result<AlignedBuf> {
         let layout = std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN)
             .map_err(|e| io::Error::other(e.to_string()))?;
         // SAFETY: the layout has a non-zero size.
@@ -60,12 +61,12 @@ impl AlignedBuf {
         })
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` initialised (zeroed at allocation) bytes owned by this buffer.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -112,6 +113,8 @@ struct State {
 /// A file read once for several consumers (the workers of a process).
 pub struct SharedFile {
     path: PathBuf,
+    /// Where reading starts (a resumed run): chunk `i` holds the bytes at `base_offset + i · chunk`.
+    start: Start,
     chunk: usize,
     ahead: usize,
     direct_min: u64,
@@ -126,6 +129,11 @@ impl SharedFile {
         Self::with_geometry(path, consumers, CHUNK, AHEAD, DIRECT_MIN)
     }
 
+    /// As [`SharedFile::new`], reading from `start` (a resumed run) instead of the beginning.
+    pub fn starting_at(path: &Path, consumers: usize, start: Start) -> Arc<SharedFile> {
+        Self::build(path, consumers, CHUNK, AHEAD, DIRECT_MIN, start)
+    }
+
     /// As [`SharedFile::new`] with another chunk size (a multiple of 4096), read-ahead and `O_DIRECT`
     /// threshold.
     pub fn with_geometry(
@@ -135,8 +143,20 @@ impl SharedFile {
         ahead: usize,
         direct_min: u64,
     ) -> Arc<SharedFile> {
+        Self::build(path, consumers, chunk, ahead, direct_min, Start::default())
+    }
+
+    fn build(
+        path: &Path,
+        consumers: usize,
+        chunk: usize,
+        ahead: usize,
+        direct_min: u64,
+        start: Start,
+    ) -> Arc<SharedFile> {
         Arc::new(SharedFile {
             path: path.to_path_buf(),
+            start,
             chunk: chunk.div_ceil(ALIGN).max(1) * ALIGN,
             ahead: ahead.max(1),
             direct_min,
@@ -159,18 +179,27 @@ impl SharedFile {
 
     /// A line cursor for consumer `slot` (each slot exactly once).
     pub fn lines(self: &Arc<Self>, slot: usize) -> ChunkLines {
+        let base = self.base_offset();
         ChunkLines {
             file: Arc::clone(self),
             slot,
             chunk: None,
             next: 0,
-            pos: 0,
+            // The first chunk starts at the aligned offset below the start: skip to the start itself.
+            pos: (self.start.offset - base) as usize,
+            chunk_offset: base,
+            consumed: self.start.offset,
             partial: Vec::new(),
             partial_len: 0,
             in_partial: false,
-            line_no: 0,
+            line_no: self.start.line,
             ended: false,
         }
+    }
+
+    /// The file offset of chunk 0 (the start rounded down to the alignment `O_DIRECT` needs).
+    fn base_offset(&self) -> u64 {
+        self.start.offset / ALIGN as u64 * ALIGN as u64
     }
 
     /// Chunk `index` if it has been read, `NotYet` if not, `End` past the end of the file; `Err` when the
@@ -235,7 +264,7 @@ impl SharedFile {
 
     fn read_loop(&self) -> io::Result<()> {
         let mut reader = DirectReader::open(&self.path, self.direct_min)?;
-        let mut offset = 0u64;
+        let mut offset = self.base_offset();
         loop {
             let buf = {
                 let mut st = self.lock();
@@ -342,13 +371,21 @@ pub struct SharedInputs {
 }
 
 impl SharedInputs {
-    /// Readers for `paths`, to be walked by `consumers` workers (slots `0 .. consumers`).
-    pub fn new(paths: &[&Path], consumers: usize) -> SharedInputs {
+    /// Readers for `paths`, to be walked by `consumers` workers (slots `0 .. consumers`), each from its
+    /// start (`starts[i]`, or the beginning when there is none).
+    pub fn new(paths: &[&Path], consumers: usize, starts: &[Start]) -> SharedInputs {
         SharedInputs {
             files: Arc::new(
                 paths
                     .iter()
-                    .map(|p| SharedFile::new(p, consumers))
+                    .enumerate()
+                    .map(|(i, p)| {
+                        SharedFile::starting_at(
+                            p,
+                            consumers,
+                            starts.get(i).copied().unwrap_or_default(),
+                        )
+                    })
                     .collect(),
             ),
             slot: 0,
@@ -393,6 +430,13 @@ pub struct LineRef {
     assembled: bool,
 }
 
+/// Where a reader starts: the byte offset of a line's first byte and the number of lines before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Start {
+    pub offset: u64,
+    pub line: u64,
+}
+
 /// One consumer's cursor over the lines of a [`SharedFile`].
 pub struct ChunkLines {
     file: Arc<SharedFile>,
@@ -401,6 +445,10 @@ pub struct ChunkLines {
     /// Index of the next chunk to fetch.
     next: u64,
     pos: usize,
+    /// File offset of the current chunk's first byte.
+    chunk_offset: u64,
+    /// File offset just past the last line returned (its newline included).
+    consumed: u64,
     /// A line crossing chunk boundaries, assembled here (at most `MAX_LINE + 1` bytes kept).
     partial: Vec<u8>,
     partial_len: usize,
@@ -420,7 +468,13 @@ impl ChunkLines {
                 match self.file.get(self.next)? {
                     Fetch::Chunk(c) => {
                         self.chunk = Some(c);
-                        self.pos = 0;
+                        self.chunk_offset =
+                            self.file.base_offset() + self.next * self.file.chunk as u64;
+                        // (The first chunk of a resumed file starts before the start line: `pos` already
+                        // points past those bytes.)
+                        if self.next > 0 {
+                            self.pos = 0;
+                        }
                         self.next += 1;
                         continue;
                     }
@@ -430,6 +484,7 @@ impl ChunkLines {
                         self.file.advance(self.slot, u64::MAX);
                         if self.in_partial {
                             self.in_partial = false;
+                            self.consumed += self.partial_len as u64;
                             return Ok(Next::Line(self.assembled_line()));
                         }
                         return Ok(Next::End);
@@ -443,11 +498,13 @@ impl ChunkLines {
                     append_capped(&mut self.partial, &mut self.partial_len, &rest[..i]);
                     self.pos += i + 1;
                     self.in_partial = false;
+                    self.consumed = self.chunk_offset + self.pos as u64;
                     return Ok(Next::Line(self.assembled_line()));
                 }
                 Some(i) => {
                     let (start, end) = (self.pos, self.pos + i);
                     self.pos = end + 1;
+                    self.consumed = self.chunk_offset + self.pos as u64;
                     self.line_no += 1;
                     let too_long = end - start > MAX_LINE;
                     let stop = if !too_long && end > start && data[end - 1] == b'\r' {
@@ -494,6 +551,14 @@ impl ChunkLines {
             start: 0,
             end,
             assembled: true,
+        }
+    }
+
+    /// Where a reader resuming after the last line returned would start.
+    pub fn resume_point(&self) -> Start {
+        Start {
+            offset: self.consumed,
+            line: self.line_no,
         }
     }
 
@@ -591,6 +656,37 @@ mod tests {
         // and (fewer chunks than AHEAD here) the lagging one still gets everything.
         assert_eq!(collect(&mut a), want);
         assert_eq!(collect(&mut b), want);
+    }
+
+    #[test]
+    fn a_cursor_started_at_a_resume_point_reads_exactly_the_rest() {
+        // Small unaligned chunks of 4 KiB with O_DIRECT: resume points fall inside chunks, on chunk
+        // boundaries and after lines assembled across chunks.
+        let dir = tempfile::tempdir().unwrap();
+        let text: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i} {}\n", "z".repeat((i * 37) % 5000)).into_bytes())
+            .chain(b"tail without newline".iter().copied())
+            .collect();
+        let path = write(&dir, &text);
+        let want = expected(&text);
+        for stop in [0usize, 1, 2, 3, 17, 500, 1999, 2000, 2001] {
+            let file = SharedFile::with_geometry(&path, 1, 4096, 2, 0);
+            let mut a = file.lines(0);
+            let mut taken = 0;
+            while taken < stop {
+                match a.next_line().unwrap() {
+                    Next::Line(_) => taken += 1,
+                    Next::Wait => std::thread::yield_now(),
+                    Next::End => break,
+                }
+            }
+            let at = a.resume_point();
+            drop(a);
+            assert_eq!(at.line as usize, taken);
+            let resumed = SharedFile::build(&path, 1, 4096, 2, 0, at);
+            let got = collect(&mut resumed.lines(0));
+            assert_eq!(got, want[taken..].to_vec(), "stop after {stop} lines");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::epoch::EpochClock;
 use crate::keys::CustomerId;
 use crate::record::{DeadLetter, LogN, RejectCode, Rejection, SourcePos};
 use crate::spec::Spec;
-pub use intake::{Admitted, Intake, PartitionState, SourceCounts};
+pub use intake::{Admitted, Intake, PartitionCut, PartitionState, SourceCounts, SourceSnapshot};
 use parse::LogParser;
 
 /// Errors that stop a source (unreadable files, a CSV header that cannot be mapped). Bad *records* are never
@@ -76,6 +76,11 @@ pub trait Source<const N: usize> {
     fn idle_wait(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Where each owned partition stands now (for a checkpoint); `None` if this source cannot resume from
+    /// positions.
+    fn cuts(&self) -> Option<Vec<PartitionCut>> {
+        None
+    }
 }
 
 impl<const N: usize> Source<N> for FileSource<N> {
@@ -93,6 +98,27 @@ impl<const N: usize> Source<N> for FileSource<N> {
         self.waiting
             .then_some(std::time::Duration::from_micros(500))
     }
+    fn cuts(&self) -> Option<Vec<PartitionCut>> {
+        Some(FileSource::cuts(self))
+    }
+}
+
+/// Where each input's readers start in a restored run: for every input, the earliest position any
+/// partition of it resumes at (every worker reads from there and skips the lines of its partitions that
+/// come before their own cut).
+pub fn resume_starts(
+    snapshots: &[SourceSnapshot],
+    inputs: usize,
+) -> Vec<(chunks::Start, u32, u64)> {
+    let mut starts: Vec<Option<(chunks::Start, u32, u64)>> = vec![None; inputs];
+    for cut in snapshots.iter().flat_map(|s| s.partitions.iter()) {
+        if let Some(slot) = starts.get_mut(cut.input as usize)
+            && slot.is_none_or(|(s, _, _)| cut.at.offset < s.offset)
+        {
+            *slot = Some((cut.at, cut.last_partition, cut.record));
+        }
+    }
+    starts.into_iter().map(|s| s.unwrap_or_default()).collect()
 }
 
 /// The format of an input file.
@@ -309,6 +335,13 @@ pub struct FileSource<const N: usize> {
     shared: Option<chunks::SharedInputs>,
     /// The last pump stopped because the reader thread had not read the next bytes yet.
     waiting: bool,
+    /// Per input: where reading starts (a restored run), the partition a line without a readable one
+    /// inherits there, and the CSV records before it.
+    starts: Vec<(chunks::Start, u32, u64)>,
+    /// Per input: where this worker's reading of it ended.
+    ended_at: Vec<Option<(chunks::Start, u32, u64)>>,
+    /// Restored partitions' cuts: their lines up to the cut were read before the checkpoint.
+    resume: HashMap<(u32, u32), PartitionCut>,
 }
 
 impl<const N: usize> FileSource<N> {
@@ -352,7 +385,11 @@ impl<const N: usize> FileSource<N> {
         }
         let mut intake = Intake::new(clock);
         intake.partitions = partitions;
+        let n = inputs.len();
         Ok(FileSource {
+            starts: vec![Default::default(); n],
+            ended_at: vec![None; n],
+            resume: HashMap::new(),
             inputs,
             index,
             peers,
@@ -373,6 +410,99 @@ impl<const N: usize> FileSource<N> {
     pub fn with_shared(mut self, shared: chunks::SharedInputs) -> FileSource<N> {
         self.shared = Some(shared);
         self
+    }
+
+    /// Resumes from a checkpoint's source snapshots (of any earlier layout): takes over the clocks and cuts
+    /// of the partitions this worker owns now, reads from `starts` (see [`resume_starts`]), and, if
+    /// `redeliver`, buffers what the earlier workers had read past the checkpoint. Returns how many retained
+    /// logs could not be decoded.
+    pub fn restore(
+        &mut self,
+        snapshots: &[SourceSnapshot],
+        starts: Vec<(chunks::Start, u32, u64)>,
+        redeliver: bool,
+    ) -> usize {
+        for snap in snapshots {
+            self.intake.raise_floor(snap.floor);
+            for cut in &snap.partitions {
+                if partition_owner(cut.input, cut.partition, self.peers) != self.index {
+                    continue;
+                }
+                self.intake.partitions.insert(
+                    (cut.input, cut.partition),
+                    PartitionState {
+                        clock: crate::epoch::PartitionClock {
+                            watermark: cut.watermark,
+                        },
+                        start: cut.start,
+                    },
+                );
+                self.resume.insert((cut.input, cut.partition), *cut);
+            }
+        }
+        if starts.len() == self.starts.len() {
+            self.starts = starts;
+        }
+        let mut bad = 0;
+        if redeliver {
+            for snap in snapshots {
+                bad += self.intake.redeliver(snap);
+            }
+        }
+        bad
+    }
+
+    /// Where each owned partition stands: its clock, and the position after the last line of it this
+    /// worker has read (never before its restored cut).
+    pub fn cuts(&self) -> Vec<PartitionCut> {
+        let mut out: Vec<PartitionCut> = self
+            .intake
+            .partitions
+            .iter()
+            .map(|(&(input, partition), st)| {
+                let i = input as usize;
+                let (at, last_partition, record) = if i < self.current {
+                    self.ended_at.get(i).copied().flatten().unwrap_or_default()
+                } else if i == self.current {
+                    match &self.reader {
+                        Some(Reader::Lines(r)) => (r.resume_point(), self.last_partition, 0),
+                        Some(Reader::Csv { reader, .. }) => csv_point(reader),
+                        _ => self.starts.get(i).copied().unwrap_or_default(),
+                    }
+                } else {
+                    self.starts.get(i).copied().unwrap_or_default()
+                };
+                let mut cut = PartitionCut {
+                    input,
+                    partition,
+                    watermark: st.clock.watermark,
+                    start: st.start,
+                    at,
+                    last_partition,
+                    record,
+                };
+                if let Some(r) = self.resume.get(&(input, partition))
+                    && r.at.offset > cut.at.offset
+                {
+                    cut.at = r.at;
+                    cut.last_partition = r.last_partition;
+                    cut.record = r.record;
+                }
+                cut
+            })
+            .collect();
+        out.sort_by_key(|c| (c.input, c.partition));
+        out
+    }
+
+    /// True for a line of a restored partition that was read before the checkpoint.
+    #[inline]
+    fn read_before(&self, input: u32, partition: u32, line_no: u64) -> bool {
+        !self.resume.is_empty()
+            && self
+                .resume
+                .get(&(input, partition))
+                .is_some_and(|c| line_no <= c.at.line)
     }
 
     /// The least epoch this worker may still emit records at; `None` once every owned partition is done.
@@ -409,7 +539,7 @@ impl<const N: usize> FileSource<N> {
                     break;
                 }
                 self.reader = Some(self.open_current()?);
-                self.last_partition = 0;
+                self.last_partition = self.starts[self.current].1;
             }
             let n = match self.reader.as_mut() {
                 Some(Reader::Lines(_)) => self.pump_lines(budget - done)?,
@@ -420,6 +550,14 @@ impl<const N: usize> FileSource<N> {
                 Some(n) => done += n,
                 None => {
                     // Input exhausted.
+                    let end = match &self.reader {
+                        Some(Reader::Lines(r)) => Some((r.resume_point(), self.last_partition, 0)),
+                        Some(Reader::Csv { reader, .. }) => Some(csv_point(reader)),
+                        _ => None,
+                    };
+                    if let Some(slot) = self.ended_at.get_mut(self.current) {
+                        *slot = end.or(Some(self.starts[self.current]));
+                    }
                     self.reader = None;
                     self.current += 1;
                 }
@@ -437,15 +575,27 @@ impl<const N: usize> FileSource<N> {
                     Some(shared) => shared.lines(self.current),
                     None => None,
                 };
+                let start = self.starts[self.current].0;
                 Ok(Reader::Lines(lines.unwrap_or_else(|| {
-                    chunks::SharedFile::new(&input.path, 1).lines(0)
+                    chunks::SharedFile::starting_at(&input.path, 1, start).lines(0)
                 })))
             }
             InputKind::Csv => {
                 if partition_owner(i, 0, self.peers) != self.index {
                     return Ok(Reader::Skip);
                 }
-                let (reader, columns) = open_csv(&input.path, &self.parser)?;
+                let (mut reader, columns) = open_csv(&input.path, &self.parser)?;
+                let (start, _, record) = self.starts[self.current];
+                if start.line > 0 {
+                    let mut pos = csv::Position::new();
+                    pos.set_byte(start.offset)
+                        .set_line(start.line)
+                        .set_record(record);
+                    reader.seek(pos).map_err(|e| SourceError::Io {
+                        path: input.path.display().to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                }
                 Ok(Reader::Csv {
                     reader: Box::new(reader),
                     columns,
@@ -480,6 +630,8 @@ impl<const N: usize> FileSource<N> {
                 }
                 chunks::Next::End => {
                     if n == 0 {
+                        // (Kept until `pump` notes where the input ended.)
+                        self.reader = Some(Reader::Lines(reader));
                         return Ok(None);
                     }
                     break;
@@ -490,7 +642,9 @@ impl<const N: usize> FileSource<N> {
             let line = reader.line(&r);
             if r.too_long {
                 let p = self.last_partition;
-                if partition_owner(input, p, self.peers) == self.index {
+                if partition_owner(input, p, self.peers) == self.index
+                    && !self.read_before(input, p, line_no)
+                {
                     let rej = Rejection::new(
                         RejectCode::Malformed,
                         format!("line longer than {MAX_LINE} bytes"),
@@ -512,7 +666,9 @@ impl<const N: usize> FileSource<N> {
                 }
                 None => self.last_partition,
             };
-            if partition_owner(input, partition, self.peers) != self.index {
+            if partition_owner(input, partition, self.peers) != self.index
+                || self.read_before(input, partition, line_no)
+            {
                 continue;
             }
             let mut log = self.scratch;
@@ -576,6 +732,11 @@ impl<const N: usize> FileSource<N> {
             };
             if !more {
                 if n == 0 {
+                    self.reader = Some(Reader::Csv {
+                        reader,
+                        columns,
+                        record,
+                    });
                     return Ok(None);
                 }
                 self.reader = Some(Reader::Csv {
@@ -614,6 +775,19 @@ impl<const N: usize> FileSource<N> {
         });
         Ok(Some(n))
     }
+}
+
+/// A CSV reader's position after its last record: `(byte offset and line, 0, records read)`.
+fn csv_point(reader: &csv::Reader<File>) -> (chunks::Start, u32, u64) {
+    let p = reader.position();
+    (
+        chunks::Start {
+            offset: p.byte(),
+            line: p.line(),
+        },
+        0,
+        p.record(),
+    )
 }
 
 fn join_csv(r: &csv::ByteRecord) -> String {
