@@ -72,31 +72,11 @@ fn output(args: &[&str]) -> Output {
     Command::new(common::bin()).args(args).output().unwrap()
 }
 
-/// Complete checkpoints in `dir` (epochs, newest first).
-fn complete(dir: &Path) -> Vec<u64> {
-    let mut v: Vec<u64> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("MANIFEST.json").is_file())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_prefix("ckpt-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable_by(|a, b| b.cmp(a));
-    v
-}
-
 /// Waits until a complete checkpoint newer than `after` exists, then kills every child with SIGKILL.
 fn kill_after_checkpoint(dir: &Path, after: Option<u64>, children: &mut [Child]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(&c) = complete(dir).first()
+        if let Some(&c) = common::complete_checkpoints(dir).first()
             && after.is_none_or(|a| c > a)
         {
             for ch in children.iter_mut() {
@@ -195,7 +175,7 @@ fn kill_9_and_resume_under_other_layouts_is_byte_identical() {
         "dead letters differ"
     );
     // Two complete checkpoints are kept, older ones pruned.
-    assert_eq!(complete(&ck).len(), 2);
+    assert_eq!(common::complete_checkpoints(&ck).len(), 2);
 }
 
 /// The newest checkpoint's parts, by name.
@@ -226,7 +206,7 @@ fn damaged_checkpoints_fall_back_and_foreign_ones_are_refused() {
     ]);
     common::fleetwatch(&args);
     let reference = std::fs::read(&out).unwrap();
-    let kept = complete(&ck);
+    let kept = common::complete_checkpoints(&ck);
     assert_eq!(kept.len(), 2, "{kept:?}");
 
     // A flipped byte in the newest checkpoint's state: found, reported, and the previous one used.
@@ -246,7 +226,7 @@ fn damaged_checkpoints_fall_back_and_foreign_ones_are_refused() {
     assert!(std::fs::read(&out).unwrap() == reference);
 
     // A truncated source part (and every older checkpoint gone): nothing to resume from, a fresh run.
-    let kept = complete(&ck);
+    let kept = common::complete_checkpoints(&ck);
     for (i, c) in kept.iter().enumerate() {
         let p = part(&ck, *c, "source-0001-of-0002.part");
         let b = std::fs::read(&p).unwrap();
@@ -259,7 +239,7 @@ fn damaged_checkpoints_fall_back_and_foreign_ones_are_refused() {
     assert!(std::fs::read(&out).unwrap() == reference);
 
     // Another state-layout version: refused with a clear message, the output left alone.
-    let newest = complete(&ck)[0];
+    let newest = common::complete_checkpoints(&ck)[0];
     let manifest = part(&ck, newest, "MANIFEST.json");
     let m = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, m.replace("\"layout\": 1", "\"layout\": 99")).unwrap();

@@ -113,31 +113,11 @@ fn finish(mut child: Child, limit: Duration) -> (ExitStatus, String) {
     (status, err)
 }
 
-/// Complete checkpoints in `dir`, newest first.
-fn complete(dir: &Path) -> Vec<u64> {
-    let mut v: Vec<u64> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("MANIFEST.json").is_file())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_prefix("ckpt-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable_by(|a, b| b.cmp(a));
-    v
-}
-
 /// Waits until a complete checkpoint newer than `after` exists (the run is mid-way).
 fn wait_for_checkpoint(dir: &Path, after: Option<u64>, children: &mut [&mut Child]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(&c) = complete(dir).first()
+        if let Some(&c) = common::complete_checkpoints(dir).first()
             && after.is_none_or(|a| c > a)
         {
             return c;
@@ -162,6 +142,18 @@ fn stopped_after(stderr: &str) -> u64 {
         .next()
         .and_then(|d| d.parse().ok())
         .expect("an epoch number")
+}
+
+/// The output and dead letters equal the uninterrupted run's, byte for byte.
+fn assert_identical(out: &Path, dead: &Path, ref_out: &[u8], ref_dead: &[u8]) {
+    assert!(
+        std::fs::read(out).unwrap() == ref_out,
+        "output differs from the uninterrupted run's"
+    );
+    assert!(
+        std::fs::read(dead).unwrap() == ref_dead,
+        "dead letters differ"
+    );
 }
 
 fn last_line(path: &Path) -> serde_json::Value {
@@ -197,7 +189,7 @@ fn sigint_and_sigterm_stop_after_an_epoch_and_the_resumed_output_is_byte_identic
         "stopped at {s1}, before the checkpoint {first}"
     );
     assert_eq!(
-        complete(&ck).first(),
+        common::complete_checkpoints(&ck).first(),
         Some(&s1),
         "a checkpoint at the stop epoch"
     );
@@ -223,14 +215,7 @@ fn sigint_and_sigterm_stop_after_an_epoch_and_the_resumed_output_is_byte_identic
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        std::fs::read(&out).unwrap() == ref_out,
-        "output differs from the uninterrupted run's"
-    );
-    assert!(
-        std::fs::read(&dead).unwrap() == ref_dead,
-        "dead letters differ"
-    );
+    assert_identical(&out, &dead, &ref_out, &ref_dead);
 }
 
 #[test]
@@ -291,7 +276,7 @@ fn a_stop_sent_to_one_process_stops_the_cluster_and_it_resumes_under_another_lay
         stop,
         "both processes stop after the same epoch"
     );
-    assert_eq!(complete(&ck).first(), Some(&stop));
+    assert_eq!(common::complete_checkpoints(&ck).first(), Some(&stop));
     // One process of two workers takes over the checkpoint written by two processes.
     let o = Command::new(common::bin())
         .arg("run")
@@ -300,14 +285,7 @@ fn a_stop_sent_to_one_process_stops_the_cluster_and_it_resumes_under_another_lay
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        std::fs::read(&out).unwrap() == ref_out,
-        "output differs from the uninterrupted run's"
-    );
-    assert!(
-        std::fs::read(&dead).unwrap() == ref_dead,
-        "dead letters differ"
-    );
+    assert_identical(&out, &dead, &ref_out, &ref_dead);
 }
 
 #[test]
@@ -372,15 +350,12 @@ fn launch_restarts_a_cluster_whose_process_was_killed_from_its_last_checkpoint()
     );
     assert!(said.contains("resumed after epoch"), "{said}");
     assert!(said.contains("after 1 restarts"), "{said}");
-    assert!(complete(&ck).first().is_some_and(|&c| c > first));
     assert!(
-        std::fs::read(&out).unwrap() == ref_out,
-        "output differs from the uninterrupted run's"
+        common::complete_checkpoints(&ck)
+            .first()
+            .is_some_and(|&c| c > first)
     );
-    assert!(
-        std::fs::read(&dead).unwrap() == ref_dead,
-        "dead letters differ"
-    );
+    assert_identical(&out, &dead, &ref_out, &ref_dead);
 }
 
 #[test]

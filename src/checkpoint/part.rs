@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use super::{CheckpointError, LAYOUT_VERSION};
-use crate::sources::chunks::{ALIGN, AlignedBuf};
+use crate::sources::chunks::{ALIGN, AlignedBuf, DirectReader};
 
 const MAGIC: &[u8; 8] = b"FWCKPT01";
 /// Bytes of the trailer.
@@ -209,36 +209,23 @@ pub fn part_info(path: &Path) -> Result<PartInfo, CheckpointError> {
 /// Reads a whole file, with `O_DIRECT` for the aligned bulk of a large one (page-cache reads of a
 /// full-fleet checkpoint would cost seconds of CPU).
 fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len() as usize;
+    let len = std::fs::metadata(path).map_err(io_err(path))?.len() as usize;
+    let mut reader = DirectReader::open(path, 64 << 20).map_err(io_err(path))?;
     let mut out = Vec::with_capacity(len);
-    let direct = if len >= 64 << 20 {
-        use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()
-    } else {
-        None
-    };
-    let mut at = 0usize;
-    if let Some(d) = direct
-        && let Ok(mut buf) = AlignedBuf::new(BUF)
-    {
-        while len - at >= BUF {
-            match d.read_at(buf.as_mut_slice(), at as u64) {
-                Ok(n) if n == BUF => {
-                    out.extend_from_slice(&buf.as_slice()[..n]);
-                    at += n;
-                }
-                _ => break, // the rest through the page cache
-            }
+    let mut buf = AlignedBuf::new(BUF).map_err(io_err(path))?;
+    while out.len() < len {
+        // Whole aligned buffers: the last read comes back short at the end of the file.
+        let n = reader
+            .read_at(out.len() as u64, buf.as_mut_slice())
+            .map_err(io_err(path))?;
+        if n == 0 {
+            return Err(CheckpointError::Corrupt {
+                path: path.display().to_string(),
+                message: format!("it ended at {} of {len} bytes while being read", out.len()),
+            });
         }
+        out.extend_from_slice(&buf.as_slice()[..n.min(len - out.len())]);
     }
-    out.resize(len, 0);
-    f.read_exact_at(&mut out[at..], at as u64)
-        .map_err(io_err(path))?;
     Ok(out)
 }
 

@@ -307,13 +307,13 @@ enum Fetch {
 
 /// Reads a file by offset, with `O_DIRECT` when the file is large and the file system supports it, falling
 /// back to ordinary reads otherwise.
-struct DirectReader {
+pub(crate) struct DirectReader {
     plain: File,
     direct: Option<File>,
 }
 
 impl DirectReader {
-    fn open(path: &Path, direct_min: u64) -> io::Result<DirectReader> {
+    pub(crate) fn open(path: &Path, direct_min: u64) -> io::Result<DirectReader> {
         let plain = File::open(path)?;
         let len = plain.metadata()?.len();
         let direct = if len >= direct_min {
@@ -330,7 +330,7 @@ impl DirectReader {
     }
 
     /// Fills `buf` from `offset` (fewer bytes only at the end of the file).
-    fn read_at(&mut self, mut offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read_at(&mut self, mut offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
         let mut filled = 0;
         while filled < buf.len() {

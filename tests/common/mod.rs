@@ -87,3 +87,23 @@ pub fn two_process_cluster(dir: &Path) -> PathBuf {
     .expect("cluster file");
     cluster
 }
+
+/// The complete checkpoints (those with a manifest) in a checkpoint directory, newest first.
+pub fn complete_checkpoints(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("MANIFEST.json").is_file())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("ckpt-")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v
+}
