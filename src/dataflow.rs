@@ -201,19 +201,7 @@ fn run_width<const N: usize>(
         inputs: cfg.inputs.names(),
     };
     let loaded: Option<Arc<Loaded>> = match &cfg.checkpoint {
-        Some(ck) => {
-            #[cfg(feature = "kafka")]
-            if let Inputs::Kafka(_) = &cfg.inputs {
-                return Err(RunError::Checkpoint(CheckpointError::Mismatch {
-                    path: ck.dir.display().to_string(),
-                    message: "checkpoints resume recorded-topic and CSV inputs; a Kafka input \
-                              resumes from its consumer group's committed offsets (run without \
-                              --checkpoint-dir)"
-                        .into(),
-                }));
-            }
-            crate::checkpoint::load_latest(&ck.dir, &identity)?.map(Arc::new)
-        }
+        Some(ck) => crate::checkpoint::load_latest(&ck.dir, &identity)?.map(Arc::new),
         None => None,
     };
     if let Some(l) = &loaded {
@@ -358,8 +346,29 @@ fn run_width<const N: usize>(
                     }
                     #[cfg(feature = "kafka")]
                     Inputs::Kafka(k) => {
-                        crate::sources::kafka::KafkaSource::<N>::new(&cfg.spec, k, index, peers)
-                            .map(|s| Box::new(s) as Box<dyn Source<N>>)
+                        let resume = loaded.as_ref().map_or(&[][..], |l| &l.sources[..]);
+                        crate::sources::kafka::KafkaSource::<N>::new(
+                            &cfg.spec, k, index, peers, resume,
+                        )
+                        .map(|mut s| {
+                            if let Some(l) = &loaded
+                                && index == 0
+                            {
+                                // Worker 0 re-delivers what the earlier workers had read past the
+                                // checkpoint.
+                                let bad = s.redeliver(&l.sources);
+                                if bad > 0 {
+                                    record_error(
+                                        &errors,
+                                        format!(
+                                            "checkpoint {}: {bad} retained logs could not be decoded",
+                                            l.dir.display()
+                                        ),
+                                    );
+                                }
+                            }
+                            Box::new(s) as Box<dyn Source<N>>
+                        })
                     }
                 };
                 let source = Rc::new(RefCell::new(match source {
@@ -770,7 +779,7 @@ fn source_operator<'scope, const N: usize>(
                 return;
             }
             // Pacing: epoch e is read no sooner than (e − first)·L / speed seconds after the first.
-            if let (Some(speed), Some(front)) = (ctl.speed, front)
+            if let (Some(speed), Some(front)) = (ctl.speed, front.and_then(|f| src.pace_epoch(f)))
                 && front != u64::MAX
             {
                 let (first, t0) = *pace_origin.get_or_insert((front, Instant::now()));
@@ -781,7 +790,13 @@ fn source_operator<'scope, const N: usize>(
                     return;
                 }
             }
-            let read = match src.pump(ctl.budget) {
+            // A paced replay reads in small steps, so that it overshoots its pace by little.
+            let budget = if ctl.speed.is_some() {
+                ctl.budget.min(PACED_READ_BUDGET)
+            } else {
+                ctl.budget
+            };
+            let read = match src.pump(budget) {
                 Ok(n) => n,
                 Err(e) => {
                     record_error(&errors, e.to_string());
@@ -1321,5 +1336,9 @@ fn sink<'scope>(
 
 /// The default number of lines a source reads per activation.
 pub const DEFAULT_READ_BUDGET: usize = 65_536;
+
+/// Records read per activation of a paced (`--speed`) source.
+const PACED_READ_BUDGET: usize = 2_048;
+
 /// The default read-ahead, in epochs.
 pub const DEFAULT_MAX_AHEAD: u64 = 1;

@@ -247,7 +247,7 @@ fn damaged_checkpoints_fall_back_and_foreign_ones_are_refused() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
     assert!(
-        stderr.contains("state layout version 99") && stderr.contains("reads version 1"),
+        stderr.contains("state layout version 99") && stderr.contains("reads version 2"),
         "{stderr}"
     );
     assert!(std::fs::read(&out).unwrap() == reference);

@@ -1,7 +1,8 @@
 //! The Kafka path against a real Kafka-protocol broker (Tansu) on 127.0.0.1, started and stopped by each
 //! test: `produce` and `record`, `run` from Kafka to Kafka and to files, the dead-letter topic, committed
 //! offsets, a SIGKILLed pipeline restarted, a broker restarted under a run (durable storage), two processes
-//! sharing a topic's partitions, and an idle partition that must not stall epochs.
+//! sharing a topic's partitions, an idle partition that must not stall epochs, and a Kafka input resumed
+//! from its checkpointed offsets under other layouts.
 //!
 //! The broker binaries: `$FLEETWATCH_TANSU` (or `tansu` on the PATH) with in-memory storage, and
 //! `$FLEETWATCH_TANSU_DURABLE` (built with sqlite storage) for the broker-restart test. `scripts/test`
@@ -854,4 +855,122 @@ fn the_wall_clock_guard_closes_epochs_a_silent_partition_holds() {
     check_lagging_run(&out, &ref_out, held_back, 10);
     let guarded = summaries(&out).iter().filter(|(_, g)| *g).count();
     assert!(guarded >= 10, "{guarded} epochs closed by the guard");
+}
+
+/// The complete checkpoints in `dir`, waiting (up to a minute) for one newer than `after`.
+fn wait_for_kafka_checkpoint(dir: &Path, after: Option<u64>, run: &mut Child) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(&c) = common::complete_checkpoints(dir).first()
+            && after.is_none_or(|a| c > a)
+        {
+            return c;
+        }
+        if let Ok(Some(status)) = run.try_wait() {
+            panic!("the run ended ({status}) before a checkpoint after {after:?}");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after {after:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_kafka_input_resumes_from_its_checkpointed_offsets_under_other_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let input = common::generate(
+        &dir.path().join("fleet"),
+        100,
+        400,
+        23,
+        &[
+            "--partitions",
+            "4",
+            "--malformed-rate",
+            "0.002",
+            "--history-epochs",
+            "96",
+            "--anomaly-rate",
+            "2.0",
+        ],
+    );
+    broker.produce(&input, "tele");
+    let run_args = |name: &str, ck: bool| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "--input".into(),
+            broker.address("tele"),
+            "--output".into(),
+            dir.path()
+                .join(format!("{name}.jsonl"))
+                .display()
+                .to_string(),
+            "--dead-letter".into(),
+            dir.path()
+                .join(format!("{name}.dead.jsonl"))
+                .display()
+                .to_string(),
+            "--reproducible".into(),
+            "--until-idle".into(),
+            "3".into(),
+        ];
+        if ck {
+            a.extend([
+                "--checkpoint-dir".into(),
+                dir.path().join("ck").display().to_string(),
+                "--checkpoint-every".into(),
+                "20".into(),
+            ]);
+        }
+        a
+    };
+    // The uninterrupted Kafka run.
+    let a = run_args("ref", false);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    a.extend(["--workers", "2"]);
+    common::fleetwatch(&a);
+    let ck = dir.path().join("ck");
+    let spawn = |workers: &str| {
+        Command::new(common::bin())
+            .args(run_args("out", true))
+            .args(["--workers", workers, "--speed", "12000"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // 2 workers, paced (400 epochs in 10 s): SIGKILL once a checkpoint is complete.
+    let mut run = spawn("2");
+    let first = wait_for_kafka_checkpoint(&ck, None, &mut run);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // Resumed from the checkpointed offsets under 3 workers (partitions move to other workers), stopped
+    // by SIGTERM once it has written a checkpoint of its own.
+    let mut run = spawn("3");
+    wait_for_kafka_checkpoint(&ck, Some(first), &mut run);
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let o = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}: {err}", o.status);
+    assert!(err.contains("resumed after epoch"), "{err}");
+    assert!(err.contains("stopped after epoch"), "{err}");
+    // Resumed once more to the end, on one worker, unpaced.
+    let a = run_args("out", true);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    a.extend(["--workers", "1"]);
+    common::fleetwatch(&a);
+    let read = |n: &str| std::fs::read(dir.path().join(n)).unwrap();
+    assert!(
+        read("out.jsonl") == read("ref.jsonl"),
+        "output differs from the uninterrupted Kafka run's"
+    );
+    assert!(
+        read("out.dead.jsonl") == read("ref.dead.jsonl"),
+        "dead letters differ"
+    );
+    let summary = common::end_record(&dir.path().join("out.jsonl"));
+    assert_eq!(summary["late"].as_u64(), Some(0), "{summary}");
 }

@@ -38,7 +38,7 @@ pub use part::PartInfo;
 
 /// The version of the state layout a checkpoint holds (slots, blocks, part formats). A checkpoint of
 /// another version is refused.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The default checkpoint interval, in epochs (one hour of 5-minute epochs).
 pub const DEFAULT_EVERY: u64 = 12;
 /// Complete checkpoints kept (the newest; older ones are deleted once a newer one is complete).

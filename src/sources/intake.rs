@@ -31,6 +31,9 @@ pub struct PartitionState {
     pub clock: PartitionClock,
     /// Epoch the partition's first record may open (file sources: from the prescan; `None`: unknown).
     pub start: Option<u64>,
+    /// The partition's own floor (a restored partition keeps the floor its earlier owner had raised): no
+    /// record of it is delivered below this or the intake's floor.
+    pub floor: u64,
 }
 
 impl PartitionState {
@@ -38,6 +41,7 @@ impl PartitionState {
         PartitionState {
             clock: PartitionClock::default(),
             start,
+            floor: 0,
         }
     }
 }
@@ -59,11 +63,15 @@ pub struct PartitionCut {
     pub partition: u32,
     pub watermark: Option<i64>,
     pub start: Option<u64>,
+    /// No record of the partition is delivered below this epoch (its owner's floor, see [`Intake`]): a
+    /// restored partition keeps it on whichever worker owns it next.
+    pub floor: u64,
     /// Byte offset just past the last line read and that line's number (0: nothing read yet).
     pub at: crate::sources::chunks::Start,
     /// The partition a line without a readable partition would have inherited there.
     pub last_partition: u32,
-    /// CSV records read (CSV inputs only).
+    /// CSV inputs: the records read. Kafka inputs (where `at.offset` is the offset to resume at): the
+    /// partition's commit position, the earliest offset whose outputs were not yet durable.
     pub record: u64,
 }
 
@@ -73,7 +81,6 @@ pub struct PartitionCut {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceSnapshot {
     pub epoch: u64,
-    pub floor: u64,
     pub partitions: Vec<PartitionCut>,
     /// Logs as `(epoch, wire bytes)` ([`LogN::to_wire`]).
     pub logs: Vec<(u64, Vec<u8>)>,
@@ -128,7 +135,6 @@ impl SourceSnapshot {
     fn after(&self, c: u64) -> SourceSnapshot {
         SourceSnapshot {
             epoch: c,
-            floor: self.floor,
             partitions: self.partitions.clone(),
             logs: self.logs.iter().filter(|(e, _)| *e > c).cloned().collect(),
             dead: self
@@ -269,7 +275,6 @@ impl<const N: usize> Intake<N> {
         }
         SourceSnapshot {
             epoch: c,
-            floor: self.floor,
             partitions,
             logs,
             dead: r.dead.iter().chain(self.dead.iter()).cloned().collect(),
@@ -285,7 +290,6 @@ impl<const N: usize> Intake<N> {
         let r = &mut self.retained;
         let snap = SourceSnapshot {
             epoch: c,
-            floor: self.floor,
             partitions,
             logs: r
                 .logs
@@ -343,6 +347,37 @@ impl<const N: usize> Intake<N> {
         }
     }
 
+    /// A restored run: raises the floor above the checkpoint epoch and takes over the clock and floor of
+    /// every partition `owns` accepts; returns those partitions' cuts (where each resumes reading).
+    pub fn restore_cuts(
+        &mut self,
+        snapshots: &[SourceSnapshot],
+        owns: impl Fn(u32, u32) -> bool,
+    ) -> Vec<PartitionCut> {
+        let mut owned = Vec::new();
+        for snap in snapshots {
+            self.raise_floor(snap.epoch.saturating_add(1));
+            for cut in snap
+                .partitions
+                .iter()
+                .filter(|c| owns(c.input, c.partition))
+            {
+                self.partitions.insert(
+                    (cut.input, cut.partition),
+                    PartitionState {
+                        clock: PartitionClock {
+                            watermark: cut.watermark,
+                        },
+                        start: cut.start,
+                        floor: cut.floor,
+                    },
+                );
+                owned.push(*cut);
+            }
+        }
+        owned
+    }
+
     /// A restored run: buffers what earlier workers had read for epochs after the checkpoint (their
     /// snapshots' logs, dead letters and counts) to be shipped again, and retains it for the next checkpoint.
     pub fn redeliver(&mut self, snap: &SourceSnapshot) -> usize {
@@ -363,8 +398,11 @@ impl<const N: usize> Intake<N> {
         bad
     }
 
-    pub fn floor(&self) -> u64 {
-        self.floor
+    /// The floor under partition `key`: the intake's, or the partition's own if higher.
+    pub fn floor_of(&self, key: (u32, u32)) -> u64 {
+        self.partitions
+            .get(&key)
+            .map_or(self.floor, |p| self.floor.max(p.floor))
     }
 
     /// Raises the floor (never lowers it).
@@ -379,7 +417,7 @@ impl<const N: usize> Intake<N> {
         p.clock
             .open_epoch(&self.clock)
             .or(p.start)
-            .map(|e| e.max(self.floor))
+            .map(|e| e.max(self.floor).max(p.floor))
     }
 
     /// Applies the partition's lateness policy (and the floor) to a parsed log and buffers it, or its dead
@@ -393,11 +431,11 @@ impl<const N: usize> Intake<N> {
         raw: impl FnOnce() -> Vec<u8>,
     ) -> Admitted {
         let clock = self.clock;
-        let floor = self.floor;
         let state = self
             .partitions
             .entry(key)
             .or_insert(PartitionState::new(None));
+        let floor = self.floor.max(state.floor);
         let admission = match state.clock.admit(&clock, log.ts) {
             Admission::OnTime(e) if e < floor => match clock.late_policy {
                 crate::spec::LatePolicy::NextEpoch => Admission::Late {

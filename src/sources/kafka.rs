@@ -32,8 +32,17 @@
 //! For each partition the source remembers the first offset it delivered (or dead-lettered) at each epoch.
 //! When the sink reports that every output of every epoch below `A` is acknowledged, the partition's commit
 //! position becomes the first offset at an epoch `≥ A` (or, with none, one past the last consumed message),
-//! and is committed to the consumer group. A restarted run re-reads its inputs from the beginning to rebuild
-//! its models (README: "Kafka: what a consumer sees after a crash").
+//! and is committed to the consumer group. A restarted run without a checkpoint re-reads its inputs from the
+//! beginning to rebuild its models (README: "Kafka: what a consumer sees after a crash").
+//!
+//! # Checkpoints
+//!
+//! A partition's cut is the offset after the last message consumed — or, while the partition has only
+//! refused messages waiting for its first good record, the first of those (they are not in the intake yet:
+//! read again, they are attributed as the first run would have). What was consumed before the cut for
+//! epochs after the checkpoint is in the snapshot and re-delivered; a restored run assigns each owned
+//! partition at its cut in its one assignment and takes over its event-time clock, so it reads every
+//! message once, on whichever worker owns the partition in the new layout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -44,7 +53,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::parse::LogParser;
-use super::{Admitted, Intake, Source, SourceError, partition_owner};
+use super::{Admitted, Intake, PartitionCut, Source, SourceError, SourceSnapshot, partition_owner};
 use crate::epoch::EpochClock;
 use crate::keys::CustomerId;
 use crate::record::{DeadLetter, LogN, SourcePos};
@@ -77,6 +86,8 @@ impl KafkaInput {
 /// One owned partition's progress.
 struct Part {
     topic: String,
+    /// Where consumption started: 0 (the beginning) or a restored checkpoint's cut.
+    from: i64,
     /// Offset after the last consumed message (`None`: nothing consumed yet).
     next: Option<i64>,
     /// Caught up with the broker's high watermark, as last seen.
@@ -89,7 +100,17 @@ struct Part {
     /// would, to the epoch that record opens (or, if the partition goes idle first, to the held epoch).
     unstarted_dead: Vec<DeadLetter>,
     committed: i64,
+    /// Fetching is paused: the partition ran more than [`AHEAD_EPOCHS`] past the others.
+    paused: bool,
 }
+
+/// How many epochs a partition may run ahead of the slowest active partition of its worker before its
+/// fetching is paused: a replay's consumer otherwise drains whichever partition the broker answers for
+/// first, buffering its records (and shipping them) far ahead of the epoch the worker holds.
+const AHEAD_EPOCHS: u64 = 24;
+
+/// A paused partition resumes once the slowest active one is within this many epochs of it.
+const RESUME_EPOCHS: u64 = 8;
 
 /// One worker's Kafka consumer and epoching state.
 pub struct KafkaSource<const N: usize> {
@@ -111,6 +132,9 @@ pub struct KafkaSource<const N: usize> {
     max_ts: Option<(i64, Instant)>,
     /// The acknowledged frontier last acted on.
     acked: u64,
+    /// The least open epoch of the partitions that have delivered and are not idle (as `frontier` last
+    /// saw them): partitions more than [`AHEAD_EPOCHS`] past it are paused, and `--speed` paces by it.
+    slowest: Option<u64>,
 }
 
 fn kafka_err(e: KafkaError) -> SourceError {
@@ -125,12 +149,16 @@ fn unix_now() -> i64 {
 }
 
 impl<const N: usize> KafkaSource<N> {
-    /// Connects worker `index` of `peers` and assigns it its partitions, each from its beginning.
+    /// Connects worker `index` of `peers` and assigns it its partitions: each from its beginning, or, resuming
+    /// from a checkpoint's source snapshots (of any earlier layout), from its cut with its event-time clock.
+    /// What the earlier workers had read past the checkpoint is not buffered here (see
+    /// [`KafkaSource::redeliver`]).
     pub fn new(
         spec: &Spec,
         cfg: &KafkaInput,
         index: usize,
         peers: usize,
+        resume: &[SourceSnapshot],
     ) -> Result<KafkaSource<N>, SourceError> {
         let consumer: BaseConsumer = crate::kafka::client_config(&cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -142,9 +170,21 @@ impl<const N: usize> KafkaSource<N> {
             .set("fetch.wait.max.ms", "100")
             .create()
             .map_err(kafka_err)?;
+        let mut intake = Intake::new(EpochClock::new(
+            &spec.epoch,
+            spec.input.max_future_skew_seconds,
+        ));
+        let cuts: HashMap<(u32, u32), PartitionCut> = intake
+            .restore_cuts(resume, |i, p| partition_owner(i, p, peers) == index)
+            .into_iter()
+            .map(|c| ((c.input, c.partition), c))
+            .collect();
+        // The checkpoint epoch: a restored partition's earliest unacknowledged offset is pending after it.
+        let resumed_epoch = resume.iter().map(|s| s.epoch).max().unwrap_or(0);
         let mut tpl = TopicPartitionList::new();
         let mut parts = HashMap::new();
         let now = Instant::now();
+        let mut max_ts: Option<(i64, Instant)> = None;
         for (i, topic) in cfg.topics.iter().enumerate() {
             let n = crate::kafka::partition_count(&cfg.brokers, topic)
                 .map_err(|e| SourceError::Kafka(e.to_string()))?;
@@ -152,18 +192,39 @@ impl<const N: usize> KafkaSource<N> {
                 if partition_owner(i as u32, p, peers) != index {
                     continue;
                 }
-                tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+                let cut = cuts.get(&(i as u32, p));
+                let from = cut.map_or(0, |c| i64::try_from(c.at.offset).unwrap_or(i64::MAX));
+                let start = if from > 0 {
+                    Offset::Offset(from)
+                } else {
+                    Offset::Beginning
+                };
+                tpl.add_partition_offset(topic, p as i32, start)
                     .map_err(kafka_err)?;
+                let mut pending = BTreeMap::new();
+                if let Some(c) = cut {
+                    if let Some(w) = c.watermark
+                        && max_ts.is_none_or(|(t, _)| w > t)
+                    {
+                        max_ts = Some((w, now));
+                    }
+                    let commit = i64::try_from(c.record).unwrap_or(from);
+                    if commit < from {
+                        pending.insert(resumed_epoch.saturating_add(1), commit);
+                    }
+                }
                 parts.insert(
                     (i as u32, p),
                     Part {
                         topic: topic.clone(),
+                        from,
                         next: None,
                         caught_up: false,
                         last_message: now,
-                        pending: BTreeMap::new(),
+                        pending,
                         unstarted_dead: Vec::new(),
                         committed: -1,
+                        paused: false,
                     },
                 );
             }
@@ -176,10 +237,7 @@ impl<const N: usize> KafkaSource<N> {
             consumer,
             cfg: cfg.clone(),
             parser: LogParser::new(spec),
-            intake: Intake::new(EpochClock::new(
-                &spec.epoch,
-                spec.input.max_future_skew_seconds,
-            )),
+            intake,
             parts,
             scratch: LogN::empty(placeholder),
             line: Vec::with_capacity(1024),
@@ -187,11 +245,77 @@ impl<const N: usize> KafkaSource<N> {
             held_since: now,
             idle_pumps: 0,
             last_status: now,
-            max_ts: None,
+            max_ts,
             acked: 0,
+            slowest: None,
             // A worker that owns no partition never emits: it holds nothing.
             finished: parts_empty,
         })
+    }
+
+    /// A restored run: buffers what the earlier workers had read past the checkpoint (one worker does this
+    /// for all). Returns how many retained logs could not be decoded.
+    pub fn redeliver(&mut self, snapshots: &[SourceSnapshot]) -> usize {
+        snapshots.iter().map(|s| self.intake.redeliver(s)).sum()
+    }
+
+    /// Pauses fetching of a partition that ran more than [`AHEAD_EPOCHS`] past the slowest active one
+    /// (what was fetched but not polled is dropped by the client and fetched again on resume).
+    fn pause_if_ahead(&mut self, key: (u32, u32)) {
+        let Some(slowest) = self.slowest else {
+            return;
+        };
+        let ahead = self
+            .intake
+            .open_epoch(key)
+            .is_some_and(|e| e > slowest.saturating_add(AHEAD_EPOCHS));
+        let Some(part) = self.parts.get_mut(&key) else {
+            return;
+        };
+        if ahead && !part.paused {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&part.topic, key.1 as i32);
+            match self.consumer.pause(&tpl) {
+                Ok(()) => part.paused = true,
+                Err(e) => tracing::warn!("kafka: cannot pause {}/{}: {e}", part.topic, key.1),
+            }
+        }
+    }
+
+    /// Resumes the paused partitions the slowest one has come within [`AHEAD_EPOCHS`] of (all of them when
+    /// no partition is active).
+    fn resume_caught_up(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        let mut resumed = Vec::new();
+        for (key, part) in &self.parts {
+            if !part.paused {
+                continue;
+            }
+            let behind = match self.slowest {
+                None => true,
+                Some(s) => self
+                    .intake
+                    .open_epoch(*key)
+                    .is_none_or(|e| e <= s.saturating_add(RESUME_EPOCHS)),
+            };
+            if behind {
+                tpl.add_partition(&part.topic, key.1 as i32);
+                resumed.push(*key);
+            }
+        }
+        if resumed.is_empty() {
+            return;
+        }
+        match self.consumer.resume(&tpl) {
+            Ok(()) => {
+                for key in resumed {
+                    if let Some(p) = self.parts.get_mut(&key) {
+                        p.paused = false;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("kafka: cannot resume partitions: {e}"),
+        }
     }
 
     /// Refreshes each partition's caught-up flag from the high watermarks the consumer has cached.
@@ -217,7 +341,7 @@ impl<const N: usize> KafkaSource<N> {
             if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                 && high >= 0
             {
-                part.caught_up = part.next.unwrap_or(low.max(0)) >= high;
+                part.caught_up = part.next.unwrap_or(low.max(part.from)) >= high;
             }
         }
     }
@@ -339,6 +463,7 @@ impl<const N: usize> Source<N> for KafkaSource<N> {
             }
             min = Some(min.map_or(open, |m| m.min(open)));
         }
+        self.slowest = min;
         if self.cfg.until_idle.is_some() && all_quiet {
             self.finished = true;
             return None;
@@ -382,6 +507,7 @@ impl<const N: usize> Source<N> for KafkaSource<N> {
     }
 
     fn pump(&mut self, budget: usize) -> Result<usize, SourceError> {
+        self.resume_caught_up();
         let mut n = 0;
         while n < budget {
             let Some(msg) = self.consumer.poll(Duration::ZERO) else {
@@ -405,6 +531,7 @@ impl<const N: usize> Source<N> for KafkaSource<N> {
             crate::kafka::recorded_line(&mut self.line, &m);
             drop(m);
             self.handle(topic as u32, partition, offset);
+            self.pause_if_ahead((topic as u32, partition));
             n += 1;
         }
         if n == 0 {
@@ -464,6 +591,52 @@ impl<const N: usize> Source<N> for KafkaSource<N> {
 
     fn wants_acks(&self) -> bool {
         true
+    }
+
+    fn pace_epoch(&self, _frontier: u64) -> Option<u64> {
+        // The frontier stays where it is until every partition has delivered (or gone idle): pace by the
+        // partitions that have.
+        self.slowest
+    }
+
+    fn cuts(&self) -> Option<Vec<PartitionCut>> {
+        let mut out: Vec<PartitionCut> = self
+            .parts
+            .iter()
+            .map(|(&(input, partition), part)| {
+                let early = part
+                    .unstarted_dead
+                    .first()
+                    .and_then(|d| d.offset)
+                    .and_then(|o| i64::try_from(o).ok());
+                let at = early.or(part.next).unwrap_or(part.from);
+                // The commit position a restored run starts from: the earliest offset of an epoch not
+                // yet acknowledged (conservative: this includes epochs up to the checkpoint).
+                let commit = part
+                    .pending
+                    .values()
+                    .copied()
+                    .chain([at])
+                    .min()
+                    .unwrap_or(at);
+                let st = self.intake.partitions.get(&(input, partition));
+                PartitionCut {
+                    input,
+                    partition,
+                    watermark: st.and_then(|s| s.clock.watermark),
+                    start: st.and_then(|s| s.start),
+                    floor: self.intake.floor_of((input, partition)),
+                    at: crate::sources::chunks::Start {
+                        offset: u64::try_from(at).unwrap_or(0),
+                        line: 0,
+                    },
+                    last_partition: partition,
+                    record: u64::try_from(commit).unwrap_or(0),
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| (c.input, c.partition));
+        Some(out)
     }
 
     fn idle_wait(&self) -> Option<Duration> {

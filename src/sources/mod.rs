@@ -76,6 +76,10 @@ pub trait Source<const N: usize> {
     fn idle_wait(&self) -> Option<std::time::Duration> {
         None
     }
+    /// The epoch `--speed` paces reading by, given the frontier (`None`: not known yet, read on).
+    fn pace_epoch(&self, frontier: u64) -> Option<u64> {
+        Some(frontier)
+    }
     /// Where each owned partition stands now (for a checkpoint); `None` if this source cannot resume from
     /// positions.
     fn cuts(&self) -> Option<Vec<PartitionCut>> {
@@ -422,23 +426,13 @@ impl<const N: usize> FileSource<N> {
         starts: Vec<(chunks::Start, u32, u64)>,
         redeliver: bool,
     ) -> usize {
-        for snap in snapshots {
-            self.intake.raise_floor(snap.floor);
-            for cut in &snap.partitions {
-                if partition_owner(cut.input, cut.partition, self.peers) != self.index {
-                    continue;
-                }
-                self.intake.partitions.insert(
-                    (cut.input, cut.partition),
-                    PartitionState {
-                        clock: crate::epoch::PartitionClock {
-                            watermark: cut.watermark,
-                        },
-                        start: cut.start,
-                    },
-                );
-                self.resume.insert((cut.input, cut.partition), *cut);
-            }
+        let peers = self.peers;
+        let index = self.index;
+        for cut in self
+            .intake
+            .restore_cuts(snapshots, |i, p| partition_owner(i, p, peers) == index)
+        {
+            self.resume.insert((cut.input, cut.partition), cut);
         }
         if starts.len() == self.starts.len() {
             self.starts = starts;
@@ -477,6 +471,7 @@ impl<const N: usize> FileSource<N> {
                     partition,
                     watermark: st.clock.watermark,
                     start: st.start,
+                    floor: self.intake.floor_of((input, partition)),
                     at,
                     last_partition,
                     record,
