@@ -242,12 +242,23 @@ fn damaged_checkpoints_fall_back_and_foreign_ones_are_refused() {
     let newest = common::complete_checkpoints(&ck)[0];
     let manifest = part(&ck, newest, "MANIFEST.json");
     let m = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, m.replace("\"layout\": 1", "\"layout\": 99")).unwrap();
+    std::fs::write(
+        &manifest,
+        m.replace(
+            &format!("\"layout\": {}", fleetwatch::checkpoint::LAYOUT_VERSION),
+            "\"layout\": 99",
+        ),
+    )
+    .unwrap();
     let r = output(&args);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
     assert!(
-        stderr.contains("state layout version 99") && stderr.contains("reads version 2"),
+        stderr.contains("state layout version 99")
+            && stderr.contains(&format!(
+                "reads version {}",
+                fleetwatch::checkpoint::LAYOUT_VERSION
+            )),
         "{stderr}"
     );
     assert!(std::fs::read(&out).unwrap() == reference);
