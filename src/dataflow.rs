@@ -324,25 +324,15 @@ fn run_width<const N: usize>(
                 let source: Result<Box<dyn Source<N>>, SourceError> = match &cfg.inputs {
                     Inputs::Files(files) => {
                         FileSource::<N>::new(&cfg.spec, files.clone(), index, peers).map(|mut s| {
-                        if let Some(shared) = &shared_inputs {
-                            // (Timely numbers the workers of process p as p·threads + local index.)
-                            s = s.with_shared(shared.for_slot(index % local_workers.max(1)));
-                        }
-                        if let Some(l) = &loaded {
-                            // Worker 0 re-delivers what the earlier workers had read past the checkpoint.
-                            let bad = s.restore(&l.sources, starts.clone(), index == 0);
-                            if bad > 0 {
-                                record_error(
-                                    &errors,
-                                    format!(
-                                        "checkpoint {}: {bad} retained logs could not be decoded",
-                                        l.dir.display()
-                                    ),
-                                );
+                            if let Some(shared) = &shared_inputs {
+                                // (Timely numbers the workers of process p as p·threads + local index.)
+                                s = s.with_shared(shared.for_slot(index % local_workers.max(1)));
                             }
-                        }
-                        Box::new(s) as Box<dyn Source<N>>
-                    })
+                            if let Some(l) = &loaded {
+                                s.restore(&l.sources, starts.clone());
+                            }
+                            Box::new(s) as Box<dyn Source<N>>
+                        })
                     }
                     #[cfg(feature = "kafka")]
                     Inputs::Kafka(k) => {
@@ -350,27 +340,32 @@ fn run_width<const N: usize>(
                         crate::sources::kafka::KafkaSource::<N>::new(
                             &cfg.spec, k, index, peers, resume,
                         )
-                        .map(|mut s| {
-                            if let Some(l) = &loaded
-                                && index == 0
-                            {
-                                // Worker 0 re-delivers what the earlier workers had read past the
-                                // checkpoint.
-                                let bad = s.redeliver(&l.sources);
-                                if bad > 0 {
-                                    record_error(
-                                        &errors,
-                                        format!(
-                                            "checkpoint {}: {bad} retained logs could not be decoded",
-                                            l.dir.display()
-                                        ),
-                                    );
-                                }
-                            }
-                            Box::new(s) as Box<dyn Source<N>>
-                        })
+                        .map(|s| Box::new(s) as Box<dyn Source<N>>)
                     }
                 };
+                // Worker 0 re-delivers what the earlier workers (of any layout) had read past the
+                // checkpoint.
+                let source = source.map(|mut s| {
+                    if let Some(l) = &loaded
+                        && index == 0
+                    {
+                        let bad: usize = l
+                            .sources
+                            .iter()
+                            .map(|snap| s.intake().redeliver(snap))
+                            .sum();
+                        if bad > 0 {
+                            record_error(
+                                &errors,
+                                format!(
+                                    "checkpoint {}: {bad} retained logs could not be decoded",
+                                    l.dir.display()
+                                ),
+                            );
+                        }
+                    }
+                    s
+                });
                 let source = Rc::new(RefCell::new(match source {
                     Ok(s) => Some(s),
                     Err(e) => {

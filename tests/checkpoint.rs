@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A fleet with malformed lines, joiners, anomalies, and late records: every 61st line is moved 150
 /// lines later (about 1.5 epochs for 100 customers: some land within the allowed lateness, some beyond
@@ -74,25 +74,13 @@ fn output(args: &[&str]) -> Output {
 
 /// Waits until a complete checkpoint newer than `after` exists, then kills every child with SIGKILL.
 fn kill_after_checkpoint(dir: &Path, after: Option<u64>, children: &mut [Child]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(&c) = common::complete_checkpoints(dir).first()
-            && after.is_none_or(|a| c > a)
-        {
-            for ch in children.iter_mut() {
-                ch.kill().unwrap(); // SIGKILL
-                let _ = ch.wait();
-            }
-            return c;
-        }
-        for ch in children.iter_mut() {
-            if let Ok(Some(status)) = ch.try_wait() {
-                panic!("the run ended ({status}) before a checkpoint after {after:?}");
-            }
-        }
-        assert!(Instant::now() < deadline, "no checkpoint after {after:?}");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut refs: Vec<&mut Child> = children.iter_mut().collect();
+    let c = common::wait_for_checkpoint(dir, after, &mut refs, Duration::from_secs(120));
+    for ch in children.iter_mut() {
+        ch.kill().unwrap(); // SIGKILL
+        let _ = ch.wait();
     }
+    c
 }
 
 #[test]

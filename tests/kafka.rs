@@ -857,23 +857,6 @@ fn the_wall_clock_guard_closes_epochs_a_silent_partition_holds() {
     assert!(guarded >= 10, "{guarded} epochs closed by the guard");
 }
 
-/// The complete checkpoints in `dir`, waiting (up to a minute) for one newer than `after`.
-fn wait_for_kafka_checkpoint(dir: &Path, after: Option<u64>, run: &mut Child) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(&c) = common::complete_checkpoints(dir).first()
-            && after.is_none_or(|a| c > a)
-        {
-            return c;
-        }
-        if let Ok(Some(status)) = run.try_wait() {
-            panic!("the run ended ({status}) before a checkpoint after {after:?}");
-        }
-        assert!(Instant::now() < deadline, "no checkpoint after {after:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_kafka_input_resumes_from_its_checkpointed_offsets_under_other_layouts() {
     let dir = tempfile::tempdir().unwrap();
@@ -940,13 +923,13 @@ fn a_kafka_input_resumes_from_its_checkpointed_offsets_under_other_layouts() {
     };
     // 2 workers, paced (400 epochs in 10 s): SIGKILL once a checkpoint is complete.
     let mut run = spawn("2");
-    let first = wait_for_kafka_checkpoint(&ck, None, &mut run);
+    let first = common::wait_for_checkpoint(&ck, None, &mut [&mut run], Duration::from_secs(60));
     run.kill().unwrap();
     run.wait().unwrap();
     // Resumed from the checkpointed offsets under 3 workers (partitions move to other workers), stopped
     // by SIGTERM once it has written a checkpoint of its own.
     let mut run = spawn("3");
-    wait_for_kafka_checkpoint(&ck, Some(first), &mut run);
+    common::wait_for_checkpoint(&ck, Some(first), &mut [&mut run], Duration::from_secs(60));
     // SAFETY: kill(2) on a child this test started and has not reaped.
     assert_eq!(
         unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGTERM) },

@@ -115,21 +115,7 @@ fn finish(mut child: Child, limit: Duration) -> (ExitStatus, String) {
 
 /// Waits until a complete checkpoint newer than `after` exists (the run is mid-way).
 fn wait_for_checkpoint(dir: &Path, after: Option<u64>, children: &mut [&mut Child]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(&c) = common::complete_checkpoints(dir).first()
-            && after.is_none_or(|a| c > a)
-        {
-            return c;
-        }
-        for ch in children.iter_mut() {
-            if let Ok(Some(status)) = ch.try_wait() {
-                panic!("the run ended ({status}) before a checkpoint after {after:?}");
-            }
-        }
-        assert!(Instant::now() < deadline, "no checkpoint after {after:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_checkpoint(dir, after, children, Duration::from_secs(120))
 }
 
 /// The epoch a stopped run says it stopped after.

@@ -151,8 +151,8 @@ fn unix_now() -> i64 {
 impl<const N: usize> KafkaSource<N> {
     /// Connects worker `index` of `peers` and assigns it its partitions: each from its beginning, or, resuming
     /// from a checkpoint's source snapshots (of any earlier layout), from its cut with its event-time clock.
-    /// What the earlier workers had read past the checkpoint is not buffered here (see
-    /// [`KafkaSource::redeliver`]).
+    /// What the earlier workers had read past the checkpoint is re-delivered through the intake, by one
+    /// worker.
     pub fn new(
         spec: &Spec,
         cfg: &KafkaInput,
@@ -253,12 +253,6 @@ impl<const N: usize> KafkaSource<N> {
         })
     }
 
-    /// A restored run: buffers what the earlier workers had read past the checkpoint (one worker does this
-    /// for all). Returns how many retained logs could not be decoded.
-    pub fn redeliver(&mut self, snapshots: &[SourceSnapshot]) -> usize {
-        snapshots.iter().map(|s| self.intake.redeliver(s)).sum()
-    }
-
     /// Pauses fetching of a partition that ran more than [`AHEAD_EPOCHS`] past the slowest active one
     /// (what was fetched but not polled is dropped by the client and fetched again on resume).
     fn pause_if_ahead(&mut self, key: (u32, u32)) {
@@ -282,7 +276,7 @@ impl<const N: usize> KafkaSource<N> {
         }
     }
 
-    /// Resumes the paused partitions the slowest one has come within [`AHEAD_EPOCHS`] of (all of them when
+    /// Resumes the paused partitions the slowest one has come within [`RESUME_EPOCHS`] of (all of them when
     /// no partition is active).
     fn resume_caught_up(&mut self) {
         let mut tpl = TopicPartitionList::new();

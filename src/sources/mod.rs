@@ -417,15 +417,13 @@ impl<const N: usize> FileSource<N> {
     }
 
     /// Resumes from a checkpoint's source snapshots (of any earlier layout): takes over the clocks and cuts
-    /// of the partitions this worker owns now, reads from `starts` (see [`resume_starts`]), and, if
-    /// `redeliver`, buffers what the earlier workers had read past the checkpoint. Returns how many retained
-    /// logs could not be decoded.
+    /// of the partitions this worker owns now and reads from `starts` (see [`resume_starts`]). What the
+    /// earlier workers had read past the checkpoint is re-delivered through the intake, by one worker.
     pub fn restore(
         &mut self,
         snapshots: &[SourceSnapshot],
         starts: Vec<(chunks::Start, u32, u64)>,
-        redeliver: bool,
-    ) -> usize {
+    ) {
         let peers = self.peers;
         let index = self.index;
         for cut in self
@@ -437,13 +435,6 @@ impl<const N: usize> FileSource<N> {
         if starts.len() == self.starts.len() {
             self.starts = starts;
         }
-        let mut bad = 0;
-        if redeliver {
-            for snap in snapshots {
-                bad += self.intake.redeliver(snap);
-            }
-        }
-        bad
     }
 
     /// Where each owned partition stands: its clock, and the position after the last line of it this

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// The fleetwatch binary built for these tests.
 pub fn bin() -> PathBuf {
@@ -106,4 +107,29 @@ pub fn complete_checkpoints(dir: &Path) -> Vec<u64> {
         .unwrap_or_default();
     v.sort_unstable_by(|a, b| b.cmp(a));
     v
+}
+
+/// Waits (up to `limit`) until a complete checkpoint newer than `after` exists in `dir` and returns its
+/// epoch; panics if one of `children` ends first.
+pub fn wait_for_checkpoint(
+    dir: &Path,
+    after: Option<u64>,
+    children: &mut [&mut Child],
+    limit: Duration,
+) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(&c) = complete_checkpoints(dir).first()
+            && after.is_none_or(|a| c > a)
+        {
+            return c;
+        }
+        for ch in children.iter_mut() {
+            if let Ok(Some(status)) = ch.try_wait() {
+                panic!("the run ended ({status}) before a checkpoint after {after:?}");
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after {after:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
