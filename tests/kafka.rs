@@ -2,7 +2,7 @@
 //! test: `produce` and `record`, `run` from Kafka to Kafka and to files, the dead-letter topic, committed
 //! offsets, a SIGKILLed pipeline restarted, a broker restarted under a run (durable storage), two processes
 //! sharing a topic's partitions, an idle partition that must not stall epochs, and a Kafka input resumed
-//! from its checkpointed offsets under other layouts.
+//! from its checkpointed offsets under other layouts, and a Kafka output restored from a checkpoint.
 //!
 //! The broker binaries: `$FLEETWATCH_TANSU` (or `tansu` on the PATH) with in-memory storage, and
 //! `$FLEETWATCH_TANSU_DURABLE` (built with sqlite storage) for the broker-restart test. `scripts/test`
@@ -552,9 +552,14 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     common::fleetwatch(&a);
 
-    // The stated guarantee (README): every epoch's summary exactly once, in order; every epoch's changes
-    // complete; duplicates only within the one epoch being written at the crash, identical to the first copy.
-    let got = Output::from_topic(&read_topic(&broker, "changes", dir.path()));
+    check_restarted_output(&broker, dir.path(), &want, killed_at);
+}
+
+/// The stated guarantee of a Kafka output across a crash (README): every epoch's summary exactly once, in
+/// order; every epoch's changes complete; duplicates only within the one epoch being written at the crash
+/// (the one after `killed_at`, the last durable summary), identical to the first copy.
+fn check_restarted_output(broker: &Broker, dir: &Path, want: &Output, killed_at: u64) {
+    let got = Output::from_topic(&read_topic(broker, "changes", dir));
     if got.summaries != want.summaries {
         let i = (0..got.summaries.len().max(want.summaries.len()))
             .find(|&i| got.summaries.get(i) != want.summaries.get(i))
@@ -956,4 +961,99 @@ fn a_kafka_input_resumes_from_its_checkpointed_offsets_under_other_layouts() {
     );
     let summary = common::end_record(&dir.path().join("out.jsonl"));
     assert_eq!(summary["late"].as_u64(), Some(0), "{summary}");
+}
+
+#[test]
+fn a_kafka_output_restored_from_a_checkpoint_loses_nothing_and_repeats_at_most_one_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let input = common::generate(
+        &dir.path().join("fleet"),
+        60,
+        400,
+        24,
+        &["--partitions", "4", "--malformed-rate", "0.002"],
+    );
+    broker.produce(&input, "tele");
+    let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
+    let want = Output::from_file(&ref_out);
+    assert!(want.changes.values().map(Vec::len).sum::<usize>() > 10);
+    let ck = dir.path().join("ck");
+    let args = |workers: &str| -> Vec<String> {
+        [
+            "run",
+            "--input",
+            &broker.address("tele"),
+            "--output",
+            &broker.address("changes"),
+            "--reproducible",
+            "--until-idle",
+            "3",
+            "--checkpoint-dir",
+            ck.to_str().unwrap(),
+            "--checkpoint-every",
+            "40",
+            "--workers",
+            workers,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // 2 workers, paced (400 epochs over about 24 s). SIGKILL once a checkpoint is complete and 15 more
+    // epochs are durable on the output topic: the restored run starts before what the topic already holds.
+    let mut first = Command::new(common::bin())
+        .args(args("2"))
+        .args(["--speed", "5000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = common::wait_for_checkpoint(&ck, None, &mut [&mut first], Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the first run made no progress");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it was killed"
+        );
+        let done =
+            fleetwatch::kafka::durable_summary_epoch(&broker.brokers(), "changes").unwrap_or(None);
+        if done.is_some_and(|d| d >= c + 15) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
+    let killed_at = fleetwatch::kafka::last_summary_epoch(&broker.brokers(), "changes")
+        .unwrap()
+        .unwrap();
+    let restored_from = common::complete_checkpoints(&ck)[0];
+    assert!(
+        killed_at > restored_from,
+        "the topic must hold epochs after the checkpoint ({killed_at} <= {restored_from})"
+    );
+    let last_epoch = want
+        .summaries
+        .last()
+        .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap()["epoch"].as_u64())
+        .unwrap()
+        .unwrap();
+    assert!(
+        killed_at < last_epoch,
+        "the kill came too late to test anything"
+    );
+
+    // Restored under 3 workers, unpaced, to the end.
+    let o = Command::new(common::bin())
+        .args(args("3"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}: {err}", o.status);
+    assert!(
+        err.contains(&format!("resumed after epoch {restored_from}")),
+        "{err}"
+    );
+    check_restarted_output(&broker, dir.path(), &want, killed_at);
 }
