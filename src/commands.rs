@@ -94,6 +94,12 @@ pub struct KafkaRunOptions {
     /// Partitions of the output topic if it has to be created (default: as many as the first input topic
     /// has, or 1).
     pub output_partitions: Option<u32>,
+    /// librdkafka properties as `KEY=VALUE`, over the spec's `[kafka.properties]`
+    /// ([`crate::kafka_properties`]).
+    pub properties: Vec<String>,
+    /// `KEY=PATH`: properties whose value (a secret) is read from a file, over the spec's
+    /// `[kafka.secret_files]`.
+    pub secret_files: Vec<String>,
 }
 
 fn kafka_address(p: &Path) -> Option<&str> {
@@ -161,10 +167,27 @@ fn endpoints(
     {
         use crate::kafka::{KafkaAddress, KafkaOutputConfig};
         let usage = |e: crate::kafka::KafkaIoError| CommandError::Usage(e.to_string());
+        // Resolved (secret files read) only when Kafka is used: a replay of files needs none of them.
+        let properties = if kafka_in.is_empty() && kafka_out.is_none() {
+            crate::kafka_properties::KafkaProperties::default()
+        } else {
+            let p = crate::kafka_properties::KafkaProperties::resolve(
+                &spec.kafka.properties,
+                &spec.kafka.secret_files,
+                &opts.kafka.properties,
+                &opts.kafka.secret_files,
+            )
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+            if !p.is_empty() {
+                tracing::info!(properties = %p.describe(), "kafka client properties");
+            }
+            p
+        };
         let mut first_topic_partitions = None;
         let inputs = match kafka_in.first() {
             Some(a) => {
-                let addr = KafkaAddress::parse(a).map_err(usage)?;
+                let mut addr = KafkaAddress::parse(a).map_err(usage)?;
+                addr.brokers = addr.brokers.with_properties(properties.clone());
                 first_topic_partitions =
                     crate::kafka::partition_count(&addr.brokers, &addr.topics[0]).ok();
                 let k = &spec.kafka;
@@ -194,12 +217,13 @@ fn endpoints(
         };
         let outputs = match kafka_out {
             Some(a) => {
-                let addr = KafkaAddress::parse(a).map_err(usage)?;
+                let mut addr = KafkaAddress::parse(a).map_err(usage)?;
+                addr.brokers = addr.brokers.with_properties(properties.clone());
                 let topic = addr.topic().map_err(usage)?.to_string();
                 let dead_letter_topic = match kafka_dead {
                     Some(d) => {
                         let d = KafkaAddress::parse(d).map_err(usage)?;
-                        if d.brokers != addr.brokers {
+                        if d.brokers.bootstrap != addr.brokers.bootstrap {
                             return Err(CommandError::Usage(
                                 "the dead-letter topic must live on the output's brokers".into(),
                             ));

@@ -1132,6 +1132,14 @@ impl SinkState {
         let now = Instant::now();
         let wall = now.duration_since(self.last).as_secs_f64();
         self.last = now;
+        crate::metrics::global().epoch_closed(
+            e,
+            e as i64 * self.format.epoch_len,
+            wall,
+            &summary,
+            &changes,
+            &b.dead,
+        );
         text.clear();
         self.format.summary_line(e, &summary, wall, &mut text);
         if !silent {

@@ -24,6 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::kafka_properties::KafkaProperties;
 use crate::sources::RecordedHeader;
 
 /// What can go wrong talking to Kafka or reading and writing the files.
@@ -42,10 +43,40 @@ pub enum KafkaIoError {
     Broker(String),
 }
 
+/// A Kafka cluster and how to talk to it: the bootstrap brokers (`HOST:PORT[,HOST:PORT...]`) and the
+/// operator's librdkafka properties (TLS, SASL, ...), applied to every client made for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brokers {
+    pub bootstrap: String,
+    pub properties: KafkaProperties,
+}
+
+impl Brokers {
+    /// Brokers without extra properties (plaintext, no authentication).
+    pub fn plain(bootstrap: impl Into<String>) -> Brokers {
+        Brokers {
+            bootstrap: bootstrap.into(),
+            properties: KafkaProperties::default(),
+        }
+    }
+
+    /// The same brokers with `properties`.
+    pub fn with_properties(self, properties: KafkaProperties) -> Brokers {
+        Brokers { properties, ..self }
+    }
+}
+
+impl std::fmt::Display for Brokers {
+    /// The bootstrap list only: what names the cluster in messages (never the properties).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.bootstrap)
+    }
+}
+
 /// A parsed `kafka://HOST:PORT/TOPIC[,TOPIC...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaAddress {
-    pub brokers: String,
+    pub brokers: Brokers,
     pub topics: Vec<String>,
 }
 
@@ -71,7 +102,7 @@ impl KafkaAddress {
             return Err(bad());
         }
         Ok(KafkaAddress {
-            brokers: brokers.to_string(),
+            brokers: Brokers::plain(brokers),
             topics,
         })
     }
@@ -136,11 +167,20 @@ pub struct ProduceReport {
     pub seconds: f64,
 }
 
-pub(crate) fn client_config(brokers: &str) -> ClientConfig {
+/// A client's configuration: the brokers, fleetwatch's defaults, the client's own settings `own` (what
+/// its role needs), then the operator's properties ([`crate::kafka_properties`]: they override the
+/// defaults and the role's tunables; the keys fleetwatch must own were refused when they were resolved).
+pub(crate) fn client_config(brokers: &Brokers, own: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
+    c.set("bootstrap.servers", &brokers.bootstrap)
         .set("broker.address.family", "v4")
         .set("socket.timeout.ms", "10000");
+    for (k, v) in own {
+        c.set(*k, *v);
+    }
+    for (k, v) in brokers.properties.pairs() {
+        c.set(k, v);
+    }
     // librdkafka's own debug contexts (e.g. `fetch,consumer`), logged at debug level (RUST_LOG=debug).
     if let Ok(d) = std::env::var("FLEETWATCH_KAFKA_DEBUG") {
         c.set("debug", d)
@@ -149,9 +189,77 @@ pub(crate) fn client_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// A request to the brokers failed: the error, with what librdkafka reported meanwhile on the client's
+/// main queue — an authentication refusal, a broker that closed the connection — which no request
+/// returns (a refused SASL handshake surfaces only as a timed-out request otherwise).
+fn unreachable(
+    brokers: &Brokers,
+    consumer: &BaseConsumer<ErrorsNoted>,
+    e: KafkaError,
+) -> KafkaIoError {
+    let mut reported: Vec<String> = Vec::new();
+    let mut note = |r: String| {
+        if !reported.contains(&r) {
+            reported.push(r);
+        }
+    };
+    for _ in 0..64 {
+        match consumer.poll(Duration::ZERO) {
+            Some(Err(r)) => note(r.to_string()),
+            Some(Ok(_)) => {}
+            None => break,
+        }
+    }
+    if let Ok(mut logged) = consumer.context().errors.lock() {
+        for r in logged.drain(..) {
+            note(r);
+        }
+    }
+    let mut text = format!("cannot reach the brokers {}: {e}", brokers.bootstrap);
+    if !reported.is_empty() {
+        text.push_str("; the client reported: ");
+        text.push_str(&reported.join("; "));
+    }
+    KafkaIoError::Broker(text)
+}
+
+/// A consumer context that logs like rdkafka's default one (through `tracing`) and also keeps the
+/// error-level log lines (a refused SASL handshake is reported only as one), for [`unreachable`].
+#[derive(Default)]
+struct ErrorsNoted {
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl ClientContext for ErrorsNoted {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error)
+            && let Ok(mut e) = self.errors.lock()
+            && e.len() < 16
+        {
+            e.push(log_message.to_string());
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ErrorsNoted {}
+
+/// Checks that the brokers answer a metadata request (with the run's properties: authentication, TLS).
+pub fn check_reachable(brokers: &Brokers) -> Result<(), KafkaIoError> {
+    let consumer: BaseConsumer<ErrorsNoted> =
+        client_config(brokers, &[]).create_with_context(ErrorsNoted::default())?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| unreachable(brokers, &consumer, e))?;
+    Ok(())
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists.
-pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), KafkaIoError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+pub fn ensure_topic(brokers: &Brokers, topic: &str, partitions: u32) -> Result<(), KafkaIoError> {
+    // The admin client reports nothing but a timeout when the brokers refuse it: ask plainly first.
+    check_reachable(brokers)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[]).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let new = NewTopic::new(topic, partitions.max(1) as i32, TopicReplication::Fixed(1));
     let results = futures_executor::block_on(admin.create_topics([&new], &opts))?;
@@ -165,9 +273,12 @@ pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), K
 }
 
 /// The partition count of a topic (from the broker's metadata).
-pub fn partition_count(brokers: &str, topic: &str) -> Result<u32, KafkaIoError> {
-    let consumer: BaseConsumer = client_config(brokers).create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+pub fn partition_count(brokers: &Brokers, topic: &str) -> Result<u32, KafkaIoError> {
+    let consumer: BaseConsumer<ErrorsNoted> =
+        client_config(brokers, &[]).create_with_context(ErrorsNoted::default())?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| unreachable(brokers, &consumer, e))?;
     let t = md
         .topics()
         .iter()
@@ -204,11 +315,15 @@ pub fn produce(
         header.as_ref().map_or(1, |h| h.partitions),
     )?;
     let partitions = partition_count(&to.brokers, topic)?;
-    let producer: BaseProducer<Deliveries> = client_config(&to.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create_with_context(Deliveries::default())?;
+    let producer: BaseProducer<Deliveries> = client_config(
+        &to.brokers,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("queue.buffering.max.messages", "200000"),
+        ],
+    )
+    .create_with_context(Deliveries::default())?;
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut report = ProduceReport {
@@ -362,14 +477,16 @@ pub fn record(
 ) -> Result<RecordReport, KafkaIoError> {
     let topic = from.topic()?;
     let partitions = partition_count(&from.brokers, topic)?;
-    let consumer: BaseConsumer = client_config(&from.brokers)
-        .set(
-            "group.id",
-            format!("fleetwatch-record-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
+    let group = format!("fleetwatch-record-{}", std::process::id());
+    let consumer: BaseConsumer = client_config(
+        &from.brokers,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
+    .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -460,7 +577,7 @@ pub(crate) fn recorded_line<M: Message>(line: &mut Vec<u8>, m: &M) {
 /// Where a run's outputs go on Kafka.
 #[derive(Debug, Clone)]
 pub struct KafkaOutputConfig {
-    pub brokers: String,
+    pub brokers: Brokers,
     /// The anomaly changes, one message per change keyed by customer.
     pub topic: String,
     /// The per-epoch summaries (key `epoch`) and the end record (key `end`); `None`: partition 0 of `topic`.
@@ -502,13 +619,17 @@ impl KafkaOutput {
         }
         let summary = cfg.summary_topic.as_deref().unwrap_or(&cfg.topic);
         let written_through = last_summary_epoch(&cfg.brokers, summary).map_err(fail)?;
-        let producer: BaseProducer<Deliveries> = client_config(&cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "120000")
-            .set("queue.buffering.max.messages", "200000")
-            .create_with_context(Deliveries::default())
-            .map_err(|e| output_error(&target, e))?;
+        let producer: BaseProducer<Deliveries> = client_config(
+            &cfg.brokers,
+            &[
+                ("enable.idempotence", "true"),
+                ("linger.ms", "1"),
+                ("message.timeout.ms", "120000"),
+                ("queue.buffering.max.messages", "200000"),
+            ],
+        )
+        .create_with_context(Deliveries::default())
+        .map_err(|e| output_error(&target, e))?;
         Ok(KafkaOutput {
             producer,
             cfg: cfg.clone(),
@@ -643,7 +764,7 @@ impl crate::sinks::Output for KafkaOutput {
 }
 
 /// The largest `epoch` of the summary records (key `epoch`) on partition 0 of `topic`, reading it whole.
-pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, KafkaIoError> {
+pub fn last_summary_epoch(brokers: &Brokers, topic: &str) -> Result<Option<u64>, KafkaIoError> {
     summary_epoch(brokers, topic, true)
 }
 
@@ -651,19 +772,22 @@ pub fn last_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, Kaf
 /// entry: a lower bound on what a running pipeline has made durable. Unlike [`last_summary_epoch`] (which
 /// reads on until the partition has been quiet for a second, for resuming a stopped run) it answers while
 /// the pipeline keeps writing.
-pub fn durable_summary_epoch(brokers: &str, topic: &str) -> Result<Option<u64>, KafkaIoError> {
+pub fn durable_summary_epoch(brokers: &Brokers, topic: &str) -> Result<Option<u64>, KafkaIoError> {
     summary_epoch(brokers, topic, false)
 }
 
 /// `settle`: after the reported high watermark, read on until the partition has been quiet for a second.
-fn summary_epoch(brokers: &str, topic: &str, settle: bool) -> Result<Option<u64>, KafkaIoError> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .set(
-            "group.id",
-            format!("fleetwatch-resume-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
+fn summary_epoch(
+    brokers: &Brokers,
+    topic: &str,
+    settle: bool,
+) -> Result<Option<u64>, KafkaIoError> {
+    let group = format!("fleetwatch-resume-{}", std::process::id());
+    let consumer: BaseConsumer = client_config(
+        brokers,
+        &[("group.id", &group), ("enable.auto.commit", "false")],
+    )
+    .create()?;
     let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     if high <= low {
         return Ok(None);
@@ -742,7 +866,7 @@ mod tests {
     #[test]
     fn addresses() {
         let a = KafkaAddress::parse("kafka://127.0.0.1:9092/telemetry").expect("valid");
-        assert_eq!(a.brokers, "127.0.0.1:9092");
+        assert_eq!(a.brokers, Brokers::plain("127.0.0.1:9092"));
         assert_eq!(a.topics, ["telemetry"]);
         let b = KafkaAddress::parse("kafka://h:1/a,b.c").expect("valid");
         assert_eq!(b.topics, ["a", "b.c"]);

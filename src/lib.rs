@@ -15,8 +15,11 @@
 //! * [`cluster`] — `cluster.toml`, multi-process configuration, connections and their faults, `launch`
 //!   (supervision and restarts).
 //! * [`checkpoint`] — checkpoints of the state and the input and output positions; restore and rescaling.
+//! * [`metrics`] — Prometheus metrics of a run (`run --metrics ADDR`).
 //! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
+//! * [`kafka`] (feature `kafka`) — Kafka clients, `produce` / `record`, the Kafka output;
+//!   [`kafka_properties`] — the librdkafka properties an operator passes through (TLS, SASL).
 //! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
 
 pub mod arrangement;
@@ -32,8 +35,10 @@ pub mod generate;
 pub mod json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod kafka_properties;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod nab;
 pub mod pointeval;

@@ -93,6 +93,13 @@ enum Command {
         /// Epochs between checkpoints (default: the spec's checkpoint.every, 12).
         #[arg(long, requires = "checkpoint_dir")]
         checkpoint_every: Option<u64>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): epochs, records, dead
+        /// letters by reason, changes, open alerts, consumer lag, checkpoints, memory (README, "Metrics").
+        /// In a cluster, process i serves on the port + i.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        #[command(flatten)]
+        kafka_client: KafkaClientArgs,
     },
     /// Write a synthetic fleet with labelled anomalies (telemetry.jsonl, labels.jsonl, topology.csv).
     Generate {
@@ -213,6 +220,8 @@ enum Command {
         /// Messages per second (default: as fast as the broker takes them).
         #[arg(long)]
         rate: Option<f64>,
+        #[command(flatten)]
+        kafka_client: KafkaClientArgs,
     },
     /// Capture a Kafka topic, every partition from its beginning, into the recorded-topic format (partition,
     /// offset, timestamp, key, value). Prints a JSON report.
@@ -226,6 +235,8 @@ enum Command {
         /// Stop after this many seconds without a new message.
         #[arg(long, default_value_t = 10.0)]
         until_idle: f64,
+        #[command(flatten)]
+        kafka_client: KafkaClientArgs,
     },
     /// Convert a real telemetry dataset (azure-vm-cpu, ms-cloudmon or petshop, detected from its layout) into
     /// one directory per set under OUT: telemetry.csv, points.csv (labelled sets), spec.toml, set.json.
@@ -253,6 +264,41 @@ enum Command {
         #[arg(last = true, required = true)]
         run_args: Vec<String>,
     },
+}
+
+/// How Kafka clients authenticate and are tuned (README, "Kafka as operators run it").
+#[derive(clap::Args, Debug, Default)]
+struct KafkaClientArgs {
+    /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable; over the spec's
+    /// [kafka.properties]), e.g. security.protocol=SASL_SSL. Secrets are refused here.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// A property whose value is read from a file, KEY=PATH (repeatable; over the spec's
+    /// [kafka.secret_files]), e.g. sasl.password=/run/secrets/kafka-password.
+    #[arg(long = "kafka-secret-file", value_name = "KEY=PATH")]
+    secret_files: Vec<String>,
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaClientArgs {
+    /// The brokers of `address` with these properties (for `produce` and `record`, which have no spec).
+    fn brokers_for(
+        self,
+        mut address: fleetwatch::kafka::KafkaAddress,
+    ) -> Result<fleetwatch::kafka::KafkaAddress> {
+        let none = toml::Table::new();
+        let p = fleetwatch::kafka_properties::KafkaProperties::resolve(
+            &none,
+            &none,
+            &self.properties,
+            &self.secret_files,
+        )?;
+        if !p.is_empty() {
+            tracing::info!(properties = %p.describe(), "kafka client properties");
+        }
+        address.brokers = address.brokers.with_properties(p);
+        Ok(address)
+    }
 }
 
 fn main() -> Result<()> {
@@ -323,6 +369,8 @@ fn main() -> Result<()> {
             output_partitions,
             checkpoint_dir,
             checkpoint_every,
+            metrics,
+            kafka_client,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 bail!("--speed must be a positive number");
@@ -332,6 +380,23 @@ fn main() -> Result<()> {
                 (None, None) => Layout::Threads(workers),
                 _ => bail!("--cluster and --process go together"),
             };
+            if let Some(addr) = &metrics {
+                // In a cluster every process serves its own metrics: process i on the given port + i, so
+                // the processes `launch` starts on one host do not collide.
+                let addr = match process {
+                    Some(i) if i > 0 => {
+                        let (host, port) = addr
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                            .context("--metrics must be HOST:PORT")?;
+                        let port = u16::try_from(usize::from(port) + i)
+                            .context("--metrics port + process index is beyond 65535")?;
+                        format!("{host}:{port}")
+                    }
+                    _ => addr.clone(),
+                };
+                fleetwatch::metrics::serve(&addr)?;
+            }
             // SIGTERM / SIGINT: stop after the open epoch (with a checkpoint); a second one exits at once.
             fleetwatch::stop::install_signal_handlers(true)
                 .context("cannot install the SIGTERM / SIGINT handlers")?;
@@ -348,6 +413,8 @@ fn main() -> Result<()> {
                     until_idle,
                     summary_topic,
                     output_partitions,
+                    properties: kafka_client.properties,
+                    secret_files: kafka_client.secret_files,
                 },
                 checkpoint_dir: checkpoint_dir.clone(),
                 checkpoint_every,
@@ -516,8 +583,13 @@ fn main() -> Result<()> {
             _ => anyhow::bail!("give --alerts (with --labels or --points), or --nab and --out"),
         },
         #[cfg(feature = "kafka")]
-        Command::Produce { from, to, rate } => {
-            let to = fleetwatch::kafka::KafkaAddress::parse(&to)?;
+        Command::Produce {
+            from,
+            to,
+            rate,
+            kafka_client,
+        } => {
+            let to = kafka_client.brokers_for(fleetwatch::kafka::KafkaAddress::parse(&to)?)?;
             let r = fleetwatch::kafka::produce(&from, &to, rate)
                 .with_context(|| format!("produce {} failed", from.display()))?;
             println!("{}", serde_json::to_string(&r)?);
@@ -527,8 +599,9 @@ fn main() -> Result<()> {
             from,
             out,
             until_idle,
+            kafka_client,
         } => {
-            let from = fleetwatch::kafka::KafkaAddress::parse(&from)?;
+            let from = kafka_client.brokers_for(fleetwatch::kafka::KafkaAddress::parse(&from)?)?;
             let idle = std::time::Duration::from_secs_f64(until_idle.max(0.1));
             let r = fleetwatch::kafka::record(&from, &out, idle)
                 .with_context(|| format!("record into {} failed", out.display()))?;

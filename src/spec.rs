@@ -145,6 +145,13 @@ pub struct KafkaSpec {
     /// arrived (its summary says `"closed_by_guard":true`; what comes later for it is late).
     #[serde(default = "default_epoch_timeout")]
     pub epoch_timeout_seconds: f64,
+    /// librdkafka properties for every client of the run (TLS, SASL, timeouts; see
+    /// [`crate::kafka_properties`]). Secrets are refused here: they go in `secret_files`.
+    #[serde(default)]
+    pub properties: toml::Table,
+    /// Property → file holding its value (`sasl.password = "/run/secrets/kafka"`), read at start.
+    #[serde(default)]
+    pub secret_files: toml::Table,
 }
 
 impl Default for KafkaSpec {
@@ -153,6 +160,8 @@ impl Default for KafkaSpec {
             group_id: None,
             idle_partition_seconds: default_idle_partition(),
             epoch_timeout_seconds: default_epoch_timeout(),
+            properties: toml::Table::new(),
+            secret_files: toml::Table::new(),
         }
     }
 }

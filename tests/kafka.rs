@@ -2,10 +2,11 @@
 //! test: `produce` and `record`, `run` from Kafka to Kafka and to files, the dead-letter topic, committed
 //! offsets, a SIGKILLed pipeline restarted, a broker restarted under a run (durable storage), two processes
 //! sharing a topic's partitions, an idle partition that must not stall epochs, and a Kafka input resumed
-//! from its checkpointed offsets under other layouts, and a Kafka output restored from a checkpoint.
+//! from its checkpointed offsets under other layouts, a Kafka output restored from a checkpoint, and a
+//! broker that requires SASL (SCRAM) authentication reached through librdkafka properties.
 //!
 //! The broker binaries: `$FLEETWATCH_TANSU` (or `tansu` on the PATH) with in-memory storage, and
-//! `$FLEETWATCH_TANSU_DURABLE` (built with sqlite storage) for the broker-restart test. `scripts/test`
+//! `$FLEETWATCH_TANSU_DURABLE` (built with sqlite storage) for the broker-restart and authentication tests. `scripts/test`
 //! installs both.
 #![cfg(feature = "kafka")]
 
@@ -25,6 +26,10 @@ struct Broker {
     dir: PathBuf,
     storage: String,
     starts: u32,
+    /// Extra `tansu broker` arguments (e.g. `--authentication`), kept across restarts.
+    broker_args: Vec<String>,
+    /// Arguments every `fleetwatch produce` / `record` of this broker gets (e.g. SASL properties).
+    client_args: Vec<String>,
 }
 
 impl Broker {
@@ -33,7 +38,43 @@ impl Broker {
         let bin = std::env::var_os("FLEETWATCH_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("tansu"));
-        Broker::spawn(bin, dir, "memory://tansu/".into(), common::free_port(), 0)
+        Broker::spawn(
+            bin,
+            dir,
+            "memory://tansu/".into(),
+            common::free_port(),
+            0,
+            &[],
+        )
+    }
+
+    /// A broker that requires SASL authentication (`--authentication`), with one SCRAM-SHA-512 user:
+    /// a client that does not authenticate, or with a wrong password, is refused. `client_args` are what
+    /// `produce` and `record` pass to reach it. (Tansu keeps SCRAM users in its storage and creates them
+    /// through a connection the broker has to accept: the user is created on the durable broker before it
+    /// is restarted with authentication required.)
+    fn start_authenticated(
+        dir: &Path,
+        user: &str,
+        password: &str,
+        client_args: &[String],
+    ) -> Broker {
+        let mut b = Broker::start_durable(dir);
+        let out = Command::new(&b.bin)
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", b.port))
+            .args(["--mechanism", "scram512", user, password])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b.broker_args = vec!["--authentication".to_string()];
+        b.restart(Duration::ZERO);
+        b.client_args = client_args.to_vec();
+        b
     }
 
     /// A broker that keeps its topics in a sqlite file under `dir`, across restarts.
@@ -45,16 +86,31 @@ impl Broker {
                  (cargo install tansu --features dynostore,libsql; ./scripts/test does it)",
             );
         // (tansu resolves sqlite:// paths against its working directory)
-        Broker::spawn(bin, dir, "sqlite://tansu.db".into(), common::free_port(), 0)
+        Broker::spawn(
+            bin,
+            dir,
+            "sqlite://tansu.db".into(),
+            common::free_port(),
+            0,
+            &[],
+        )
     }
 
-    fn spawn(bin: PathBuf, dir: &Path, storage: String, port: u16, starts: u32) -> Broker {
+    fn spawn(
+        bin: PathBuf,
+        dir: &Path,
+        storage: String,
+        port: u16,
+        starts: u32,
+        broker_args: &[String],
+    ) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log =
             std::fs::File::create(dir.join(format!("broker-{starts}.log"))).expect("broker log");
         let child = Command::new(&bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &storage])
+            .args(broker_args)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -77,6 +133,8 @@ impl Broker {
             dir: dir.to_path_buf(),
             storage,
             starts,
+            broker_args: broker_args.to_vec(),
+            client_args: Vec::new(),
         }
     }
 
@@ -91,33 +149,35 @@ impl Broker {
             self.storage.clone(),
             self.port,
             self.starts + 1,
+            &self.broker_args,
         );
         let old = std::mem::replace(self, next);
+        self.client_args = old.client_args.clone();
         std::mem::forget(old); // its child is already reaped
     }
 
     /// `fleetwatch produce --from FROM --to <topic>`; returns its JSON report.
     fn produce(&self, from: &Path, topic: &str) -> String {
-        common::fleetwatch(&[
-            "produce",
-            "--from",
-            from.to_str().unwrap(),
-            "--to",
-            &self.address(topic),
-        ])
+        let to = self.address(topic);
+        let mut args = vec!["produce", "--from", from.to_str().unwrap(), "--to", &to];
+        args.extend(self.client_args.iter().map(String::as_str));
+        common::fleetwatch(&args)
     }
 
     /// `fleetwatch record` of a whole topic into `out`, ending after `idle` quiet seconds; returns its report.
     fn record(&self, topic: &str, out: &Path, idle: &str) -> String {
-        common::fleetwatch(&[
+        let from = self.address(topic);
+        let mut args = vec![
             "record",
             "--from",
-            &self.address(topic),
+            &from,
             "--out",
             out.to_str().unwrap(),
             "--until-idle",
             idle,
-        ])
+        ];
+        args.extend(self.client_args.iter().map(String::as_str));
+        common::fleetwatch(&args)
     }
 
     fn brokers(&self) -> String {
@@ -529,8 +589,11 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
             first.try_wait().unwrap().is_none(),
             "the first run ended before it was killed"
         );
-        let done =
-            fleetwatch::kafka::durable_summary_epoch(&broker.brokers(), "changes").unwrap_or(None);
+        let done = fleetwatch::kafka::durable_summary_epoch(
+            &fleetwatch::kafka::Brokers::plain(broker.brokers()),
+            "changes",
+        )
+        .unwrap_or(None);
         if let (Some(d), Some(f)) = (done, first_epoch)
             && d >= f + 100
         {
@@ -541,9 +604,12 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
-    let killed_at = fleetwatch::kafka::last_summary_epoch(&broker.brokers(), "changes")
-        .unwrap()
-        .unwrap();
+    let killed_at = fleetwatch::kafka::last_summary_epoch(
+        &fleetwatch::kafka::Brokers::plain(broker.brokers()),
+        "changes",
+    )
+    .unwrap()
+    .unwrap();
     assert!(
         killed_at < first_epoch.unwrap() + 399,
         "the kill came too late to test anything"
@@ -1015,8 +1081,11 @@ fn a_kafka_output_restored_from_a_checkpoint_loses_nothing_and_repeats_at_most_o
             first.try_wait().unwrap().is_none(),
             "the first run ended before it was killed"
         );
-        let done =
-            fleetwatch::kafka::durable_summary_epoch(&broker.brokers(), "changes").unwrap_or(None);
+        let done = fleetwatch::kafka::durable_summary_epoch(
+            &fleetwatch::kafka::Brokers::plain(broker.brokers()),
+            "changes",
+        )
+        .unwrap_or(None);
         if done.is_some_and(|d| d >= c + 15) {
             break;
         }
@@ -1025,9 +1094,12 @@ fn a_kafka_output_restored_from_a_checkpoint_loses_nothing_and_repeats_at_most_o
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
-    let killed_at = fleetwatch::kafka::last_summary_epoch(&broker.brokers(), "changes")
-        .unwrap()
-        .unwrap();
+    let killed_at = fleetwatch::kafka::last_summary_epoch(
+        &fleetwatch::kafka::Brokers::plain(broker.brokers()),
+        "changes",
+    )
+    .unwrap()
+    .unwrap();
     let restored_from = common::complete_checkpoints(&ck)[0];
     assert!(
         killed_at > restored_from,
@@ -1056,4 +1128,168 @@ fn a_kafka_output_restored_from_a_checkpoint_loses_nothing_and_repeats_at_most_o
         "{err}"
     );
     check_restarted_output(&broker, dir.path(), &want, killed_at);
+}
+
+/// `fleetwatch ARGS` that must fail within `limit`: its stderr.
+fn failing_run(args: &[&str], limit: Duration) -> String {
+    let started = Instant::now();
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "fleetwatch {args:?} succeeded");
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("fleetwatch {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    err
+}
+
+#[test]
+fn a_broker_that_requires_sasl_is_reached_through_properties_and_a_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "pw-7f3a9c-never-logged";
+    let secret = dir.path().join("kafka-password");
+    std::fs::write(&secret, format!("{password}\n")).unwrap();
+    let secret_arg = format!("sasl.password={}", secret.display());
+    let sasl: Vec<String> = [
+        "--kafka-property",
+        "security.protocol=SASL_PLAINTEXT",
+        "--kafka-property",
+        "sasl.mechanism=SCRAM-SHA-512",
+        "--kafka-property",
+        "sasl.username=alice",
+        "--kafka-secret-file",
+        &secret_arg,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let broker = Broker::start_authenticated(dir.path(), "alice", password, &sasl);
+    let input = common::generate(
+        &dir.path().join("fleet"),
+        40,
+        300,
+        21,
+        &[
+            "--partitions",
+            "2",
+            "--malformed-rate",
+            "0.005",
+            "--anomaly-rate",
+            "2",
+        ],
+    );
+    broker.produce(&input, "tele");
+    let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
+
+    // The run takes the same settings from its spec: the properties as a nested TOML table, the password
+    // from a file named in [kafka.secret_files].
+    let spec = dir.path().join("spec.toml");
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/home-wifi.toml"),
+    )
+    .unwrap();
+    text.push_str(&format!(
+        "\n[kafka.properties]\nsecurity.protocol = \"SASL_PLAINTEXT\"\nsasl.mechanism = \
+         \"SCRAM-SHA-512\"\nsasl.username = \"alice\"\n\n[kafka.secret_files]\n\
+         \"sasl.password\" = {:?}\n",
+        secret.display().to_string()
+    ));
+    std::fs::write(&spec, text).unwrap();
+    let run_args = |output: &str| -> Vec<String> {
+        [
+            "run",
+            "--dataflow",
+            spec.to_str().unwrap(),
+            "--input",
+            &broker.address("tele"),
+            "--output",
+            output,
+            "--workers",
+            "2",
+            "--reproducible",
+            "--until-idle",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = run_args(&broker.address("changes"));
+    let out = Command::new(common::bin())
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // What it logs names the properties, and the secret only by its file.
+    assert!(
+        stderr.contains(&format!("sasl.password=<from {}>", secret.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sasl.username=alice"), "{stderr}");
+    assert!(
+        !stderr.contains(password),
+        "the password was logged: {stderr}"
+    );
+    let want = Output::from_file(&ref_out);
+    assert!(want.changes.values().map(Vec::len).sum::<usize>() > 5);
+    assert_eq!(
+        Output::from_topic(&read_topic(&broker, "changes", dir.path())),
+        want
+    );
+
+    // Without the properties the broker refuses the run's clients: the run stops with a message, it does
+    // not hang.
+    let mut plain_args = run_args(&broker.address("changes2"));
+    plain_args.drain(1..3); // the default spec
+    let args: Vec<&str> = plain_args.iter().map(String::as_str).collect();
+    let err = failing_run(&args, Duration::from_secs(90));
+    assert!(err.contains("cannot reach the brokers"), "{err}");
+
+    // A wrong password: the run stops with the broker's refusal, without echoing the password.
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password-5521").unwrap();
+    let mut args = run_args(&broker.address("changes2"));
+    args.push("--kafka-secret-file".into());
+    args.push(format!("sasl.password={}", wrong.display()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failing_run(&args, Duration::from_secs(90));
+    assert!(err.contains("SASL authentication error"), "{err}");
+    assert!(!err.contains("not-the-password-5521"), "{err}");
+
+    // A secret given inline is refused before anything connects, without echoing it.
+    let mut args = run_args(&broker.address("changes2"));
+    args.extend([
+        "--kafka-property".into(),
+        "sasl.password=inline-secret-9".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failing_run(&args, Duration::from_secs(20));
+    assert!(err.contains("--kafka-secret-file"), "{err}");
+    assert!(!err.contains("inline-secret-9"), "{err}");
+    // And so is a key fleetwatch owns.
+    let mut args = run_args(&broker.address("changes3"));
+    args.extend(["--kafka-property".into(), "enable.auto.commit=true".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failing_run(&args, Duration::from_secs(20));
+    assert!(err.contains("enable.auto.commit"), "{err}");
+    // A key librdkafka does not know stops the run with its message.
+    let mut args = run_args(&broker.address("changes4"));
+    args.extend(["--kafka-property".into(), "no.such.property=1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failing_run(&args, Duration::from_secs(60));
+    assert!(err.contains("no.such.property"), "{err}");
 }

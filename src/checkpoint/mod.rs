@@ -288,6 +288,7 @@ fn coordinate(
                          epoch was durable",
                         bytes as f64 / 1e6
                     );
+                    crate::metrics::global().checkpoint(Some((bytes, seconds)));
                     done.push(Completed {
                         epoch: c,
                         bytes,
@@ -297,7 +298,10 @@ fn coordinate(
                         tracing::warn!("pruning old checkpoints: {e}");
                     }
                 }
-                Err(e) => tracing::error!("checkpoint at epoch {c} failed: {e}"),
+                Err(e) => {
+                    crate::metrics::global().checkpoint(None);
+                    tracing::error!("checkpoint at epoch {c} failed: {e}");
+                }
             }
         }
         if let Some(t) = closed {

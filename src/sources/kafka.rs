@@ -62,7 +62,7 @@ use crate::spec::Spec;
 /// How a run consumes Kafka.
 #[derive(Debug, Clone)]
 pub struct KafkaInput {
-    pub brokers: String,
+    pub brokers: crate::kafka::Brokers,
     pub topics: Vec<String>,
     pub group_id: String,
     /// Stop once every partition has been caught up and silent this long (replays, tests); `None`: run on.
@@ -160,16 +160,20 @@ impl<const N: usize> KafkaSource<N> {
         peers: usize,
         resume: &[SourceSnapshot],
     ) -> Result<KafkaSource<N>, SourceError> {
-        let consumer: BaseConsumer = crate::kafka::client_config(&cfg.brokers)
-            .set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // Short long-polls: idle partitions are noticed within a fraction of a second.
-            .set("fetch.wait.max.ms", "100")
-            .create()
-            .map_err(kafka_err)?;
+        let consumer: BaseConsumer = crate::kafka::client_config(
+            &cfg.brokers,
+            &[
+                ("group.id", &cfg.group_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                // Short long-polls: idle partitions are noticed within a fraction of a second.
+                ("fetch.wait.max.ms", "100"),
+            ],
+        )
+        .create()
+        .map_err(kafka_err)?;
         let mut intake = Intake::new(EpochClock::new(
             &spec.epoch,
             spec.input.max_future_skew_seconds,
@@ -335,7 +339,9 @@ impl<const N: usize> KafkaSource<N> {
             if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                 && high >= 0
             {
-                part.caught_up = part.next.unwrap_or(low.max(part.from)) >= high;
+                let position = part.next.unwrap_or(low.max(part.from));
+                part.caught_up = position >= high;
+                crate::metrics::global().consumer_lag(&part.topic, key.1, high - position);
             }
         }
     }
