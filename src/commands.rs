@@ -171,17 +171,13 @@ fn endpoints(
         let properties = if kafka_in.is_empty() && kafka_out.is_none() {
             crate::kafka_properties::KafkaProperties::default()
         } else {
-            let p = crate::kafka_properties::KafkaProperties::resolve(
+            crate::kafka_properties::KafkaProperties::resolve(
                 &spec.kafka.properties,
                 &spec.kafka.secret_files,
                 &opts.kafka.properties,
                 &opts.kafka.secret_files,
             )
-            .map_err(|e| CommandError::Usage(e.to_string()))?;
-            if !p.is_empty() {
-                tracing::info!(properties = %p.describe(), "kafka client properties");
-            }
-            p
+            .map_err(|e| CommandError::Usage(e.to_string()))?
         };
         let mut first_topic_partitions = None;
         let inputs = match kafka_in.first() {

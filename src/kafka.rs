@@ -257,12 +257,18 @@ pub fn check_reachable(brokers: &Brokers) -> Result<(), KafkaIoError> {
 
 /// Creates `topic` with `partitions` partitions unless it exists.
 pub fn ensure_topic(brokers: &Brokers, topic: &str, partitions: u32) -> Result<(), KafkaIoError> {
-    // The admin client reports nothing but a timeout when the brokers refuse it: ask plainly first.
-    check_reachable(brokers)?;
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[]).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let new = NewTopic::new(topic, partitions.max(1) as i32, TopicReplication::Fixed(1));
-    let results = futures_executor::block_on(admin.create_topics([&new], &opts))?;
+    let results = match futures_executor::block_on(admin.create_topics([&new], &opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            // The admin client reports nothing but a timeout when the brokers refuse it: ask plainly
+            // for the reason, and fall back to its error if the brokers do answer.
+            check_reachable(brokers)?;
+            return Err(e.into());
+        }
+    };
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -172,7 +172,8 @@ fn read_secret(key: &str, path: &Path) -> Result<String, PropertyError> {
 }
 
 impl KafkaProperties {
-    /// The properties of a run: the spec's tables, then the command line's pairs (later wins per key).
+    /// The properties of a run: the spec's tables, then the command line's pairs (later wins per key);
+    /// logged at `info` as [`KafkaProperties::describe`] shows them.
     /// `spec_properties` is the spec's `[kafka.properties]`, `spec_secret_files` its `[kafka.secret_files]`
     /// (key → path); `cli_properties` are `KEY=VALUE`, `cli_secret_files` `KEY=PATH`. Relative paths are
     /// relative to the working directory.
@@ -208,7 +209,11 @@ impl KafkaProperties {
             let value = read_secret(&key, &file)?;
             entries.insert(key, Value::Secret { value, file });
         }
-        Ok(KafkaProperties { entries })
+        let p = KafkaProperties { entries };
+        if !p.is_empty() {
+            tracing::info!(properties = %p.describe(), "kafka client properties");
+        }
+        Ok(p)
     }
 
     pub fn is_empty(&self) -> bool {

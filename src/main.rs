@@ -293,9 +293,6 @@ impl KafkaClientArgs {
             &self.properties,
             &self.secret_files,
         )?;
-        if !p.is_empty() {
-            tracing::info!(properties = %p.describe(), "kafka client properties");
-        }
         address.brokers = address.brokers.with_properties(p);
         Ok(address)
     }

@@ -267,14 +267,15 @@ impl Metrics {
         }
     }
 
-    /// A Kafka partition's lag (high watermark − position), as its source last saw it.
-    pub fn consumer_lag(&self, topic: &str, partition: u32, lag: i64) {
+    /// The lag gauge of a Kafka partition (high watermark − position), for its source to set as it
+    /// refreshes its positions (a handle: setting it is one atomic store).
+    pub fn consumer_lag(&self, topic: &str, partition: u32) -> Gauge {
         self.consumer_lag
             .get_or_create(&PartitionLabels {
                 topic: topic.to_string(),
                 partition,
             })
-            .set(lag.max(0));
+            .clone()
     }
 
     /// A checkpoint completed (`bytes`, manifest `seconds` after the epoch was durable), or failed.

@@ -582,36 +582,10 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
             .as_u64()
             .unwrap()
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "the first run made no progress");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it was killed"
-        );
-        let done = fleetwatch::kafka::durable_summary_epoch(
-            &fleetwatch::kafka::Brokers::plain(broker.brokers()),
-            "changes",
-        )
-        .unwrap_or(None);
-        if let (Some(d), Some(f)) = (done, first_epoch)
-            && d >= f + 100
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
-    let killed_at = fleetwatch::kafka::last_summary_epoch(
-        &fleetwatch::kafka::Brokers::plain(broker.brokers()),
-        "changes",
-    )
-    .unwrap()
-    .unwrap();
+    let first_epoch = first_epoch.expect("the reference run has summaries");
+    let killed_at = kill_once_durable(&broker, &mut first, |d| d >= first_epoch + 100);
     assert!(
-        killed_at < first_epoch.unwrap() + 399,
+        killed_at < first_epoch + 399,
         "the kill came too late to test anything"
     );
     let a = args(None);
@@ -619,6 +593,31 @@ fn a_pipeline_killed_mid_run_and_restarted_loses_nothing() {
     common::fleetwatch(&a);
 
     check_restarted_output(&broker, dir.path(), &want, killed_at);
+}
+
+/// Waits (at most 60 s) until the durable summaries on `changes` satisfy `enough`, then SIGKILLs `first`
+/// and returns the last epoch whose summary reached the topic.
+fn kill_once_durable(broker: &Broker, first: &mut Child, enough: impl Fn(u64) -> bool) -> u64 {
+    let brokers = fleetwatch::kafka::Brokers::plain(broker.brokers());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the first run made no progress");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it was killed"
+        );
+        let done = fleetwatch::kafka::durable_summary_epoch(&brokers, "changes").unwrap_or(None);
+        if done.is_some_and(&enough) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
+    fleetwatch::kafka::last_summary_epoch(&brokers, "changes")
+        .unwrap()
+        .unwrap()
 }
 
 /// The stated guarantee of a Kafka output across a crash (README): every epoch's summary exactly once, in
@@ -1074,32 +1073,7 @@ fn a_kafka_output_restored_from_a_checkpoint_loses_nothing_and_repeats_at_most_o
         .spawn()
         .unwrap();
     let c = common::wait_for_checkpoint(&ck, None, &mut [&mut first], Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "the first run made no progress");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it was killed"
-        );
-        let done = fleetwatch::kafka::durable_summary_epoch(
-            &fleetwatch::kafka::Brokers::plain(broker.brokers()),
-            "changes",
-        )
-        .unwrap_or(None);
-        if done.is_some_and(|d| d >= c + 15) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500)); // requests already on the wire reach the log
-    let killed_at = fleetwatch::kafka::last_summary_epoch(
-        &fleetwatch::kafka::Brokers::plain(broker.brokers()),
-        "changes",
-    )
-    .unwrap()
-    .unwrap();
+    let killed_at = kill_once_durable(&broker, &mut first, |d| d >= c + 15);
     let restored_from = common::complete_checkpoints(&ck)[0];
     assert!(
         killed_at > restored_from,

@@ -35,6 +35,15 @@ fn samples(body: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The samples of one labelled metric (`prefix` is its name and `{`) with a value above zero.
+fn nonzero(samples: &BTreeMap<String, f64>, prefix: &str) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter(|(k, v)| k.starts_with(prefix) && **v > 0.0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
 #[test]
 fn a_scrape_of_a_running_pipeline_agrees_with_its_summaries() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,12 +165,11 @@ fn a_scrape_of_a_running_pipeline_agrees_with_its_summaries() {
                 open.insert(key, (kind.to_string(), level.to_string()));
             }
         }
-        let scraped: BTreeMap<String, f64> = s
-            .iter()
-            .filter(|(k, v)| k.starts_with("fleetwatch_changes_total{") && **v > 0.0)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        assert_eq!(scraped, changes, "changes up to epoch {last}");
+        assert_eq!(
+            nonzero(s, "fleetwatch_changes_total{"),
+            changes,
+            "changes up to epoch {last}"
+        );
         let mut open_by: BTreeMap<String, f64> = BTreeMap::new();
         for (kind, level) in open.values() {
             *open_by
@@ -170,12 +178,11 @@ fn a_scrape_of_a_running_pipeline_agrees_with_its_summaries() {
                 ))
                 .or_default() += 1.0;
         }
-        let scraped: BTreeMap<String, f64> = s
-            .iter()
-            .filter(|(k, v)| k.starts_with("fleetwatch_open_alerts{") && **v > 0.0)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        assert_eq!(scraped, open_by, "open alerts after epoch {last}");
+        assert_eq!(
+            nonzero(s, "fleetwatch_open_alerts{"),
+            open_by,
+            "open alerts after epoch {last}"
+        );
         assert_eq!(
             summaries.last().unwrap()["open_anomalies"]
                 .as_f64()

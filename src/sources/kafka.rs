@@ -102,6 +102,8 @@ struct Part {
     committed: i64,
     /// Fetching is paused: the partition ran more than [`AHEAD_EPOCHS`] past the others.
     paused: bool,
+    /// Its `fleetwatch_consumer_lag` gauge (high watermark − position), looked up once.
+    lag: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// How many epochs a partition may run ahead of the slowest active partition of its worker before its
@@ -229,6 +231,7 @@ impl<const N: usize> KafkaSource<N> {
                         unstarted_dead: Vec::new(),
                         committed: -1,
                         paused: false,
+                        lag: crate::metrics::global().consumer_lag(topic, p),
                     },
                 );
             }
@@ -341,7 +344,7 @@ impl<const N: usize> KafkaSource<N> {
             {
                 let position = part.next.unwrap_or(low.max(part.from));
                 part.caught_up = position >= high;
-                crate::metrics::global().consumer_lag(&part.topic, key.1, high - position);
+                part.lag.set((high - position).max(0));
             }
         }
     }
