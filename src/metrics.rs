@@ -232,8 +232,9 @@ impl Metrics {
                 })
                 .inc();
         }
-        // Refusals the summary counts that are not dead-letter lines of this epoch (a model-side
-        // duplicate is counted by the model and written by the source): counted as duplicates.
+        // Refusals the summary counts without a dead-letter line in this epoch. Not expected (every
+        // refusal, the model's duplicates included, arrives here as a line); kept so that the reasons
+        // always sum to the summary's count, under the `duplicate` label.
         let lines = dead.len() as u64;
         if summary.dead_lettered > lines {
             self.dead
