@@ -37,10 +37,9 @@ pub struct BenchOptions {
     pub generator: Option<PathBuf>,
     /// Keep the generated topic (and output) after the run.
     pub keep: bool,
-    /// Measure the detector's defaults for real telemetry instead of home-wifi's alerting: the memory of
-    /// recent point evidence and the shift/variance calibration on, the fast shift statistic (whose bytes
-    /// the memory takes) off.
-    pub own_history: bool,
+    /// Measure home-wifi's alerting before 2026-12-06 instead of today's: the fast shift statistic on, the
+    /// memory of recent point evidence and the shift/variance calibration (whose bytes it takes) off.
+    pub fast_shift: bool,
     /// Write checkpoints there (and resume from the last complete one found there: a restore
     /// measurement), every `checkpoint_every` epochs.
     pub checkpoint_dir: Option<PathBuf>,
@@ -159,14 +158,18 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         .map_err(io(format!("reading {}", input.display())))?
         .len();
     let mut spec = spec_with_features(opts.features);
-    if opts.own_history {
-        let defaults = crate::spec::AlertSpec::default();
-        spec.detector
-            .params
-            .insert("fast_cusum_h".into(), toml::Value::Float(0.0));
-        spec.alerting.score_margin = defaults.score_margin;
-        spec.alerting.memory_half_life_hours = defaults.memory_half_life_hours;
-        spec.alerting.memory_margin = defaults.memory_margin;
+    if opts.fast_shift {
+        for (key, value) in [
+            ("fast_cusum_h", 5.375),
+            ("fast_cusum_k", 2.5),
+            ("fast_cusum_cap", 6.0),
+        ] {
+            spec.detector
+                .params
+                .insert(key.into(), toml::Value::Float(value));
+        }
+        spec.alerting.score_margin = 0.0;
+        spec.alerting.memory_half_life_hours = 0.0;
     }
     let detector = Registry::builtin()
         .build(&spec.detector.name, &spec.detector.params)

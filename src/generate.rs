@@ -16,6 +16,11 @@
 //!   or rounded onto the bound, which may be an ordinary value of that series) is not injected, and a spike
 //!   whose log never arrived (a missing log, an outage) or was written corrupted is not labelled.
 //! * **Customers joining mid-stream** (cold start).
+//! * **The normal behaviours of real telemetry** (on unless `--without-normal-behaviours`; [`Habits`]): slow
+//!   wander, Wi-Fi channel regimes, away periods, bursts of 1–3 epochs and coarse firmware that reports whole
+//!   units and standard PHY rates. They are not labelled: a detector that raises on them raises false
+//!   alerts, as it would on the real sets (QUALITY.md, "The honest generator"). Labelled shifts and drifts
+//!   are sized against the series' normal variation with them, and spikes against its bursts.
 //!
 //! Outputs in `--out DIR`: `telemetry.jsonl` (a recorded topic, 16 partitions keyed by customer),
 //! `labels.jsonl` (one line per anomaly: customer, feature or `*`, kind, start and end Unix seconds, end
@@ -59,6 +64,10 @@ pub struct GenerateConfig {
     pub threads: usize,
     /// Features written per log: the first `features` of the home Wi-Fi set (1..=20).
     pub features: usize,
+    /// The normal behaviours of real telemetry (slow wander, Wi-Fi channel regimes, away periods, bursts,
+    /// coarse firmware; see [`Habits`]). Off reproduces the fleets of the generator before them, byte for
+    /// byte (their random stream is separate).
+    pub normal_behaviours: bool,
 }
 
 impl Default for GenerateConfig {
@@ -78,6 +87,7 @@ impl Default for GenerateConfig {
             history_epochs: 288,
             threads: 0,
             features: 20,
+            normal_behaviours: true,
         }
     }
 }
@@ -530,6 +540,282 @@ struct CustomerState {
     missing_left: u8,
     anomalies: Vec<Anomaly>,
     element: usize,
+    habits: Habits,
+}
+
+/// Feature indices the normal behaviours refer to (the order of [`FEATURES`]).
+mod fx {
+    pub const NOISE_FLOOR: usize = 2;
+    pub const PHY_TX: usize = 3;
+    pub const PHY_RX: usize = 4;
+    pub const THROUGHPUT_DOWN: usize = 5;
+    pub const THROUGHPUT_UP: usize = 6;
+    pub const RETRANS: usize = 7;
+    pub const CHANNEL_UTIL: usize = 8;
+    pub const INTERFERENCE: usize = 9;
+    pub const CLIENTS_2G: usize = 10;
+    pub const CLIENTS_5G: usize = 11;
+    pub const WAN_LATENCY: usize = 12;
+    pub const DNS_FAIL: usize = 14;
+    pub const CPU: usize = 15;
+}
+
+/// The lowest value of [`usage_curve`]: `0.75·cos h + 0.25·cos 2h` is smallest where `cos h = −0.75`.
+const USAGE_TROUGH: f64 = -0.53125;
+
+/// The series whose values bursts raise: traffic, its retransmissions and latency, DNS failures and CPU.
+const BURSTY: [usize; 6] = [
+    fx::THROUGHPUT_DOWN,
+    fx::THROUGHPUT_UP,
+    fx::RETRANS,
+    fx::WAN_LATENCY,
+    fx::DNS_FAIL,
+    fx::CPU,
+];
+
+/// The radio series a Wi-Fi channel change moves.
+const CHANNEL_SERIES: [usize; 3] = [fx::CHANNEL_UTIL, fx::INTERFERENCE, fx::NOISE_FLOOR];
+
+/// Features a coarse firmware reports in whole units (dBm, dB, %, ms, °C).
+const COARSE_WHOLE: [usize; 9] = [0, 1, 2, 8, 9, 12, 15, 16, 17];
+
+/// 802.11 a/g/n/ac/ax PHY rates (Mbps) a coarse firmware snaps its PHY rate to.
+const PHY_RATES: [f64; 40] = [
+    1.0, 2.0, 5.5, 6.0, 9.0, 11.0, 12.0, 18.0, 24.0, 36.0, 48.0, 54.0, 65.0, 72.2, 86.7, 130.0,
+    144.4, 173.3, 195.0, 216.7, 260.0, 288.9, 390.0, 433.3, 468.0, 520.0, 585.0, 650.0, 702.0,
+    780.0, 866.7, 1040.0, 1170.0, 1300.0, 1560.0, 1733.3, 2041.7, 2401.9, 2882.4, 4803.9,
+];
+
+/// Normal behaviours of real telemetry that are **not** incidents and are not labelled: a detector that
+/// raises on them raises a false alert. Learned from the real sets in `../shared/datasets/` (QUALITY.md, "Real
+/// telemetry"), whose residuals are autocorrelated, bursty, quantised and switch regimes:
+///
+/// * **slow wander** — 30 % of a customer's series carry, on top of their noise, an AR(1) component with a
+///   time constant of 20–100 epochs (φ ∈ [0.95, 0.99]) and 0.3–1.2 times the noise's scale: load and
+///   neighbours' interference drift for hours and come back;
+/// * **Wi-Fi channel regimes** — 35 % of routers switch between two channels now and then (each stay 6 hours
+///   to 3 days): channel utilisation, interference and the noise floor move by 1–3 of their noise scales
+///   while on the second one, and back;
+/// * **away periods** — 25 % of households go away every 4–20 days for 12 hours to 3 days: the usage-driven
+///   series sit at their night-time trough all day, clients and throughput near zero;
+/// * **bursts** — 40 % of the traffic, retransmission, latency, DNS-failure and CPU series burst 1–6 times a
+///   day for 1–3 epochs, upwards by a Pareto(1.5) amount from 3 noise scales up to the series' own cap of
+///   6–15 (a download, bufferbloat, a firmware task). A labelled spike is measured against that cap too:
+///   it must stand out from the series' own bursts;
+/// * **coarse firmware** — 25 % of routers report radio, latency, CPU, memory and temperature in whole units
+///   and their PHY rate as the nearest standard 802.11 rate: quantised series whose steps can exceed their
+///   noise.
+///
+/// Drawn from their own random stream, so a fleet generated without them is the earlier generator's.
+struct Habits {
+    rng: Rng,
+    /// Per-epoch AR(1) coefficient of the slow wander (one per customer) and its scale per series (noise
+    /// units; 0: none).
+    wander_phi: f32,
+    wander_amp: [f32; 20],
+    wander: [f32; 20],
+    /// Per-epoch probability of a channel switch (0: one channel), whether on the second channel, and the
+    /// offsets of [`CHANNEL_SERIES`] there (noise units).
+    channel_hazard: f32,
+    second_channel: bool,
+    channel_offset: [f32; 3],
+    /// Per-epoch probability that an away period starts (0: never), its length range in epochs, and the
+    /// epochs left of the current one.
+    away_hazard: f32,
+    away_len: (u16, u16),
+    away_left: u16,
+    /// Per-epoch burst probability per series (0: not bursty), the cap of a burst (noise units), the epochs
+    /// left of the current burst and its size (noise units).
+    burst_p: [f32; 20],
+    burst_cap: [u8; 20],
+    burst_left: [u8; 20],
+    burst_size: [f32; 20],
+    coarse: bool,
+}
+
+impl Habits {
+    fn draw(cfg: &GenerateConfig, i: usize) -> Self {
+        let mut h = Habits {
+            rng: Rng::new(cfg.seed, (i as u64 + 1) | (1 << 48)),
+            wander_phi: 0.0,
+            wander_amp: [0.0; 20],
+            wander: [0.0; 20],
+            channel_hazard: 0.0,
+            second_channel: false,
+            channel_offset: [0.0; 3],
+            away_hazard: 0.0,
+            away_len: (0, 0),
+            away_left: 0,
+            burst_p: [0.0; 20],
+            burst_cap: [0; 20],
+            burst_left: [0; 20],
+            burst_size: [0.0; 20],
+            coarse: false,
+        };
+        if !cfg.normal_behaviours {
+            return h;
+        }
+        let per_day = 86_400.0 / cfg.epoch_seconds.max(1) as f64;
+        let rng = &mut h.rng;
+        h.wander_phi = rng.range(0.95, 0.99) as f32;
+        for a in h.wander_amp.iter_mut().take(18) {
+            if rng.chance(0.3) {
+                *a = rng.range(0.3, 1.2) as f32;
+            }
+        }
+        if rng.chance(0.35) {
+            // One switch per 6 hours to 3 days of 5-minute epochs, whatever the epoch length.
+            h.channel_hazard = (1.0 / (rng.range(0.25, 3.0) * per_day)) as f32;
+            for o in h.channel_offset.iter_mut() {
+                let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+                *o = (sign * rng.range(1.0, 3.0)) as f32;
+            }
+        }
+        if rng.chance(0.25) {
+            h.away_hazard = (1.0 / (rng.range(4.0, 20.0) * per_day)) as f32;
+            h.away_len = (
+                (0.5 * per_day).round().max(1.0) as u16,
+                (3.0 * per_day).round().max(2.0) as u16,
+            );
+        }
+        for &k in &BURSTY {
+            if rng.chance(0.4) {
+                h.burst_p[k] = (rng.range(1.0, 6.0) / per_day) as f32;
+                h.burst_cap[k] = rng.range(6.0, 15.0).round() as u8;
+            }
+        }
+        h.coarse = rng.chance(0.25);
+        h
+    }
+
+    /// The largest excursion a series makes in the ordinary course of its life (noise units): its noise's
+    /// three-year extreme, or its bursts' cap.
+    fn extreme(&self, k: usize, df: f64) -> f64 {
+        extreme_excursion(df).max(self.burst_cap[k] as f64)
+    }
+
+    /// The scale of feature `k`'s normal variation, in its own units: its noise, widened by its slow wander
+    /// (`σ·√(1 + a²)`), by its channel offset when it has two channels, and by a coarse firmware's rounding
+    /// (`√(s² + q²/12)` for a quantum `q`: one unit, or the gap between the 802.11 rates around the level).
+    /// Labelled shifts, drifts and their bounds are sized in it: a change within a series' normal variation
+    /// is not an anomaly. Without the behaviours it is `p.noise` exactly.
+    fn scale(&self, k: usize, p: &SeriesParams) -> f64 {
+        let a = self.wander_amp[k] as f64;
+        let mut s = p.noise * (1.0 + a * a).sqrt();
+        if self.channel_hazard > 0.0
+            && let Some(j) = CHANNEL_SERIES.iter().position(|&c| c == k)
+        {
+            s += self.channel_offset[j].abs() as f64 * p.noise;
+        }
+        if self.coarse {
+            let q = if k == fx::PHY_TX || k == fx::PHY_RX {
+                let i = PHY_RATES
+                    .partition_point(|&r| r < p.level)
+                    .clamp(1, PHY_RATES.len() - 1);
+                PHY_RATES[i] - PHY_RATES[i - 1]
+            } else if COARSE_WHOLE.contains(&k) {
+                1.0
+            } else {
+                0.0
+            };
+            s = (s * s + q * q / 12.0).sqrt();
+        }
+        s
+    }
+
+    /// One epoch of the behaviours' own dynamics (they go on whether or not the log arrives).
+    fn advance(&mut self) {
+        let rng = &mut self.rng;
+        let phi = self.wander_phi as f64;
+        let innovation = (1.0 - phi * phi).sqrt();
+        for (w, a) in self.wander.iter_mut().zip(&self.wander_amp) {
+            if *a > 0.0 {
+                *w = (phi * *w as f64 + innovation * rng.normal()) as f32;
+            }
+        }
+        if self.channel_hazard > 0.0 && rng.chance(self.channel_hazard as f64) {
+            self.second_channel = !self.second_channel;
+        }
+        if self.away_left > 0 {
+            self.away_left -= 1;
+        } else if self.away_hazard > 0.0 && rng.chance(self.away_hazard as f64) {
+            let (lo, hi) = self.away_len;
+            self.away_left = lo + rng.below((hi - lo) as u64 + 1) as u16;
+        }
+        for k in 0..20 {
+            if self.burst_left[k] > 0 {
+                self.burst_left[k] -= 1;
+            }
+            if self.burst_left[k] == 0
+                && self.burst_p[k] > 0.0
+                && rng.chance(self.burst_p[k] as f64)
+            {
+                self.burst_left[k] = 1 + rng.below(3) as u8;
+                let u = 1.0 - rng.f64(); // (0, 1]
+                self.burst_size[k] =
+                    (3.0 * u.powf(-1.0 / 1.5)).min(self.burst_cap[k] as f64) as f32;
+            }
+        }
+    }
+
+    fn away(&self) -> bool {
+        self.away_left > 0
+    }
+
+    /// What the behaviours add to feature `k`'s mean (noise units): a channel offset, a burst.
+    fn mean_shift(&self, k: usize) -> f64 {
+        let mut add = 0.0;
+        if self.second_channel
+            && let Some(j) = CHANNEL_SERIES.iter().position(|&c| c == k)
+        {
+            add += self.channel_offset[j] as f64;
+        }
+        if self.burst_left[k] > 0 {
+            add += self.burst_size[k] as f64;
+        }
+        add
+    }
+
+    /// The slow wander of feature `k` (noise units).
+    fn wander(&self, k: usize) -> f64 {
+        (self.wander_amp[k] * self.wander[k]) as f64
+    }
+
+    /// A value as a coarse firmware reports it.
+    fn quantise(&self, k: usize, v: f64) -> f64 {
+        if !self.coarse || !v.is_finite() {
+            return v;
+        }
+        if k == fx::PHY_TX || k == fx::PHY_RX {
+            let i = PHY_RATES.partition_point(|&r| r < v);
+            return match (i.checked_sub(1).map(|j| PHY_RATES[j]), PHY_RATES.get(i)) {
+                (Some(lo), Some(&hi)) => {
+                    if v - lo <= hi - v {
+                        lo
+                    } else {
+                        hi
+                    }
+                }
+                (Some(lo), None) => lo,
+                (None, Some(&hi)) => hi,
+                (None, None) => v,
+            };
+        }
+        if COARSE_WHOLE.contains(&k) {
+            return v.round();
+        }
+        v
+    }
+}
+
+/// An away household's usage on feature `k`: nobody streams, devices sleep.
+fn away_effect(k: usize, mean: f64) -> f64 {
+    match k {
+        fx::CLIENTS_2G | fx::CLIENTS_5G => mean * 0.1,
+        fx::THROUGHPUT_DOWN | fx::THROUGHPUT_UP => mean * 0.15,
+        fx::CPU => mean * 0.8,
+        _ => mean,
+    }
 }
 
 /// Totals of a generated fleet.
@@ -624,6 +910,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
     for (k, f) in FEATURES.iter().enumerate() {
         params[k] = StoredParams::store(draw_params(f, &mut rng));
     }
+    let habits = Habits::draw(cfg, i);
     let days = cfg.epochs as f64 * cfg.epoch_seconds as f64 / 86_400.0;
     let mut anomalies = Vec::new();
     let n = poisson(&mut rng, cfg.anomaly_rate * days);
@@ -697,11 +984,10 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         {
             let p = params[feature].wide();
             let reach = magnitude
-                * p.noise
                 * if kind == InjectedKind::Spike {
-                    extreme_excursion(p.df)
+                    p.noise * habits.extreme(feature, p.df)
                 } else {
-                    1.0
+                    habits.scale(feature, &p)
                 };
             let low = p.level - p.daily.abs() - reach;
             let high = p.level + p.daily.abs() + reach;
@@ -747,6 +1033,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         anomalies,
         element: (i / 50).min(elements.saturating_sub(1)),
         rng,
+        habits,
     }
 }
 
@@ -799,7 +1086,8 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
     if e < c.join {
         return false;
     }
-    // The router keeps running (and counting uptime) whether or not its log arrives.
+    // The router keeps running (and counting uptime) whether or not its log arrives; so do its habits.
+    c.habits.advance();
     let rebooted = reboot_draw < c.reboot_rate;
     if rebooted {
         c.uptime = c.rng.range(20.0, 120.0).floor();
@@ -838,20 +1126,27 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
             }
             _ => {}
         }
-        let shape = if f.usage {
+        let away = f.usage && c.habits.away();
+        let shape = if away {
+            USAGE_TROUGH
+        } else if f.usage {
             usage_curve(phi + p.phase)
         } else {
             (phi + p.phase).cos()
         };
         let mut mean = p.level + p.daily * shape;
-        if weekend && f.usage {
+        if weekend && f.usage && !away {
             mean += p.weekend * p.level.abs();
         }
+        if away {
+            mean = away_effect(k, mean);
+        }
+        mean += c.habits.mean_shift(k) * p.noise;
         // Heavy-tailed AR(1) noise.
         let innovation = c.rng.student_t(p.df) * p.noise;
         let ar_state = p.ar * c.ar_state[k] as f64 + (1.0 - p.ar * p.ar).sqrt() * innovation;
         c.ar_state[k] = ar_state as f32;
-        let mut noise = ar_state;
+        let mut noise = ar_state + c.habits.wander(k) * p.noise;
         let mut value_override = None;
         let mut spike: Option<(usize, f64)> = None;
         for (i, a) in c.anomalies.iter_mut().enumerate() {
@@ -869,14 +1164,15 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
                 InjectedKind::Spike => {
                     // (this log is emitted — the missing and outage cases returned above — if perhaps corrupted)
                     a.observed = true;
-                    let add = a.magnitude * p.noise * extreme_excursion(p.df);
+                    let add = a.magnitude * p.noise * c.habits.extreme(k, p.df);
                     spike = Some((i, add));
                     mean += add;
                 }
-                InjectedKind::LevelShift => mean += a.magnitude * p.noise,
+                // Shifts and drifts are measured against the series' normal variation, its habits included.
+                InjectedKind::LevelShift => mean += a.magnitude * c.habits.scale(k, &p),
                 InjectedKind::Drift => {
                     let frac = ((into + 1) as f64 / a.len as f64).min(1.0);
-                    mean += a.magnitude * p.noise * frac;
+                    mean += a.magnitude * c.habits.scale(k, &p) * frac;
                 }
                 InjectedKind::VarianceBurst => noise *= a.magnitude.abs(),
                 InjectedKind::StuckValue => {
@@ -899,7 +1195,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
             // A spike the feature's physical range cannot hold would be clamped (or rounded) onto its bound,
             // where it may be an ordinary value of this series (a channel at 35 ± 3.5 % "spiking" to 0 %):
             // such a spike is not injected, and so not labelled.
-            let v = shaped(f.shape, mean + noise);
+            let v = c.habits.quantise(k, shaped(f.shape, mean + noise));
             let at_bound = f.shape.bounds().is_some_and(|(lo, hi)| v <= lo || v >= hi);
             if at_bound {
                 mean = if rebooting {
@@ -912,7 +1208,7 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
         }
         let v = match value_override {
             Some(v) => v,
-            None => shaped(f.shape, mean + noise),
+            None => c.habits.quantise(k, shaped(f.shape, mean + noise)),
         };
         out[k] = v;
         if v.is_finite() {
@@ -1329,6 +1625,140 @@ mod tests {
             }
         }
         assert!(spikes > 200, "{spikes} spikes");
+    }
+
+    fn params(level: f64, noise: f64) -> SeriesParams {
+        SeriesParams {
+            level,
+            noise,
+            df: 30.0,
+            ar: 0.0,
+            daily: 0.0,
+            phase: 0.0,
+            weekend: 0.0,
+        }
+    }
+
+    #[test]
+    fn without_normal_behaviours_the_habits_are_inert() {
+        let cfg = GenerateConfig {
+            normal_behaviours: false,
+            ..Default::default()
+        };
+        for i in 0..50 {
+            let mut h = Habits::draw(&cfg, i);
+            for _ in 0..2000 {
+                h.advance();
+                assert!(!h.away());
+                for k in 0..20 {
+                    assert_eq!(h.mean_shift(k), 0.0);
+                    assert_eq!(h.wander(k), 0.0);
+                    assert_eq!(h.quantise(k, 433.21), 433.21);
+                    let p = params(500.0, 3.7);
+                    assert_eq!(h.scale(k, &p), 3.7, "labels sized exactly as before");
+                    assert_eq!(h.extreme(k, 4.0), extreme_excursion(4.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn coarse_firmware_reports_whole_units_and_standard_phy_rates() {
+        let cfg = GenerateConfig::default();
+        let h = (0..200)
+            .map(|i| Habits::draw(&cfg, i))
+            .find(|h| h.coarse)
+            .expect("a quarter of routers are coarse");
+        assert_eq!(h.quantise(fx::PHY_TX, 860.0), 866.7);
+        assert_eq!(h.quantise(fx::PHY_RX, 95.0), 86.7);
+        assert_eq!(
+            h.quantise(fx::PHY_RX, 0.2),
+            1.0,
+            "below the table: its lowest rate"
+        );
+        assert_eq!(
+            h.quantise(fx::PHY_RX, 9000.0),
+            4803.9,
+            "above it: its highest"
+        );
+        assert_eq!(h.quantise(fx::CPU, 12.6), 13.0);
+        assert!(h.quantise(fx::CPU, f64::NAN).is_nan());
+        assert_eq!(
+            h.quantise(fx::THROUGHPUT_DOWN, 12.6),
+            12.6,
+            "throughput keeps its decimals"
+        );
+        // The quantisation noise q²/12 widens the scale labels are sized in: whole units on a σ = 0.5 series.
+        let p = params(40.0, 0.5);
+        let s = h.scale(fx::CPU, &p);
+        let a = h.wander_amp[fx::CPU] as f64;
+        let want = ((0.5f64 * (1.0 + a * a).sqrt()).powi(2) + 1.0 / 12.0).sqrt();
+        assert!((s - want).abs() < 1e-12, "{s} vs {want}");
+        // A PHY rate at 600 Mbps sits between 585 and 650: a quantum of 65.
+        let p = params(600.0, 10.0);
+        let a = h.wander_amp[fx::PHY_TX] as f64;
+        let want = ((10.0f64 * (1.0 + a * a).sqrt()).powi(2) + 65.0f64.powi(2) / 12.0).sqrt();
+        assert!((h.scale(fx::PHY_TX, &p) - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bursts_away_periods_and_channels_keep_to_their_ranges() {
+        let cfg = GenerateConfig::default();
+        let (mut bursts, mut away_epochs, mut switches) = (0u64, 0u64, 0u64);
+        for i in 0..300 {
+            let mut h = Habits::draw(&cfg, i);
+            let mut left = [0u8; 20];
+            let mut away_run = 0u32;
+            let mut channel = false;
+            for _ in 0..(288 * 30) {
+                h.advance();
+                for (k, left) in left.iter_mut().enumerate() {
+                    let b = h.burst_left[k] > 0;
+                    if h.burst_p[k] == 0.0 {
+                        assert!(!b, "only the bursty series burst");
+                        continue;
+                    }
+                    assert!(BURSTY.contains(&k));
+                    if b {
+                        let size = h.burst_size[k];
+                        assert!(
+                            size >= 3.0 - 1e-6 && size <= h.burst_cap[k] as f32,
+                            "{size}"
+                        );
+                        assert!((6..=15).contains(&h.burst_cap[k]));
+                        assert!(h.burst_left[k] <= 3, "a burst lasts 1–3 epochs");
+                        if h.burst_left[k] >= *left {
+                            bursts += 1; // a new one (a running one counts down)
+                        }
+                    }
+                    *left = h.burst_left[k];
+                }
+                if h.away() {
+                    away_epochs += 1;
+                    away_run += 1;
+                    assert!(away_run <= 3 * 288 + 1, "away at most three days");
+                } else {
+                    away_run = 0;
+                }
+                if h.second_channel != channel {
+                    switches += 1;
+                    channel = h.second_channel;
+                    assert!(h.channel_hazard > 0.0);
+                }
+                for k in 0..20 {
+                    let w = h.wander(k);
+                    assert!(w.abs() < 1.2 * 7.0, "the wander stays near its scale: {w}");
+                    if h.wander_amp[k] == 0.0 {
+                        assert_eq!(w, 0.0);
+                    }
+                }
+            }
+        }
+        // 300 routers × 30 days: 40 % of 6 bursty series bursting 1–6 times a day, a quarter of households
+        // away now and then, a third switching channels.
+        assert!(bursts > 300 * 30 * 6 / 4, "{bursts} bursts");
+        assert!(away_epochs > 300 * 288, "{away_epochs} epochs away");
+        assert!(switches > 300, "{switches} channel switches");
     }
 
     #[test]

@@ -134,6 +134,10 @@ enum Command {
         /// Features per log (the first N of the home Wi-Fi set).
         #[arg(long, default_value_t = 20)]
         features: usize,
+        /// Leave out the normal behaviours of real telemetry (slow wander, Wi-Fi channel regimes, away
+        /// periods, bursts, coarse firmware): the fleets of the generator before them, byte for byte.
+        #[arg(long)]
+        without_normal_behaviours: bool,
     },
     /// Measure the whole pipeline on a fleet of a given size; prints one JSON object.
     Bench {
@@ -156,10 +160,10 @@ enum Command {
         /// Directory for the generated topic and the output (default: a temporary one, removed after).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Alert with the detector's defaults for real telemetry (memory and shift/variance calibration on,
-        /// the fast shift statistic off) instead of home-wifi's settings.
+        /// Alert as home-wifi did before 2026-12-06: the fast shift statistic on, the memory and the
+        /// shift/variance calibration (whose bytes it takes) off — the side-by-side cost of the two.
         #[arg(long)]
-        own_history: bool,
+        fast_shift: bool,
         /// Write checkpoints into this directory (and resume from the last complete one there: run twice
         /// to measure a restore).
         #[arg(long)]
@@ -299,6 +303,7 @@ impl KafkaClientArgs {
 }
 
 fn main() -> Result<()> {
+    let refused = fleetwatch::memory::tune_system_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -306,6 +311,12 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !refused.is_empty() {
+        tracing::warn!(
+            ?refused,
+            "glibc refused allocator settings; running with its defaults for them"
+        );
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Demo {
@@ -477,6 +488,7 @@ fn main() -> Result<()> {
             partitions,
             history_epochs,
             features,
+            without_normal_behaviours,
         } => {
             let mut cfg = GenerateConfig {
                 customers,
@@ -489,6 +501,7 @@ fn main() -> Result<()> {
                 partitions,
                 history_epochs,
                 features,
+                normal_behaviours: !without_normal_behaviours,
                 ..Default::default()
             };
             if let Some(s) = start {
@@ -525,7 +538,7 @@ fn main() -> Result<()> {
             seed,
             input,
             dir,
-            own_history,
+            fast_shift,
             checkpoint_dir,
             checkpoint_every,
         } => {
@@ -540,7 +553,7 @@ fn main() -> Result<()> {
                 dir,
                 generator: std::env::current_exe().ok(),
                 keep: false,
-                own_history,
+                fast_shift,
                 checkpoint_dir,
                 checkpoint_every,
             };

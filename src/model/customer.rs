@@ -590,6 +590,13 @@ fn step_reported<const N: usize>(
         }
         slots[f] = s.encode();
     }
+    // Every change of this customer's features carries the customer's fused view of the epoch (the customer
+    // alert's own evidence, pushed after this, carries the fusion it was raised on: its features' scores
+    // without their memories, which name the features behind it).
+    for ev in &mut out.evidence[first_evidence..] {
+        ev.customer_score = fused.score();
+        ev.top = fused.top;
+    }
     if cfg.customer_alerts {
         let gap = if meta.last_seen == 0 {
             1
@@ -597,11 +604,6 @@ fn step_reported<const N: usize>(
             e + 1 - meta.last_seen as u64
         };
         customer_alert(cfg, customer, meta, &alertable, alertable_kind, gap, out);
-    }
-    // Every change of this customer's features carries the customer's fused view of the epoch.
-    for ev in &mut out.evidence[first_evidence..] {
-        ev.customer_score = fused.score();
-        ev.top = fused.top;
     }
 
     // The customer is back: its silence, if reported, clears.
@@ -978,6 +980,19 @@ mod tests {
                 if f == 0 {
                     feature.push((e, d));
                 }
+            }
+            if e == 300 {
+                // The customer alert's explanation is the fusion it was raised on (c = the strongest
+                // feature's whole score here, beyond the fusion's cap of 4), naming the feature behind it.
+                let ev = out
+                    .evidence
+                    .iter()
+                    .find(|ev| ev.feature == CUSTOMER_ALERT)
+                    .expect("the customer alert's evidence");
+                assert!(ev.observed > 4.0, "{}", ev.observed);
+                assert_eq!(ev.customer_score, ev.observed);
+                assert_eq!(ev.top[0].feature, 0);
+                assert_eq!(ev.top[0].score, ev.observed);
             }
         }
         let raised = |v: &[(u64, i64)]| {

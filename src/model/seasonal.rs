@@ -14,7 +14,7 @@
 //! 23      C⁻    u8       lower CUSUM, σ units ×8
 //! 24      m     u8       short-term mean of min(|z|, 4), ×32
 //! 25      run   u8       current run of exactly repeated raw values
-//! 26      R     u8       the longest benign run the series normally shows, ×2 (decays slowly)
+//! 26      R     u8       the longest run the series normally shows (up to its bar), ×2 (decays slowly)
 //! 27      h     u8       8-bit hash of the last raw value
 //! 28      ψ₋    i8       the previous observation's clipped base residual ψ_b, ×50
 //! 29      ρ     i8       sign autocorrelation of residuals, ×127
@@ -46,14 +46,15 @@
 //!          4.8 false alerts per 1,000 series-days against 3 and 3.7)
 //! F⁺     = max(0, F⁺ + min(z, z_f) − k_f),  F⁻ likewise   the fast shift statistic (fast_cusum_*; off at
 //!          h_f = 0): a higher allowance k_f (2.5) forgets ordinary noise within an epoch or two, a higher
-//!          cap z_f (6) lets two or three observations of a big shift reach h_f (home-wifi 5.375) — the slow pair
+//!          cap z_f (6) lets two or three observations of a big shift reach h_f (5.375: home-wifi's until 2026-12-06) — the slow pair
 //!          above needs at least ⌈h·κ/(z_c − k_c)⌉ observations (κ ∈ [1, 2]: the framework's tail factor,
 //!          `alert.rs`, which raises both pairs' bars), 3 at κ = 1, more on heavy tails, and keeps the small
 //!          shifts and the drifts
 //! m      = m + γ·(min(|z|, 4) − m)                      (E|z| = 0.8 for Gaussian noise)
 //! ρ      = ρ + (sgn ψ_b · sgn ψ₋ − ρ)/64 while max(C⁺, C⁻) < h/2,  ψ₋ ← ψ_b
 //! run    = run + 1 if x repeats the last raw value exactly, else 0
-//! R      = max(run_ended, R·(1 − 1/256)) when a benign run of length ≥ 1 ends
+//! R      = max(min(run_ended, 2R + 4), R·(1 − 1/256)) when a run of length ≥ 1 ends (a run longer than
+//!          the bar teaches the bar: a quantised series' runs are learned within a few raises)
 //! surprise = |z|                                         point-wise, calibrated per series by the framework
 //! range  = max(x − hi, lo − x)/(τ·(hi − lo))            τ = range_tolerance; 0 inside [lo, hi]
 //! lo, hi = min(lo, x), max(hi, x)                       after scoring; lo = hi = x at the first value
@@ -496,9 +497,14 @@ impl SeasonalRobust {
         if repeat {
             st.run = st.run.saturating_add(1);
         } else {
-            if st.run >= 1 && st.run as f32 <= 2.0 * st.run_max + 4.0 {
-                // A run that ended without being suspicious is the series' normal behaviour.
-                st.run_max = (st.run_max * (1.0 - 1.0 / 256.0)).max(st.run as f32);
+            if st.run >= 1 {
+                // A run that ended is the series' normal behaviour up to the bar it had to cross: a run
+                // beyond the bar teaches the bar, not its whole length. A quantised series (a PHY rate
+                // snapped to the 802.11 rates, a value in whole units) whose runs outgrow what it showed
+                // so far raises at most a few times while its bar doubles to its runs; a sensor stuck for
+                // hours moves it once, to the bar it crossed.
+                let bar = 2.0 * st.run_max + 4.0;
+                st.run_max = (st.run_max * (1.0 - 1.0 / 256.0)).max((st.run as f32).min(bar));
             }
             st.run = 0;
         }
@@ -783,7 +789,7 @@ mod tests {
 
     #[test]
     fn a_big_shift_reaches_the_fast_bar_in_two_observations_where_the_slow_pair_needs_three() {
-        // The shipped home-wifi pairs: slow k_c = 1, cap 4, h = 9; fast k_f = 2.5, cap 6, h_f = 5.375. A 6σ
+        // home-wifi's pairs until 2026-12-06: slow k_c = 1, cap 4, h = 9; fast k_f = 2.5, cap 6, h_f = 5.375. A 6σ
         // shift on a quiet series (L = 10, S = 1, σ = 0.8605): the first value (z = 6) steps C⁺ by 3 and F⁺
         // by 3.5; then the level has learned a·σ·c = 0.04·0.8605·2.5 = 0.086 of it and S has grown to
         // 1 + 0.02·(4σ − 1) = 1.0488 (σ = 0.9025), so the second value is z = (15.163 − 10.086)/0.9025 = 5.63:
@@ -919,6 +925,34 @@ mod tests {
         // 4 repeats on a series that never repeats; the 8-bit hash's rare false repeats (1 in 256) may have
         // taught it runs of 1, which moves the bar to 6
         assert!(got.expect("stuck detected") <= 6);
+    }
+
+    #[test]
+    fn a_quantised_series_learns_its_long_runs_after_a_few_raises() {
+        // A value that sits on one of two levels (a PHY rate snapped to 585 or 650 Mbps) for runs of 3, then
+        // for runs of 30. Each run that ends teaches R its length up to the bar it had to cross (2R + 4):
+        // R = 3 (stored ×2, exact) → the first 30-run crosses 10 and teaches 10, the second crosses 24 and
+        // teaches 24, the third stays under 52. Before, a run beyond the bar taught nothing: every one raised.
+        let d = SeasonalRobust::default();
+        let mut s = [0u8; super::super::DETECTOR_BYTES];
+        let prior = FeaturePrior::NONE;
+        let mut i = 0u32;
+        let mut feed = |run: u32, level: f32, s: &mut [u8; super::super::DETECTOR_BYTES]| {
+            let mut raised = false;
+            for _ in 0..run {
+                let a = d.observe(s, &obs(level, i as i64 * 300, i.min(255) as u8), &prior);
+                raised |= a.kind == AnomalyKind::StuckValue && a.sustained >= 1.0;
+                i += 1;
+            }
+            raised
+        };
+        for r in 0..100 {
+            feed(4, if r % 2 == 0 { 585.0 } else { 650.0 }, &mut s);
+        }
+        let raises: Vec<bool> = (0..6)
+            .map(|r| feed(31, if r % 2 == 0 { 585.0 } else { 650.0 }, &mut s))
+            .collect();
+        assert_eq!(raises, [true, true, false, false, false, false]);
     }
 
     #[test]
