@@ -543,21 +543,45 @@ struct CustomerState {
     habits: Habits,
 }
 
-/// Feature indices the normal behaviours refer to (the order of [`FEATURES`]).
+/// The index of a feature of [`FEATURES`] by name, at compile time (a name not in the set does not compile).
+const fn feature_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < FEATURES.len() {
+        let (a, b) = (FEATURES[i].name.as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a feature of the home Wi-Fi set")
+}
+
+/// Feature indices the normal behaviours refer to, derived from [`FEATURES`]' names.
 mod fx {
-    pub const NOISE_FLOOR: usize = 2;
-    pub const PHY_TX: usize = 3;
-    pub const PHY_RX: usize = 4;
-    pub const THROUGHPUT_DOWN: usize = 5;
-    pub const THROUGHPUT_UP: usize = 6;
-    pub const RETRANS: usize = 7;
-    pub const CHANNEL_UTIL: usize = 8;
-    pub const INTERFERENCE: usize = 9;
-    pub const CLIENTS_2G: usize = 10;
-    pub const CLIENTS_5G: usize = 11;
-    pub const WAN_LATENCY: usize = 12;
-    pub const DNS_FAIL: usize = 14;
-    pub const CPU: usize = 15;
+    use super::feature_index as at;
+    pub const RSSI: usize = at("rssi_dbm");
+    pub const SNR: usize = at("snr_db");
+    pub const NOISE_FLOOR: usize = at("noise_floor_dbm");
+    pub const PHY_TX: usize = at("phy_rate_tx_mbps");
+    pub const PHY_RX: usize = at("phy_rate_rx_mbps");
+    pub const THROUGHPUT_DOWN: usize = at("throughput_down_mbps");
+    pub const THROUGHPUT_UP: usize = at("throughput_up_mbps");
+    pub const RETRANS: usize = at("retrans_pct");
+    pub const CHANNEL_UTIL: usize = at("channel_util_pct");
+    pub const INTERFERENCE: usize = at("interference_pct");
+    pub const CLIENTS_2G: usize = at("clients_2g");
+    pub const CLIENTS_5G: usize = at("clients_5g");
+    pub const WAN_LATENCY: usize = at("wan_latency_ms");
+    pub const DNS_FAIL: usize = at("dns_fail_pct");
+    pub const CPU: usize = at("cpu_pct");
+    pub const MEM: usize = at("mem_pct");
+    pub const TEMP: usize = at("temp_c");
 }
 
 /// The lowest value of [`usage_curve`]: `0.75·cos h + 0.25·cos 2h` is smallest where `cos h = −0.75`.
@@ -577,7 +601,17 @@ const BURSTY: [usize; 6] = [
 const CHANNEL_SERIES: [usize; 3] = [fx::CHANNEL_UTIL, fx::INTERFERENCE, fx::NOISE_FLOOR];
 
 /// Features a coarse firmware reports in whole units (dBm, dB, %, ms, °C).
-const COARSE_WHOLE: [usize; 9] = [0, 1, 2, 8, 9, 12, 15, 16, 17];
+const COARSE_WHOLE: [usize; 9] = [
+    fx::RSSI,
+    fx::SNR,
+    fx::NOISE_FLOOR,
+    fx::CHANNEL_UTIL,
+    fx::INTERFERENCE,
+    fx::WAN_LATENCY,
+    fx::CPU,
+    fx::MEM,
+    fx::TEMP,
+];
 
 /// 802.11 a/g/n/ac/ax PHY rates (Mbps) a coarse firmware snaps its PHY rate to.
 const PHY_RATES: [f64; 40] = [

@@ -171,6 +171,12 @@ fn q_i8(v: f32, scale: f32) -> u8 {
 }
 
 impl St {
+    /// The run of repeated values that is stuck: `2R + 4` (1 is the alarm point of `run / bar`).
+    #[inline(always)]
+    fn run_bar(&self) -> f32 {
+        2.0 * self.run_max + 4.0
+    }
+
     #[inline(always)]
     fn decode(b: &DetectorState, transform: Transform, range: bool) -> St {
         let (season, prev) = match transform {
@@ -503,8 +509,8 @@ impl SeasonalRobust {
                 // snapped to the 802.11 rates, a value in whole units) whose runs outgrow what it showed
                 // so far raises at most a few times while its bar doubles to its runs; a sensor stuck for
                 // hours moves it once, to the bar it crossed.
-                let bar = 2.0 * st.run_max + 4.0;
-                st.run_max = (st.run_max * (1.0 - 1.0 / 256.0)).max((st.run as f32).min(bar));
+                st.run_max =
+                    (st.run_max * (1.0 - 1.0 / 256.0)).max((st.run as f32).min(st.run_bar()));
             }
             st.run = 0;
         }
@@ -522,7 +528,7 @@ impl SeasonalRobust {
         }
         let variance = (st.vol - 0.8).max(0.0) / (self.vol_alarm - 0.8);
         let stuck = if st.run >= 2 && noisy {
-            st.run as f32 / (2.0 * st.run_max + 4.0)
+            st.run as f32 / st.run_bar()
         } else {
             0.0
         };
