@@ -78,6 +78,7 @@ fn arrangement(c: &mut Criterion) {
         let model = series_model(
             logs,
             cycle,
+            None,
             config,
             Arc::clone(&detector),
             ModelRun::default(),

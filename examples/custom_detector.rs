@@ -60,6 +60,8 @@ impl Detector for LevelBand {
             expected: m,
             sigma,
             surprise: (r / sigma).abs(),
+            // No short-term memory: the signed residual is the baseline (what element incidents sum).
+            baseline: r / sigma,
             sustained: 0.0,
             kind: AnomalyKind::Spike,
             reset: false,
@@ -122,6 +124,8 @@ fn main() -> anyhow::Result<()> {
         checkpoint_dir: None,
         checkpoint_every: None,
         signals: false,
+        topology: None,
+        group_incidents: false,
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
         checkpoint_dir: None,
         checkpoint_every: None,
         signals: false,
+        topology: None,
+        group_incidents: false,
     };
     let run = commands::run(&opts)?;
     println!(

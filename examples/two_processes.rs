@@ -25,6 +25,8 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         checkpoint_dir: None,
         checkpoint_every: None,
         signals: false,
+        topology: None,
+        group_incidents: false,
     }
 }
 

@@ -39,8 +39,10 @@ use crate::model::customer::{
     CustomerMeta, Evidence, ModelConfig, OpenAnomaly, StepContext, StepOut, contribute_customer,
     step_customer,
 };
+use crate::model::incident::{ACTIVE_EPOCHS, ElementPartial};
 use crate::record::{DeadLetter, LogN, RejectCode, Rejection};
 use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
+use crate::topology::{Membership, Placement};
 
 /// The trace type of the series-state arrangement.
 pub type StateSpine = ValSpine<CustomerId, u8, u64, Block>;
@@ -150,6 +152,9 @@ pub struct ModelCounts {
     pub customers: u64,
 }
 
+/// A difference of the topology collection.
+pub type TopologyDiff = (Placement, u64, isize);
+
 /// A difference of the open-anomaly collection.
 pub type AnomalyDiff = ((CustomerId, OpenAnomaly), u64, isize);
 
@@ -161,6 +166,8 @@ pub struct ModelStreams<'scope> {
     pub counts: Stream<'scope, u64, Vec<ModelCounts>>,
     pub dead: Stream<'scope, u64, Vec<DeadLetter>>,
     pub cohort: Stream<'scope, u64, Vec<CohortDelta>>,
+    /// With a topology: every worker's per-element sums of each epoch.
+    pub elements: Stream<'scope, u64, Vec<ElementPartial>>,
 }
 
 /// Background writes of checkpoint parts still in progress (joined when the run ends).
@@ -296,6 +303,7 @@ type RestoredOut = (u64, Vec<AnomalyDiff>, Span<u64, Rc<StateBatch>>);
 pub fn series_model<'scope, const N: usize>(
     logs: Stream<'scope, u64, Vec<LogN<N>>>,
     cohort: Stream<'scope, u64, Vec<CohortDelta>>,
+    topology: Option<Stream<'scope, u64, Vec<TopologyDiff>>>,
     config: ModelConfig,
     detector: Arc<dyn Detector>,
     run: ModelRun,
@@ -314,18 +322,27 @@ pub fn series_model<'scope, const N: usize>(
         Exchange::new(|l: &LogN<N>| customer_route(&l.customer)),
     );
     let mut in_cohort = builder.new_input(cohort, Pipeline);
+    let with_topology = topology.is_some();
+    let mut in_topo = topology.map(|t| {
+        builder.new_input(
+            t,
+            Exchange::new(|d: &TopologyDiff| customer_route(&d.0.customer)),
+        )
+    });
     let (out_spans, spans) = builder.new_output();
     let (out_anom, anomalies) = builder.new_output::<Vec<AnomalyDiff>>();
     let (out_ev, evidence) = builder.new_output::<Vec<Evidence>>();
     let (out_counts, counts) = builder.new_output::<Vec<ModelCounts>>();
     let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
     let (out_cohort, cohort_out) = builder.new_output::<Vec<CohortDelta>>();
+    let (out_elements, elements) = builder.new_output::<Vec<ElementPartial>>();
     let mut out_spans = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_spans);
     let mut out_anom = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_anom);
     let mut out_ev = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_ev);
     let mut out_counts = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_counts);
     let mut out_dead = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_dead);
     let mut out_cohort = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_cohort);
+    let mut out_elements = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_elements);
 
     let activator = scope.activator_for(Rc::clone(&info.address));
     let mut trace = StateSpine::new(info.clone(), None, Some(activator));
@@ -376,6 +393,8 @@ pub fn series_model<'scope, const N: usize>(
         let mut acc = CohortAccumulator::new(config.features);
         let blocks = blocks_for(config.features);
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
+        let mut membership = with_topology.then(|| Membership::new(config.features));
+        let mut topo_stash: BTreeMap<u64, Vec<TopologyDiff>> = BTreeMap::new();
 
         move |frontiers| {
             in_logs.for_each(|cap, data| {
@@ -391,6 +410,20 @@ pub fn series_model<'scope, const N: usize>(
                     cohort_stash.entry(t).or_default().append(data);
                 }
             });
+            if let Some(input) = in_topo.as_mut() {
+                input.for_each(|_cap, data| {
+                    for d in data.drain(..) {
+                        // A difference no later than the next epoch to run applies at once (compactly);
+                        // a later one waits for its epoch.
+                        match membership.as_mut() {
+                            Some(m) if d.1 == 0 || next.is_some_and(|n| d.1 <= n) => {
+                                m.apply(d.0, d.2)
+                            }
+                            _ => topo_stash.entry(d.1).or_default().push(d),
+                        }
+                    }
+                });
+            }
             let Some(held) = caps.as_mut() else { return };
             // A restored run: the checkpoint's batch and open anomalies leave at the checkpoint epoch (the
             // sink writes nothing for it: it is already in the output).
@@ -408,10 +441,8 @@ pub fn series_model<'scope, const N: usize>(
             }
             let f_logs = frontiers[0].frontier().first().copied();
             let f_cohort = frontiers[1].frontier().first().copied();
-            let bound = match (f_logs, f_cohort) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let f_topo = frontiers.get(2).and_then(|f| f.frontier().first().copied());
+            let bound = [f_logs, f_cohort, f_topo].into_iter().flatten().min();
             // A worker that has had no data yet holds no state: its part of a checkpoint it passes is empty
             // (with the statistics every worker applied).
             let stop_at = stop.as_ref().and_then(|s| s.epoch());
@@ -487,6 +518,15 @@ pub fn series_model<'scope, const N: usize>(
                     }
                 }
                 let priors = stats.priors();
+                // The topology as of this epoch.
+                if let Some(m) = membership.as_mut() {
+                    let ready: Vec<u64> = topo_stash.range(..=e).map(|(t, _)| *t).collect();
+                    for t in ready {
+                        for (p, _, d) in topo_stash.remove(&t).unwrap_or_default() {
+                            m.apply(p, d);
+                        }
+                    }
+                }
                 if upper < e {
                     writer.seal(Antichain::from_elem(e));
                     upper = e;
@@ -499,8 +539,17 @@ pub fn series_model<'scope, const N: usize>(
                     }
                     _ => None,
                 };
-                let result =
-                    worker.run_epoch(e, &mut logs, &mut reader, &priors, &mut acc, dump.as_mut());
+                let result = worker.run_epoch(
+                    e,
+                    &mut logs,
+                    &mut reader,
+                    &priors,
+                    &mut acc,
+                    EpochSide {
+                        dump: dump.as_mut(),
+                        membership: membership.as_mut(),
+                    },
+                );
                 // Keep the epoch's buffer for a later epoch: its capacity is already the size of an
                 // epoch, so the next epoch's logs append without growing (and copying) a new vector.
                 logs.clear();
@@ -546,6 +595,13 @@ pub fn series_model<'scope, const N: usize>(
                         .activate()
                         .session(&cap_at(4))
                         .give_container(&mut dead);
+                }
+                let mut el = result.elements;
+                if !el.is_empty() {
+                    out_elements
+                        .activate()
+                        .session(&cap_at(6))
+                        .give_container(&mut el);
                 }
                 // The cohort sample of this epoch enters the window; the one of COHORT_WINDOW epochs ago
                 // leaves it.
@@ -619,6 +675,7 @@ pub fn series_model<'scope, const N: usize>(
         counts,
         dead,
         cohort: cohort_out,
+        elements,
     }
 }
 
@@ -737,6 +794,16 @@ pub struct EpochResult {
     pub dead: Vec<DeadLetter>,
     /// Customers written to the checkpoint part (when one was given).
     pub dumped: u64,
+    /// With a topology: this worker's sums of the epoch per element.
+    pub elements: Vec<ElementPartial>,
+}
+
+/// What an epoch writes besides the state: a checkpoint part (when the epoch is a checkpoint's), and with a
+/// topology the per-element sums.
+#[derive(Default)]
+pub struct EpochSide<'a> {
+    pub dump: Option<&'a mut PartWriter>,
+    pub membership: Option<&'a mut Membership>,
 }
 
 /// The per-epoch work of the operator, separated from the timely plumbing.
@@ -765,7 +832,7 @@ impl EpochWorker {
         }
     }
 
-    /// Runs epoch `e` over the trace's current state and the epoch's logs; with `dump`, writes every
+    /// Runs epoch `e` over the trace's current state and the epoch's logs; with `side.dump`, writes every
     /// customer's state after the epoch to it (a checkpoint part), in customer order.
     pub fn run_epoch<const N: usize>(
         &mut self,
@@ -774,8 +841,12 @@ impl EpochWorker {
         reader: &mut TraceAgent<StateSpine>,
         priors: &[crate::model::FeaturePrior],
         acc: &mut CohortAccumulator,
-        mut dump: Option<&mut PartWriter>,
+        side: EpochSide<'_>,
     ) -> EpochResult {
+        let EpochSide {
+            mut dump,
+            mut membership,
+        } = side;
         logs.sort_unstable_by(|a, b| {
             a.customer
                 .cmp(&b.customer)
@@ -796,7 +867,13 @@ impl EpochWorker {
             epoch: e,
         };
         let f_count = self.config.features;
-        let mut out = StepOut::default();
+        let mut out = StepOut {
+            deviate: membership.is_some(),
+            ..StepOut::default()
+        };
+        if let Some(m) = membership.as_deref_mut() {
+            m.begin();
+        }
         let mut counts = ModelCounts::default();
         let mut dead = Vec::new();
         let mut dumped = 0u64;
@@ -811,6 +888,7 @@ impl EpochWorker {
                 (None, Some(b)) => b,
                 (Some(a), Some(b)) => a.min(b),
             };
+            let element = membership.as_deref_mut().and_then(|m| m.visit(customer));
             for b in self.old.iter_mut() {
                 *b = Block::ZERO;
             }
@@ -831,6 +909,17 @@ impl EpochWorker {
                 li += 1;
             }
             let customer_logs = &logs[start..li];
+            if let (Some(i), Some(m)) = (element, membership.as_deref_mut()) {
+                let meta = CustomerMeta::decode(
+                    &self.old[f_count / BLOCK_SLOTS].slot(f_count % BLOCK_SLOTS),
+                );
+                let p = m.partial(i);
+                let reporting = !customer_logs.is_empty();
+                p.reporting += reporting as u32;
+                let recent = meta.last_seen != 0
+                    && (e + 1).saturating_sub(meta.last_seen as u64) <= ACTIVE_EPOCHS;
+                p.active += (reporting || recent) as u32;
+            }
             let sampled = (customer_route(&customer).wrapping_add(e)) % COHORT_WINDOW == 0;
             if customer_logs.is_empty() && quiet_customer(&self.old, f_count, e, &self.config) {
                 if sampled {
@@ -852,6 +941,12 @@ impl EpochWorker {
             );
             if sampled {
                 contribute_customer(&ctx, &self.slots[..=f_count], acc);
+            }
+            if let (Some(i), Some(m)) = (element, membership.as_deref_mut()) {
+                let p = m.partial(i);
+                for (f, z) in out.deviations.drain(..) {
+                    p.add_deviation(f as usize, z);
+                }
             }
             for &i in &out.duplicates[dups_before..] {
                 let l = &customer_logs[i];
@@ -895,6 +990,7 @@ impl EpochWorker {
         }
         drop(cursor);
         drop(storage);
+        let elements = membership.map(|m| m.finish()).unwrap_or_default();
         self.customers_hint = counts.customers as usize;
         counts.series_scored = out.series_scored;
         counts.duplicates = out.duplicates.len() as u64;
@@ -912,6 +1008,7 @@ impl EpochWorker {
             counts,
             dead,
             dumped,
+            elements,
         }
     }
 }

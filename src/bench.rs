@@ -44,6 +44,8 @@ pub struct BenchOptions {
     /// measurement), every `checkpoint_every` epochs.
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_every: u64,
+    /// The fleet's topology (`run --topology`): measures the cost of network-element incidents.
+    pub topology: Option<PathBuf>,
 }
 
 /// Checkpoint figures of a bench run.
@@ -195,6 +197,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         }),
         stop: Default::default(),
         connect_timeout: std::time::Duration::ZERO,
+        topology: match &opts.topology {
+            Some(p) => Some(Arc::new(
+                crate::topology::read_topology(p, 1)
+                    .map_err(|e| CommandError::Usage(format!("--topology: {e}")))?,
+            )),
+            None => None,
+        },
+        group_incidents: false,
     };
     let run = crate::dataflow::run(cfg, timely::Config::process(opts.workers.max(1)), 0)?;
     let peak = peak_rss_bytes();

@@ -30,21 +30,23 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{
-    Capability, Concat, ConnectLoop, Feedback, Input, Inspect, Probe,
+    Capability, Concat, ConnectLoop, Feedback, Input, Inspect, Probe, ToStream,
 };
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::arrangement::{
-    ModelCheckpoint, ModelCounts, ModelRun, PendingWrites, Restored, series_model,
+    ModelCheckpoint, ModelCounts, ModelRun, PendingWrites, Restored, TopologyDiff, series_model,
 };
 use crate::checkpoint::{
     CheckpointError, Checkpointing, Completed, Coordinator, Loaded, RunIdentity, SinkCheckpoint,
     SinkSnapshot,
 };
+use crate::incidents::Annotation;
 use crate::keys::CustomerId;
 use crate::model::Detector;
 use crate::model::cohort::CohortDelta;
 use crate::model::customer::{Evidence, ModelConfig, OpenAnomaly};
+use crate::model::incident::IncidentChange;
 use crate::record::{DeadLetter, LogN, MAX_FEATURES, NARROW};
 use crate::sinks::{
     EpochSummary, FileOutput, LineKind, Output, OutputError, OutputFormat, dead_letter_line,
@@ -54,6 +56,7 @@ use crate::sources::intake::SourceSnaps;
 use crate::sources::{FileSource, InputFile, Source, SourceCounts, SourceError};
 use crate::spec::Spec;
 use crate::stop::{Agreement, Stop};
+use crate::topology::Placement;
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,12 @@ pub struct RunConfig {
     pub stop: Arc<Stop>,
     /// Cluster layouts: how long to wait for the peer processes at start.
     pub connect_timeout: Duration,
+    /// The fleet's topology (`--topology`): network-element incidents, and the members' alerts annotated
+    /// with them.
+    pub topology: Option<Arc<crate::topology::Topology>>,
+    /// With a topology: a member's alert raised under its element's open incident is not written (the
+    /// incident stands for it), nor are its later changes.
+    pub group_incidents: bool,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -558,9 +567,34 @@ fn build<'scope, const N: usize>(
         Arc::clone(&errors),
     );
     let (cohort_handle, cohort_cycle) = scope.feedback::<Vec<CohortDelta>>(1);
+    // The topology as a differential collection: worker 0 introduces every placement at time 0.
+    let topology = cfg.topology.as_ref().map(|t| {
+        let mine: Vec<TopologyDiff> = if scope.index() == 0 {
+            t.placements.iter().map(|p| (*p, 0u64, 1isize)).collect()
+        } else {
+            Vec::new()
+        };
+        let dead: Vec<DeadLetter> = if scope.index() == 0 {
+            t.dead.clone()
+        } else {
+            Vec::new()
+        };
+        // The incident operator needs only how many members each element has.
+        let counts = if scope.index() == 0 {
+            crate::incidents::member_counts(&t.placements)
+        } else {
+            Vec::new()
+        };
+        (
+            mine.to_stream(scope),
+            dead.to_stream(scope),
+            counts.to_stream(scope),
+        )
+    });
     let model = series_model(
         logs,
         cohort_cycle,
+        topology.as_ref().map(|t| t.0.clone()),
         ModelConfig::from_spec(&cfg.spec),
         Arc::clone(&cfg.detector),
         ModelRun {
@@ -574,24 +608,51 @@ fn build<'scope, const N: usize>(
     let counts = model.counts.probe_with(probe);
     // The open anomalies as a differential collection, arranged by customer; what leaves is its change.
     let open = model.anomalies.as_collection().arrange_by_key();
-    let changes = open.as_collection(|k: &CustomerId, v: &OpenAnomaly| (*k, *v));
-    let dead = src_dead.concat(model.dead);
+    let changes = open
+        .clone()
+        .as_collection(|k: &CustomerId, v: &OpenAnomaly| (*k, *v));
+    let mut dead = src_dead.concat(model.dead);
+    // Incidents: the members' open anomalies per element (an incremental join with the topology), and the
+    // model's per-element sums, stepped per element.
+    let incidents = topology.map(|(topo, topo_dead, member_counts)| {
+        dead = dead.clone().concat(topo_dead);
+        let by_customer = topo
+            .clone()
+            .as_collection()
+            .map(|p: Placement| (p.customer, p.element))
+            .arrange_by_key();
+        let members = open.join_core(by_customer, |c: &CustomerId, a: &OpenAnomaly, el| {
+            Some((*el, (*c, *a)))
+        });
+        crate::incidents::incidents(
+            model.elements,
+            members.inner,
+            member_counts,
+            cfg.spec.features.len(),
+            crate::model::incident::IncidentParams::default(),
+        )
+    });
     let format = OutputFormat {
         features: cfg.spec.features.iter().map(|f| f.name.clone()).collect(),
         model: cfg.detector.name().to_string(),
         epoch_len: cfg.spec.epoch.length_seconds as i64,
         reproducible: cfg.reproducible,
     };
-    let inputs = cfg.inputs.names();
+    let mut inputs = cfg.inputs.names();
+    if let Some(t) = &cfg.topology {
+        inputs.push(t.path.clone());
+    }
     sink(
         changes.inner,
         model.evidence,
         counts,
         src_counts,
         dead,
+        incidents,
         SinkState::new(format, inputs, sink_output, errors, report, started)
             .with_checkpoints(cfg.checkpoint.clone(), ck.to_coordinator, ck.resume)
-            .with_stop(Arc::clone(&cfg.stop)),
+            .with_stop(Arc::clone(&cfg.stop))
+            .with_grouping(cfg.group_incidents),
     )
     .probe_with(&acked);
 }
@@ -881,6 +942,8 @@ struct Bucket {
     model: ModelCounts,
     source: SourceCounts,
     dead: Vec<DeadLetter>,
+    incidents: Vec<IncidentChange>,
+    annotations: Vec<Annotation>,
 }
 
 /// The sink's state (only worker 0 has the output; other workers forward everything to it).
@@ -909,6 +972,10 @@ pub struct SinkState {
     checkpoint: Option<(Checkpointing, std::sync::mpsc::Sender<SinkCheckpoint>)>,
     /// A graceful stop: its epoch is a checkpoint, and a run stopped there is not over (no `end` line).
     stop: Arc<Stop>,
+    /// Grouped incidents: members' alerts raised under an open incident are not written, nor their later
+    /// changes (the set of those still open).
+    group_incidents: bool,
+    grouped: std::collections::HashSet<(CustomerId, u16)>,
 }
 
 impl SinkState {
@@ -949,7 +1016,15 @@ impl SinkState {
             summary_unflushed: false,
             checkpoint: None,
             stop: Arc::new(Stop::default()),
+            group_incidents: false,
+            grouped: Default::default(),
         }
+    }
+
+    /// Grouped incidents (see [`RunConfig::group_incidents`]).
+    fn with_grouping(mut self, group: bool) -> Self {
+        self.group_incidents = group;
+        self
     }
 
     /// The run's stop (see [`crate::stop`]).
@@ -1080,28 +1155,63 @@ impl SinkState {
 
     fn emit_epoch(&mut self, e: u64, mut b: Bucket) {
         b.evidence.sort_by_key(|e| (e.customer, e.feature));
-        let changes = derive_changes(std::mem::take(&mut b.diffs), &b.evidence);
+        let mut changes = derive_changes(std::mem::take(&mut b.diffs), &b.evidence);
         let silent = self.written_through.is_some_and(|w| e <= w);
         let mut text = std::mem::take(&mut self.line);
         text.clear();
-        for c in &changes {
+        b.annotations.sort_unstable();
+        let incident_of = |c: &crate::sinks::Change| {
+            b.annotations
+                .binary_search_by(|a| (a.0, a.1).cmp(&(c.customer, c.feature)))
+                .ok()
+                .map(|i| b.annotations[i].2)
+        };
+        let mut written = Vec::with_capacity(changes.len());
+        for c in changes.drain(..) {
             match c.status {
                 crate::model::alert::Transition::Raised => self.open += 1,
                 crate::model::alert::Transition::Cleared => self.open -= 1,
                 crate::model::alert::Transition::Updated => {}
             }
-            self.format.change_line(e, c, &mut text);
+            let incident = incident_of(&c);
+            if self.group_incidents {
+                let key = (c.customer, c.feature);
+                let held_back = if self.grouped.contains(&key) {
+                    if c.status == crate::model::alert::Transition::Cleared {
+                        self.grouped.remove(&key);
+                    }
+                    true
+                } else if incident.is_some() && c.status == crate::model::alert::Transition::Raised
+                {
+                    self.grouped.insert(key);
+                    true
+                } else {
+                    false
+                };
+                if held_back {
+                    continue;
+                }
+            }
+            self.format.change_line_in(e, &c, incident, &mut text);
+            written.push(c);
+        }
+        let changes = written;
+        b.incidents.sort_by_key(|i| i.element);
+        for i in &b.incidents {
+            self.format.incident_line(e, i, &mut text);
         }
         // The previous epoch's summary is durable before this epoch's first change is sent (they may go to
         // different partitions, which the broker does not order): a crash leaves changes without their
         // summary in one epoch at most.
-        if !silent && self.summary_unflushed && (!changes.is_empty() || !b.dead.is_empty()) {
+        let any = !changes.is_empty() || !b.incidents.is_empty() || !b.dead.is_empty();
+        if !silent && self.summary_unflushed && any {
             self.barrier();
         }
-        if !silent && !changes.is_empty() {
+        if !silent && (!changes.is_empty() || !b.incidents.is_empty()) {
             let kinds: Vec<LineKind<'_>> = changes
                 .iter()
                 .map(|c| LineKind::Change(&c.customer))
+                .chain(b.incidents.iter().map(|i| LineKind::Change(&i.element)))
                 .collect();
             self.write(&text, &kinds);
         }
@@ -1116,7 +1226,7 @@ impl SinkState {
             self.write(&text, &kinds);
         }
         // An epoch's summary is never durable before its changes and dead letters (a restart trusts it).
-        if !silent && (!changes.is_empty() || !b.dead.is_empty()) {
+        if !silent && any {
             self.barrier();
         }
         let summary = EpochSummary {
@@ -1125,7 +1235,7 @@ impl SinkState {
             late: b.source.late,
             dead_lettered: b.source.dead + b.model.duplicates,
             series_scored: b.model.series_scored,
-            changes: changes.len() as u64,
+            changes: (changes.len() + b.incidents.len()) as u64,
             open_anomalies: self.open,
             closed_by_guard: b.source.guard_closed > 0,
         };
@@ -1249,6 +1359,7 @@ fn sink<'scope>(
     counts: Stream<'scope, u64, Vec<ModelCounts>>,
     src_counts: Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
     dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    incidents: Option<crate::incidents::IncidentStreams<'scope>>,
     mut state: SinkState,
 ) -> Stream<'scope, u64, Vec<()>> {
     let scope = changes.scope();
@@ -1260,6 +1371,12 @@ fn sink<'scope>(
     let mut in_counts = builder.new_input(counts, Exchange::new(|_: &_| 0u64));
     let mut in_src = builder.new_input(src_counts, Exchange::new(|_: &_| 0u64));
     let mut in_dead = builder.new_input(dead, Exchange::new(|_: &_| 0u64));
+    let mut in_incidents = incidents.map(|i| {
+        (
+            builder.new_input(i.changes, Exchange::new(|_: &_| 0u64)),
+            builder.new_input(i.annotations, Exchange::new(|_: &_| 0u64)),
+        )
+    });
     builder.build(move |caps| {
         let mut finished = false;
         let _acks_out = acks_out;
@@ -1310,6 +1427,18 @@ fn sink<'scope>(
                     }
                 }
             });
+            if let Some((ch, notes)) = in_incidents.as_mut() {
+                ch.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        state.buckets.entry(t).or_default().incidents.append(data);
+                    }
+                });
+                notes.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        state.buckets.entry(t).or_default().annotations.append(data);
+                    }
+                });
+            }
             if finished {
                 return;
             }

@@ -54,6 +54,10 @@ pub struct GenerateConfig {
     pub cold_start_rate: f64,
     /// Expected element outages per element per day.
     pub outage_rate: f64,
+    /// Expected element congestions per element per day: for 6–24 epochs most members' throughput drops
+    /// and their latency rises, each by 0.6–1.2 times the series' normal variation (mildly: inside its own
+    /// band). 0, the default, leaves the fleet exactly as without them (their random stream is separate).
+    pub congestion_rate: f64,
     /// Fraction of messages replaced by malformed ones (for demos of the dead-letter path).
     pub malformed_rate: f64,
     /// Epochs of clean history before the first anomaly of the customers present from the start: a
@@ -83,6 +87,7 @@ impl Default for GenerateConfig {
             join_fraction: 0.05,
             cold_start_rate: 0.0,
             outage_rate: 1.0 / 14.0,
+            congestion_rate: 0.0,
             malformed_rate: 0.0,
             history_epochs: 288,
             threads: 0,
@@ -860,6 +865,8 @@ pub struct GenerateReport {
     pub messages: u64,
     pub labels: u64,
     pub bytes: u64,
+    /// Element-level faults written to element_labels.jsonl.
+    pub element_faults: u64,
 }
 
 /// The largest excursion |noise| makes once in ~3·10⁵ observations (about three years of 5-minute logs),
@@ -1111,7 +1118,27 @@ fn push_fixed(s: &mut String, v: f64, decimals: u8) {
 }
 
 /// One log's values for one customer at epoch `e` (NaN = missing feature), or `None` when the log is missing.
-fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 20]) -> bool {
+/// Whether a customer is among the members a congestion starting at epoch `s` reaches (four in five).
+fn congested_member(c: &CustomerState, s: usize) -> bool {
+    let h = stable_hash(format!("{}@{s}", c.id).as_bytes());
+    h % 5 != 0
+}
+
+/// The features an element's congestion moves, and which way: throughput down, latency up.
+const CONGESTED: [(usize, f64); 3] = [
+    (fx::THROUGHPUT_DOWN, -1.0),
+    (fx::THROUGHPUT_UP, -1.0),
+    (fx::WAN_LATENCY, 1.0),
+];
+
+fn step(
+    c: &mut CustomerState,
+    e: usize,
+    ts: i64,
+    outage: bool,
+    congestion: f64,
+    out: &mut [f64; 20],
+) -> bool {
     let rng = &mut c.rng;
     // Draw the log-level events first so the random stream does not depend on what follows.
     let missing_draw = rng.f64();
@@ -1176,6 +1203,11 @@ fn step(c: &mut CustomerState, e: usize, ts: i64, outage: bool, out: &mut [f64; 
             mean = away_effect(k, mean);
         }
         mean += c.habits.mean_shift(k) * p.noise;
+        if congestion > 0.0
+            && let Some((_, sign)) = CONGESTED.iter().find(|(f, _)| *f == k)
+        {
+            mean += sign * congestion * c.habits.scale(k, &p);
+        }
         // Heavy-tailed AR(1) noise.
         let innovation = c.rng.student_t(p.df) * p.noise;
         let ar_state = p.ar * c.ar_state[k] as f64 + (1.0 - p.ar * p.ar).sqrt() * innovation;
@@ -1346,6 +1378,32 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
         }
     }
 
+    // Element congestions (element, start, len, magnitude), apart from the element's outages and each other.
+    let mut congestions: Vec<(usize, usize, usize, f64)> = Vec::new();
+    if cfg.congestion_rate > 0.0 {
+        let mut crng = Rng::new(cfg.seed, 0xC0C);
+        for el in 0..elements {
+            let n = poisson(&mut crng, cfg.congestion_rate * days);
+            for _ in 0..n {
+                let len = 6 + crng.below(19) as usize;
+                let magnitude = 0.6 + 0.6 * crng.f64();
+                let first = cfg.history_epochs.min(cfg.epochs / 2);
+                if cfg.epochs < first + len + 2 {
+                    continue;
+                }
+                let s = first + crng.below((cfg.epochs - first - len) as u64) as usize;
+                let clash = |e: usize, os: usize, ol: usize| {
+                    e == el && s < os + ol + 12 && os < s + len + 12
+                };
+                if !outages.iter().any(|(e, os, ol)| clash(*e, *os, *ol))
+                    && !congestions.iter().any(|(e, os, ol, _)| clash(*e, *os, *ol))
+                {
+                    congestions.push((el, s, len, magnitude));
+                }
+            }
+        }
+    }
+
     let telemetry = out_dir.join("telemetry.jsonl");
     let mut w = BufWriter::with_capacity(8 << 20, File::create(&telemetry)?);
     let header = serde_json::to_string(&RecordedHeader::new("telemetry", cfg.partitions))
@@ -1377,6 +1435,11 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             .filter(|(_, s, l)| e >= *s && e < s + l)
             .map(|(el, _, _)| *el)
             .collect();
+        let congested: Vec<(usize, usize, f64)> = congestions
+            .iter()
+            .filter(|(_, s, l, _)| e >= *s && e < s + l)
+            .map(|(el, s, _, m)| (*el, *s, *m))
+            .collect();
         for chunk in parts_c.iter_mut().flat_map(|p| p.chunks_mut(CHUNK)) {
             // Pass 1 (parallel): the customers' values, or `None` for a missing log.
             values.clear();
@@ -1385,11 +1448,17 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             std::thread::scope(|sc| {
                 for (cs, vs) in chunk.chunks_mut(per).zip(values.chunks_mut(per)) {
                     let down = &down;
+                    let congested = &congested;
                     sc.spawn(move || {
                         for (c, v) in cs.iter_mut().zip(vs.iter_mut()) {
                             let mut vals = [0f64; 20];
                             let outage = down.contains(&c.element);
-                            if step(c, e, epoch_start + c.offset, outage, &mut vals) {
+                            let congestion = congested
+                                .iter()
+                                .find(|(el, s, _)| *el == c.element && congested_member(c, *s))
+                                .map_or(0.0, |(_, _, m)| *m);
+                            let ts = epoch_start + c.offset;
+                            if step(c, e, ts, outage, congestion, &mut vals) {
                                 *v = Some(vals);
                             }
                         }
@@ -1514,7 +1583,61 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
             ));
         }
     }
+    // A congestion is labelled on each member it reaches, per feature it moves (kind `congestion`).
+    for (el, s, len, _) in &congestions {
+        for c in (el * 50..(el + 1) * 50)
+            .filter_map(|i| customer_at(&parts_c, i))
+            .map(|(p, o)| &parts_c[p][o])
+            .filter(|c| c.element == *el && c.join <= *s && congested_member(c, *s))
+        {
+            let st = start + *s as i64 * epoch_len;
+            for (k, _) in CONGESTED {
+                labels.push((
+                    st,
+                    c.id.to_string(),
+                    FEATURES[k].name.to_string(),
+                    "congestion",
+                    st + *len as i64 * epoch_len,
+                    start + c.join as i64 * epoch_len,
+                ));
+            }
+        }
+    }
     labels.sort();
+
+    // The element-level faults, for incident scoring (`eval --element-labels`).
+    let mut faults: Vec<(i64, String, String, &'static str, i64)> = Vec::new();
+    let region_of = |el: usize| format!("region-{:03}", el * regions / elements.max(1));
+    for (el, s, len) in &outages {
+        let st = start + *s as i64 * epoch_len;
+        faults.push((
+            st,
+            format!("elem-{el:05}"),
+            region_of(*el),
+            "outage",
+            st + *len as i64 * epoch_len,
+        ));
+    }
+    for (el, s, len, _) in &congestions {
+        let st = start + *s as i64 * epoch_len;
+        faults.push((
+            st,
+            format!("elem-{el:05}"),
+            region_of(*el),
+            "congestion",
+            st + *len as i64 * epoch_len,
+        ));
+    }
+    faults.sort();
+    let mut ew = BufWriter::new(File::create(out_dir.join("element_labels.jsonl"))?);
+    for (s, el, region, kind, end) in &faults {
+        writeln!(
+            ew,
+            "{{\"element\":\"{el}\",\"region\":\"{region}\",\"kind\":\"{kind}\",\"start\":{s},\"end\":{end}}}"
+        )?;
+    }
+    ew.flush()?;
+    report.element_faults = faults.len() as u64;
 
     let mut lw = BufWriter::new(File::create(out_dir.join("labels.jsonl"))?);
     for (s, c, f, k, end, joined) in &labels {
@@ -1810,7 +1933,12 @@ mod tests {
         let a = generate(&cfg, &dir.path().join("a")).unwrap();
         let cfg1 = GenerateConfig { threads: 1, ..cfg };
         generate(&cfg1, &dir.path().join("b")).unwrap();
-        for f in ["telemetry.jsonl", "labels.jsonl", "topology.csv"] {
+        for f in [
+            "telemetry.jsonl",
+            "labels.jsonl",
+            "topology.csv",
+            "element_labels.jsonl",
+        ] {
             let x = std::fs::read(dir.path().join("a").join(f)).unwrap();
             let y = std::fs::read(dir.path().join("b").join(f)).unwrap();
             assert!(x == y, "{f} differs between thread counts");
@@ -1825,5 +1953,55 @@ mod tests {
             p.parse_recorded(line.as_bytes(), &mut log)
                 .unwrap_or_else(|e| panic!("{line}: {e:?}"));
         }
+    }
+
+    #[test]
+    fn congestions_are_labelled_per_element_and_member_and_change_only_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = GenerateConfig {
+            customers: 100,
+            epochs: 300,
+            seed: 4,
+            anomaly_rate: 0.0,
+            outage_rate: 0.0,
+            history_epochs: 24,
+            threads: 2,
+            ..Default::default()
+        };
+        generate(&base, &dir.path().join("a")).unwrap();
+        let congested = GenerateConfig {
+            congestion_rate: 4.0,
+            ..base.clone()
+        };
+        let r = generate(&congested, &dir.path().join("b")).unwrap();
+        let read = |d: &str, f: &str| std::fs::read_to_string(dir.path().join(d).join(f)).unwrap();
+        assert_eq!(read("a", "element_labels.jsonl"), "");
+        let faults: Vec<serde_json::Value> = read("b", "element_labels.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!faults.is_empty(), "{faults:?}");
+        assert_eq!(r.element_faults, faults.len() as u64);
+        assert!(faults.iter().all(|f| f["kind"] == "congestion"));
+        // Each fault labels the members it reaches on the three features it moves.
+        let member_labels: Vec<serde_json::Value> = read("b", "labels.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &serde_json::Value| l["kind"] == "congestion")
+            .collect();
+        assert_eq!(member_labels.len() % 3, 0);
+        assert!(
+            member_labels.len() >= 3 * 30 * faults.len(),
+            "{}",
+            member_labels.len()
+        );
+        for l in &member_labels {
+            let f = l["feature"].as_str().unwrap();
+            assert!(CONGESTED.iter().any(|(k, _)| FEATURES[*k].name == f), "{f}");
+        }
+        // The same logs arrive (a congestion moves values, it drops nothing), some values differ.
+        let (ta, tb) = (read("a", "telemetry.jsonl"), read("b", "telemetry.jsonl"));
+        assert_eq!(ta.lines().count(), tb.lines().count());
+        assert!(ta != tb);
     }
 }

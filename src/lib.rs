@@ -17,9 +17,12 @@
 //! * [`checkpoint`] — checkpoints of the state and the input and output positions; restore and rescaling.
 //! * [`metrics`] — Prometheus metrics of a run (`run --metrics ADDR`).
 //! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
-//! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels.
+//! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels;
+//!   [`incidenteval`] — scoring incidents against the generator's element faults.
+//! * [`incidents`] — the incident operator (members' alerts joined with the topology, per-element sums).
 //! * [`kafka`] (feature `kafka`) — Kafka clients, `produce` / `record`, the Kafka output;
 //!   [`kafka_properties`] — the librdkafka properties an operator passes through (TLS, SASL).
+//! * [`topology`] — customer → network element → region (`run --topology`): incidents per element.
 //! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
 
 pub mod arrangement;
@@ -32,6 +35,8 @@ pub mod epoch;
 pub mod eval;
 pub mod f16;
 pub mod generate;
+pub mod incidenteval;
+pub mod incidents;
 pub mod json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -51,3 +56,4 @@ pub mod spec;
 pub mod state;
 pub mod stop;
 pub mod timefmt;
+pub mod topology;

@@ -98,6 +98,14 @@ enum Command {
         /// In a cluster, process i serves on the port + i.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// The fleet's topology, CSV `customer,element,region` (as `generate` writes topology.csv):
+        /// network-element incidents (`"type":"incident"` lines) when many members go silent or alert at
+        /// once, or move together each a little; members' changes under an open incident name it.
+        #[arg(long, value_name = "FILE")]
+        topology: Option<PathBuf>,
+        /// With --topology: write an element's incident instead of the member alerts raised under it.
+        #[arg(long, requires = "topology")]
+        group_incidents: bool,
         #[command(flatten)]
         kafka_client: KafkaClientArgs,
     },
@@ -138,6 +146,14 @@ enum Command {
         /// periods, bursts, coarse firmware): the fleets of the generator before them, byte for byte.
         #[arg(long)]
         without_normal_behaviours: bool,
+        /// Expected element outages (every member silent) per network element per day.
+        #[arg(long, default_value_t = 1.0 / 14.0)]
+        outage_rate: f64,
+        /// Expected element congestions per network element per day: most members' throughput down and
+        /// latency up, each mildly (0.6–1.2 times its normal variation), for 6–24 epochs. Labelled per element
+        /// in element_labels.jsonl and per member (kind `congestion`) in labels.jsonl.
+        #[arg(long, default_value_t = 0.0)]
+        congestion_rate: f64,
     },
     /// Measure the whole pipeline on a fleet of a given size; prints one JSON object.
     Bench {
@@ -171,6 +187,9 @@ enum Command {
         /// Epochs between checkpoints.
         #[arg(long, default_value_t = 12)]
         checkpoint_every: u64,
+        /// The fleet's topology (as `generate` writes topology.csv): the cost of network-element incidents.
+        #[arg(long)]
+        topology: Option<PathBuf>,
     },
     /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
     /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
@@ -211,6 +230,14 @@ enum Command {
         /// The detector name of `--results`.
         #[arg(long, requires = "results")]
         detector: Option<String>,
+        /// The generator's element faults (element_labels.jsonl): scores the run's incidents (recall,
+        /// precision, delay, false incidents per 1,000 element-days, member raises per fault); with
+        /// `--alerts` and `--topology`.
+        #[arg(long, requires_all = ["alerts", "topology"], conflicts_with_all = ["labels", "points", "nab"])]
+        element_labels: Option<PathBuf>,
+        /// The topology the run was given (`run --topology`).
+        #[arg(long, requires = "element_labels")]
+        topology: Option<PathBuf>,
     },
     /// Push a recorded topic (or a generated fleet) into a Kafka topic, each record to its own partition with
     /// its key and timestamp (idempotent producer). Prints a JSON report.
@@ -379,6 +406,8 @@ fn main() -> Result<()> {
             checkpoint_every,
             metrics,
             kafka_client,
+            topology,
+            group_incidents,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 bail!("--speed must be a positive number");
@@ -427,6 +456,8 @@ fn main() -> Result<()> {
                 checkpoint_dir: checkpoint_dir.clone(),
                 checkpoint_every,
                 signals: true,
+                topology,
+                group_incidents,
             };
             let report = match commands::run(&opts) {
                 Ok(r) => r,
@@ -489,7 +520,13 @@ fn main() -> Result<()> {
             history_epochs,
             features,
             without_normal_behaviours,
+            outage_rate,
+            congestion_rate,
         } => {
+            let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+            if !rate_ok(outage_rate) || !rate_ok(congestion_rate) {
+                bail!("--outage-rate and --congestion-rate must be non-negative numbers");
+            }
             let mut cfg = GenerateConfig {
                 customers,
                 epochs,
@@ -502,6 +539,8 @@ fn main() -> Result<()> {
                 history_epochs,
                 features,
                 normal_behaviours: !without_normal_behaviours,
+                outage_rate,
+                congestion_rate,
                 ..Default::default()
             };
             if let Some(s) = start {
@@ -520,10 +559,11 @@ fn main() -> Result<()> {
             let t = std::time::Instant::now();
             let r = commands::generate(&cfg, &out)?;
             eprintln!(
-                "wrote {} messages ({:.1} MB) and {} labels for {} customers x {} epochs in {:.2} s",
+                "wrote {} messages ({:.1} MB), {} labels and {} element faults for {} customers x {} epochs in {:.2} s",
                 r.messages,
                 r.bytes as f64 / 1e6,
                 r.labels,
+                r.element_faults,
                 r.customers,
                 r.epochs,
                 t.elapsed().as_secs_f64()
@@ -541,6 +581,7 @@ fn main() -> Result<()> {
             fast_shift,
             checkpoint_dir,
             checkpoint_every,
+            topology,
         } => {
             let opts = fleetwatch::bench::BenchOptions {
                 customers,
@@ -556,6 +597,7 @@ fn main() -> Result<()> {
                 fast_shift,
                 checkpoint_dir,
                 checkpoint_every,
+                topology,
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -571,7 +613,17 @@ fn main() -> Result<()> {
             dataflow,
             results,
             detector,
+            element_labels,
+            topology,
         } => match (nab, out, labels, alerts) {
+            (_, _, _, Some(alerts)) if element_labels.is_some() => {
+                let (Some(el), Some(topo)) = (element_labels, topology) else {
+                    anyhow::bail!("--element-labels needs --topology");
+                };
+                let labels = fleetwatch::incidenteval::read_element_labels(&el)?;
+                let r = fleetwatch::incidenteval::evaluate_incidents(&labels, &alerts, &topo)?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
             (Some(nab), Some(out), _, _) => {
                 let given = results.as_deref().zip(detector.as_deref());
                 let (r, _) = commands::eval_nab(&nab, &out, dataflow.as_deref(), given)?;

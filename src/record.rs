@@ -187,6 +187,8 @@ pub enum RejectCode {
     UnknownFeature,
     /// A record whose epoch had already closed, under the `dead_letter` late policy.
     Late,
+    /// A topology row that cannot be used (`run --topology`).
+    Topology,
 }
 
 impl RejectCode {
@@ -202,6 +204,7 @@ impl RejectCode {
             RejectCode::KeyMismatch => "key_mismatch",
             RejectCode::UnknownFeature => "unknown_feature",
             RejectCode::Late => "late",
+            RejectCode::Topology => "topology",
         }
     }
 }

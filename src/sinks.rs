@@ -24,6 +24,7 @@ use crate::model::customer::TopFeature;
 use crate::model::customer::{
     CUSTOMER_ALERT, CUSTOMER_FEATURE, Evidence, OpenAnomaly, is_customer_level,
 };
+use crate::model::incident::{IncidentChange, IncidentKind};
 use crate::record::DeadLetter;
 use crate::timefmt::format_rfc3339;
 
@@ -179,6 +180,18 @@ impl OutputFormat {
     }
 
     pub fn change_line(&self, epoch: u64, c: &Change, out: &mut String) {
+        self.change_line_in(epoch, c, None, out);
+    }
+
+    /// A change line; `incident` names the network element whose open incident the change happened under
+    /// (`run --topology`).
+    pub fn change_line_in(
+        &self,
+        epoch: u64,
+        c: &Change,
+        incident: Option<crate::topology::ElementId>,
+        out: &mut String,
+    ) {
         out.push_str("{\"type\":\"change\",\"epoch\":");
         let _ = write!(out, "{epoch}");
         out.push_str(",\"epoch_start\":\"");
@@ -256,6 +269,95 @@ impl OutputFormat {
                 _ => &self.model,
             },
         );
+        if let Some(el) = incident {
+            out.push_str(",\"incident\":");
+            push_str(out, el.as_str());
+        }
+        out.push_str("}\n");
+    }
+
+    /// An element's incident change (`"type":"incident"`, `"level":"element"`): the element and its region,
+    /// its members affected against its size, what moved, and why that is unusual for this element.
+    pub fn incident_line(&self, epoch: u64, i: &IncidentChange, out: &mut String) {
+        out.push_str("{\"type\":\"incident\",\"epoch\":");
+        let _ = write!(out, "{epoch}");
+        out.push_str(",\"epoch_start\":\"");
+        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
+        out.push_str("\",\"level\":\"element\",\"element\":");
+        push_str(out, i.element.as_str());
+        out.push_str(",\"region\":");
+        push_str(out, i.region.as_str());
+        let _ = write!(
+            out,
+            ",\"status\":\"{}\",\"severity\":\"{}\",\"kind\":\"{}\",\"start\":{},\"start_time\":\"{}\",\"score\":",
+            i.status.as_str(),
+            i.incident.severity.as_str(),
+            i.incident.kind.as_str(),
+            i.incident.start,
+            format_rfc3339(i.incident.start as i64 * self.epoch_len)
+        );
+        push_num(out, i.score);
+        let affected = match i.incident.kind {
+            IncidentKind::Outage => i.missing,
+            IncidentKind::Alerts => i.alerting,
+            IncidentKind::Congestion => i.active.saturating_sub(i.missing),
+        };
+        let _ = write!(
+            out,
+            ",\"members_affected\":{affected},\"members\":{},\"active\":{},\"missing\":{},\"alerting\":{}",
+            i.members, i.active, i.missing, i.alerting
+        );
+        out.push_str(",\"features\":[");
+        for (k, m) in i.moved.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"feature\":");
+            push_str(out, self.feature_name(m.feature));
+            out.push_str(",\"shift_sigma\":");
+            push_num(out, (m.shift * 1000.0).round() / 1000.0);
+            out.push_str(",\"evidence\":");
+            push_num(out, (m.evidence * 100.0).round() / 100.0);
+            out.push('}');
+        }
+        out.push_str("],\"member_alerts\":[");
+        for (k, a) in i.alerts.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"feature\":");
+            push_str(out, self.feature_name(a.feature));
+            let _ = write!(
+                out,
+                ",\"kind\":\"{}\",\"members\":{}}}",
+                a.kind.as_str(),
+                a.members
+            );
+        }
+        out.push_str("],\"why\":");
+        let why = if i.status == Transition::Cleared {
+            "the element's members are back within its own normal".to_string()
+        } else {
+            match i.incident.kind {
+                IncidentKind::Outage => format!(
+                    "{} of {} active members stopped reporting at once",
+                    i.missing, i.active
+                ),
+                IncidentKind::Alerts => {
+                    format!("{} of {} members alerting at once", i.alerting, i.members)
+                }
+                IncidentKind::Congestion => match i.moved.first() {
+                    Some(m) => format!(
+                        "the members' {} moved together by {:.2}σ of their own noise ({:.1} times this element's usual variation)",
+                        self.feature_name(m.feature),
+                        m.shift,
+                        m.evidence.abs()
+                    ),
+                    None => "the members' features moved together".to_string(),
+                },
+            }
+        };
+        push_str(out, &why);
         out.push_str("}\n");
     }
 

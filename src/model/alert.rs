@@ -729,7 +729,9 @@ impl Bar {
 }
 
 /// What one epoch did to a series' alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Transition {
     Raised,
     Updated,

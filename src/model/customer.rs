@@ -240,6 +240,11 @@ pub struct StepOut {
     /// per-observation trace (the NAB runner).
     pub trace: bool,
     pub scored: Vec<Evidence>,
+    /// When set, each stepped customer's signed deviations `(x − p)/σ` of the features that may raise go to
+    /// `deviations` (feature, z): what the element's congestion evidence sums (`model::incident`). The
+    /// caller drains it after each customer.
+    pub deviate: bool,
+    pub deviations: Vec<(u16, f32)>,
 }
 
 /// The customer's meta slot.
@@ -361,6 +366,9 @@ fn step_reported<const N: usize>(
     // (computed once per epoch, when first needed).
     let mut best: [Option<(Assessment, f32, AnomalyKind, f32)>; N] = [None; N];
     let mut bars = [alert::Bar::default(); N];
+    // Whether each feature's scored observation came right after a gap (its residual then says more about
+    // the gap than about the network: left out of the element's congestion evidence).
+    let mut after_gap = [false; N];
     let mut last_ts = meta.last_ts as i64;
     let mut max_ts = meta.last_ts as i64;
 
@@ -500,6 +508,7 @@ fn step_reported<const N: usize>(
                 }
                 if best[f].is_none_or(|(_, bs, _, _)| score > bs) {
                     best[f] = Some((a, score, kind, unremembered));
+                    after_gap[f] = gap > 1;
                 }
             }
         }
@@ -575,6 +584,12 @@ fn step_reported<const N: usize>(
             && s.seen >= min_seen
             && (kind != AnomalyKind::Dropout || s.seen >= cfg.warm_for_dropout);
         if can_raise {
+            if out.deviate
+                && !after_gap[f]
+                && let Some((a, ..)) = best[f]
+            {
+                out.deviations.push((f as u16, a.baseline));
+            }
             alertable.add(f as u16, unremembered);
             if unremembered > alertable_kind.0 {
                 alertable_kind = (unremembered, kind);

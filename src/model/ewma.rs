@@ -82,6 +82,7 @@ impl Detector for EwmaZscore {
             expected: m - self.alpha * d,
             sigma,
             surprise: z.abs(),
+            baseline: if z.is_finite() { z } else { 0.0 },
             sustained: 0.0,
             kind: AnomalyKind::Spike,
             reset: false,

@@ -11,12 +11,15 @@
 //!   a new series its prior until its own model is warm.
 //! * [`customer`] — one customer's epoch: dedupe, reboot detection, every feature's detector, dropout and
 //!   silence, alert transitions, cohort contributions.
+//! * [`incident`] — a network element's epoch against its own learned normal: outages, many members
+//!   alerting, congestion (members moving together, each a little).
 
 pub mod alert;
 pub mod cohort;
 pub mod customer;
 pub mod ewma;
 pub mod header;
+pub mod incident;
 pub mod registry;
 pub mod seasonal;
 pub mod tails;
@@ -191,6 +194,11 @@ pub struct Assessment {
     /// How surprising this one observation is, in σ (≥ 0): the point-wise score. The framework calibrates
     /// each series' threshold on its own history of it.
     pub surprise: f32,
+    /// The signed residual against the series' level and rhythm alone, in σ: without the short-term memory
+    /// of the last residual that `expected` carries (for a detector without one, the signed surprise). A
+    /// persistent small move stays in it while the memory absorbs most of it from `surprise`: what an
+    /// element's congestion evidence sums over its members (`model::incident`). 0 when censored.
+    pub baseline: f32,
     /// The strongest sustained evidence (shift, variance, stuck value...), normalised so that 1 is the
     /// detector's own alarm point for a series with Gaussian-like noise; the framework raises that bar for
     /// series with heavier tails.
@@ -214,6 +222,7 @@ impl Assessment {
             expected,
             sigma: 0.0,
             surprise: 0.0,
+            baseline: 0.0,
             sustained: 0.0,
             kind: AnomalyKind::Spike,
             reset: false,

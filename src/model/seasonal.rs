@@ -470,6 +470,7 @@ impl SeasonalRobust {
         let z = if censored { 0.0 } else { r / sigma };
         // The residual against the base prediction (without the carried memory): its autocorrelation is
         // what the carry models.
+        let baseline = if censored { 0.0 } else { (x - base) / sigma };
         let psi_base = ((x - base) / sigma).clamp(-self.huber, self.huber);
 
         // Scores.
@@ -602,6 +603,7 @@ impl SeasonalRobust {
             expected: p,
             sigma,
             surprise: z.abs(),
+            baseline,
             sustained,
             kind,
             reset: false,

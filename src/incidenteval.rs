@@ -1,0 +1,353 @@
+//! `fleetwatch eval --alerts OUT --element-labels element_labels.jsonl --topology topology.csv`: a run's
+//! network-element incidents scored against the generator's element-level faults.
+//!
+//! * A fault (element, kind, [start, end)) is **found** when the run raised an incident on its element at an
+//!   epoch inside it; its delay is that raise's epoch minus the fault's first epoch.
+//! * An incident raise on an element with no fault at that epoch is **false**; per 1,000 element-days over
+//!   the run's epochs and the topology's elements.
+//! * **Member raises per fault**: the feature- and customer-level raises written for the faulted element's
+//!   members during the fault — what an operator reads for one fault (the grouped mode's reduction is the
+//!   ratio of this figure without and with `--group-incidents`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::EvalError;
+
+/// One element-level fault, as the generator writes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ElementLabel {
+    pub element: String,
+    #[serde(default)]
+    pub region: String,
+    pub kind: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Per-kind figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FaultKindReport {
+    pub faults: u64,
+    pub found: u64,
+    pub recall: f64,
+    pub median_delay_epochs: Option<f64>,
+    /// Feature- and customer-level raises written for the members during the faults, per fault.
+    pub member_raises_per_fault: f64,
+    /// What an operator reads per fault: those raises plus the incident raises on the element during it.
+    pub raises_per_fault: f64,
+}
+
+/// The incident scores of a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IncidentReport {
+    pub faults: u64,
+    pub found: u64,
+    pub recall: f64,
+    pub incidents_raised: u64,
+    pub true_incidents: u64,
+    pub false_incidents: u64,
+    pub precision: f64,
+    pub median_delay_epochs: Option<f64>,
+    pub elements: u64,
+    pub element_days: f64,
+    pub false_incidents_per_1000_element_days: f64,
+    /// Incident raises per fault found (1 is one incident per fault).
+    pub incidents_per_found_fault: f64,
+    /// Feature- and customer-level raises written for a fault's members during it, per fault.
+    pub member_raises_per_fault: f64,
+    /// Those plus the incident raises on the faulted element during it, per fault: the lines an operator
+    /// reads for one fault (with and without `--group-incidents`, the grouped mode's reduction).
+    pub raises_per_fault: f64,
+    pub by_kind: BTreeMap<String, FaultKindReport>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> EvalError {
+    EvalError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+/// Reads `element_labels.jsonl`.
+pub fn read_element_labels(path: &Path) -> Result<Vec<ElementLabel>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: ElementLabel = serde_json::from_str(line).map_err(|e| EvalError::Parse {
+            path: path.display().to_string(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Scores a run's output (`alerts`) against element faults, with the topology (customer → element).
+pub fn evaluate_incidents(
+    labels: &[ElementLabel],
+    alerts: &Path,
+    topology: &Path,
+) -> Result<IncidentReport, EvalError> {
+    let topo = crate::topology::read_topology(topology, 0).map_err(|e| EvalError::Io {
+        path: topology.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let element_of: HashMap<String, String> = topo
+        .placements
+        .iter()
+        .map(|p| (p.customer.to_string(), p.element.to_string()))
+        .collect();
+    let mut elements: Vec<&str> = element_of.values().map(|s| s.as_str()).collect();
+    elements.sort_unstable();
+    elements.dedup();
+
+    let text = std::fs::read_to_string(alerts).map_err(|e| io(alerts, e))?;
+    // (element, epoch) of incident raises; (element, epoch) of member raises; the run's epochs.
+    let mut incidents: Vec<(String, u64)> = Vec::new();
+    let mut member_raises: Vec<(String, u64)> = Vec::new();
+    let mut epochs = 0u64;
+    let mut epoch_len = 0i64;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| EvalError::Parse {
+            path: alerts.display().to_string(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+        let epoch = v.get("epoch").and_then(|x| x.as_u64());
+        match s("type") {
+            Some("incident") if s("status") == Some("raised") => {
+                if let (Some(el), Some(e)) = (s("element"), epoch) {
+                    incidents.push((el.to_string(), e));
+                }
+            }
+            Some("change") if s("status") == Some("raised") => {
+                if let (Some(c), Some(e)) = (s("customer"), epoch)
+                    && let Some(el) = element_of.get(c)
+                {
+                    member_raises.push((el.clone(), e));
+                }
+            }
+            Some("summary") => {
+                epochs += 1;
+                if epoch_len == 0
+                    && let (Some(e), Some(st)) = (
+                        epoch,
+                        s("epoch_start").and_then(|t| crate::timefmt::parse_rfc3339(t.as_bytes())),
+                    )
+                    && e > 0
+                {
+                    epoch_len = st / e as i64;
+                }
+            }
+            _ => {}
+        }
+    }
+    if epoch_len == 0 {
+        return Err(EvalError::Parse {
+            path: alerts.display().to_string(),
+            line: 0,
+            message: "no summary lines: pass a fleetwatch run output".into(),
+        });
+    }
+    let window = |l: &ElementLabel| -> (u64, u64) {
+        let s = l.start.div_euclid(epoch_len).max(0) as u64;
+        let e = (l.end - 1).div_euclid(epoch_len).max(0) as u64;
+        (s, e.max(s))
+    };
+    let mut report = IncidentReport {
+        faults: labels.len() as u64,
+        incidents_raised: incidents.len() as u64,
+        elements: elements.len() as u64,
+        ..Default::default()
+    };
+    let mut delays = Vec::new();
+    let mut kind_delays: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut members_total = 0u64;
+    let mut incident_total = 0u64;
+    let mut kind_raises: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for l in labels {
+        let (s, e) = window(l);
+        let first = incidents
+            .iter()
+            .filter(|(el, t)| *el == l.element && *t >= s && *t <= e)
+            .map(|(_, t)| *t)
+            .min();
+        let k = report.by_kind.entry(l.kind.clone()).or_default();
+        k.faults += 1;
+        if let Some(f) = first {
+            report.found += 1;
+            k.found += 1;
+            delays.push((f - s) as f64);
+            kind_delays
+                .entry(l.kind.clone())
+                .or_default()
+                .push((f - s) as f64);
+        }
+        let m = member_raises
+            .iter()
+            .filter(|(el, t)| *el == l.element && *t >= s && *t <= e)
+            .count() as u64;
+        let i = incidents
+            .iter()
+            .filter(|(el, t)| *el == l.element && *t >= s && *t <= e)
+            .count() as u64;
+        members_total += m;
+        incident_total += i;
+        let kr = kind_raises.entry(l.kind.clone()).or_default();
+        kr.0 += m;
+        kr.1 += i;
+    }
+    for (el, t) in &incidents {
+        let matched = labels.iter().any(|l| {
+            let (s, e) = window(l);
+            l.element == *el && *t >= s && *t <= e
+        });
+        if matched {
+            report.true_incidents += 1;
+        } else {
+            report.false_incidents += 1;
+        }
+    }
+    for (kind, k) in report.by_kind.iter_mut() {
+        k.recall = if k.faults > 0 {
+            k.found as f64 / k.faults as f64
+        } else {
+            0.0
+        };
+        k.median_delay_epochs = median(kind_delays.remove(kind).unwrap_or_default());
+        let (m, i) = kind_raises.get(kind).copied().unwrap_or_default();
+        if k.faults > 0 {
+            k.member_raises_per_fault = m as f64 / k.faults as f64;
+            k.raises_per_fault = (m + i) as f64 / k.faults as f64;
+        }
+    }
+    report.recall = if report.faults > 0 {
+        report.found as f64 / report.faults as f64
+    } else {
+        0.0
+    };
+    report.precision = if report.incidents_raised > 0 {
+        report.true_incidents as f64 / report.incidents_raised as f64
+    } else {
+        0.0
+    };
+    report.median_delay_epochs = median(delays);
+    report.element_days = report.elements as f64 * epochs as f64 * epoch_len as f64 / 86_400.0;
+    report.false_incidents_per_1000_element_days = if report.element_days > 0.0 {
+        report.false_incidents as f64 * 1000.0 / report.element_days
+    } else {
+        0.0
+    };
+    report.incidents_per_found_fault = if report.found > 0 {
+        report.true_incidents as f64 / report.found as f64
+    } else {
+        0.0
+    };
+    if report.faults > 0 {
+        report.member_raises_per_fault = members_total as f64 / report.faults as f64;
+        report.raises_per_fault = (members_total + incident_total) as f64 / report.faults as f64;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_found_false_incidents_and_member_raises_by_hand() {
+        let dir = std::env::temp_dir().join(format!("fw-incidenteval-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topo = dir.join("topology.csv");
+        std::fs::write(
+            &topo,
+            "customer,element,region\nc1,e1,r\nc2,e1,r\nc3,e2,r\n",
+        )
+        .unwrap();
+        let out = dir.join("out.jsonl");
+        // Epochs of 300 s; epoch 10 starts at 3000. Fault on e1 over epochs 10..=13 (found at 11, delay 1);
+        // fault on e2 over 20..=21 (missed); a false incident on e2 at 12. Member raises: c1 at 12 (inside
+        // e1's fault), c2 at 30 (outside), c3 at 20 (inside e2's fault).
+        let mut text = String::new();
+        for e in 10..32u64 {
+            text.push_str(&format!(
+                "{{\"type\":\"summary\",\"epoch\":{e},\"epoch_start\":\"{}\"}}\n",
+                crate::timefmt::format_rfc3339(e as i64 * 300)
+            ));
+        }
+        text.push_str(
+            "{\"type\":\"incident\",\"epoch\":11,\"element\":\"e1\",\"status\":\"raised\"}\n",
+        );
+        text.push_str(
+            "{\"type\":\"incident\",\"epoch\":13,\"element\":\"e1\",\"status\":\"updated\"}\n",
+        );
+        text.push_str(
+            "{\"type\":\"incident\",\"epoch\":12,\"element\":\"e2\",\"status\":\"raised\"}\n",
+        );
+        text.push_str(
+            "{\"type\":\"change\",\"epoch\":12,\"customer\":\"c1\",\"status\":\"raised\"}\n",
+        );
+        text.push_str(
+            "{\"type\":\"change\",\"epoch\":30,\"customer\":\"c2\",\"status\":\"raised\"}\n",
+        );
+        text.push_str(
+            "{\"type\":\"change\",\"epoch\":20,\"customer\":\"c3\",\"status\":\"raised\"}\n",
+        );
+        std::fs::write(&out, text).unwrap();
+        let labels = vec![
+            ElementLabel {
+                element: "e1".into(),
+                region: "r".into(),
+                kind: "outage".into(),
+                start: 3000,
+                end: 4200,
+            },
+            ElementLabel {
+                element: "e2".into(),
+                region: "r".into(),
+                kind: "congestion".into(),
+                start: 6000,
+                end: 6600,
+            },
+        ];
+        let r = evaluate_incidents(&labels, &out, &topo).unwrap();
+        assert_eq!((r.faults, r.found, r.incidents_raised), (2, 1, 2));
+        assert_eq!((r.true_incidents, r.false_incidents), (1, 1));
+        assert_eq!(r.median_delay_epochs, Some(1.0));
+        assert_eq!(r.by_kind["outage"].found, 1);
+        assert_eq!(r.by_kind["congestion"].found, 0);
+        // 2 elements × 22 epochs × 300 s = 0.152778 element-days; 1 false → 6545.45 per 1,000.
+        assert!((r.element_days - 2.0 * 22.0 * 300.0 / 86_400.0).abs() < 1e-9);
+        assert!((r.false_incidents_per_1000_element_days - 1000.0 / r.element_days).abs() < 1e-6);
+        assert_eq!(r.member_raises_per_fault, 1.0);
+        // e1: c1's raise and the incident; e2: c3's raise (its false incident at 12 is before the fault).
+        assert_eq!(r.raises_per_fault, 1.5);
+        assert_eq!(r.by_kind["outage"].raises_per_fault, 2.0);
+        assert_eq!(r.by_kind["congestion"].member_raises_per_fault, 1.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

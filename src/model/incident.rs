@@ -1,0 +1,751 @@
+//! Network-element incidents: one element's (an OLT, a cable node, a DNS resolver) epoch, against the
+//! element's own learned normal.
+//!
+//! Every epoch, for every element of the topology, the series models of its members add up (exactly, in
+//! integers, whatever the worker layout) an [`ElementPartial`]: how many members were active (logged within
+//! the last day), how many reported this epoch, and per feature the sum of the members' residuals against
+//! their own level and rhythm (`Assessment::baseline`, in their own σ, clipped at ±1 so that one member's
+//! burst moves its element by at most 1/c; left out right after a gap). The members' open alerts arrive from
+//! the join of the open-anomaly collection with the topology. Per element and epoch:
+//!
+//! ```text
+//! missing     m = active − reporting,      p_m its learned share of the active members
+//!             z_m = (m − a·p_m) / √(a·p_m·(1 − p_m) + 1)              (+1: a handful is never certain)
+//! alerting    k = members with an open alert (silence apart),  p_k its learned share of the reporting ones
+//!             z_k = (k − r·p_k) / √(r·p_k·(1 − p_k) + 1)
+//! congestion  T_f = Σ clip(z, ±1)/c_f − F_f      over the c_f ≥ 5 members scored on feature f; F_f the same
+//!                                                 mean over the whole fleet (what every element shares)
+//!             w_f = mean of (T_f − μ_f) over this epoch and the last;  d_f = w_f / √(max(v_f, 0.25/c_f)/2)
+//!             J   = √(Σ d_f²) over the three largest |d_f| ≥ 1        (members moving on several features)
+//! score       s = max(z_m/Z · 1[m ≥ 3],  z_k/Z · 1[k ≥ 3],  J/D)        Z = 6, D = 7
+//! ```
+//!
+//! The congestion evidence finds an element whose customers each move a little in the same direction at
+//! once: on the generator's fleet a congestion moves `T` by ≈ 0.4 on throughput and latency where its
+//! epoch-to-epoch noise is ≈ 0.1, while no member crosses its own bar. A feature's evidence counts once it
+//! has been scored for 36 epochs.
+//!
+//! Learning (a warm element learns only while no incident is open and `s < 0.65`, so a fault does not teach
+//! itself normal; after an incident has been open a day it learns anyway — a permanent change ends):
+//!
+//! ```text
+//! g = 1/(n + 1), at least 1/288 for the rates, 1/36 for μ_f (it follows the element's wander over hours)
+//!     and 1/72 for v_f                                         n: epochs the element has been seen
+//! p_m += g·(m/a − p_m),   p_k += g·(k/r − p_k)                 (p₀ = 0.02, floored at 0.002)
+//! μ_f += g·(T_f − μ_f),   v_f += g·(min((T_f − μ_f)², 16·v_f) − v_f)      (v₀ = 1/c_f)
+//! ```
+//!
+//! Hysteresis like a customer's alert: raise at `s ≥ 1` once the element is warm (`n ≥ 24` epochs), critical
+//! at `s ≥ 2`, `updated` when the kind or severity changes, clear after 3 epochs in a row below `½`. When a
+//! congestion incident clears, the members' models have partly adapted to it, so the congestion's end moves
+//! the same features the other way: for 36 epochs such a reverse move is its recovery, not a new incident.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::AnomalyKind;
+use crate::model::alert::Transition;
+use crate::model::header::Severity;
+use crate::topology::ElementId;
+
+/// Deviations are summed in units of 1/1024 (exact integer sums: the same under any worker layout).
+pub const DEVIATION_UNIT: f32 = 1024.0;
+/// A member's deviation is clipped here before it is summed (one member's spike does not move its element).
+pub const DEVIATION_CLIP: f32 = 1.0;
+/// A member is active when it logged within this many epochs (a day at 5-minute epochs).
+pub const ACTIVE_EPOCHS: u64 = 288;
+
+/// Incident detection parameters (the equations of the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IncidentParams {
+    /// The count tests' bar, in standard deviations (Z).
+    pub count_bar: f32,
+    /// The congestion bar (D).
+    pub shift_bar: f32,
+    /// At least this many members missing (or alerting) for the count evidence.
+    pub min_members: u32,
+    /// At least this many members scored on a feature for its congestion evidence.
+    pub min_scored: u32,
+    /// Epochs an element is seen before it may raise, and before its congestion evidence may.
+    pub warm_epochs: u32,
+    pub warm_shift_epochs: u32,
+    /// The slowest learning gain of the count rates (1/288: a day at 5-minute epochs).
+    pub min_gain: f32,
+    /// The slowest gains of `μ_f` (1/36: it follows the element's slow wander over hours) and of `v_f`
+    /// (1/72).
+    pub mean_gain: f32,
+    pub var_gain: f32,
+    /// The element learns only while its score is below this (and no incident is open).
+    pub learn_below: f32,
+    /// After a congestion incident clears, a move of its features the other way within this many epochs is
+    /// its recovery, not a new incident.
+    pub recovery_epochs: u64,
+    pub clear_ratio: f32,
+    pub clear_epochs: u8,
+    pub critical_ratio: f32,
+    /// An incident open this long no longer stops the element from learning.
+    pub relearn_after: u64,
+}
+
+impl Default for IncidentParams {
+    fn default() -> Self {
+        IncidentParams {
+            count_bar: 6.0,
+            shift_bar: 7.0,
+            min_members: 3,
+            min_scored: 5,
+            warm_epochs: 24,
+            warm_shift_epochs: 36,
+            min_gain: 1.0 / 288.0,
+            mean_gain: 1.0 / 36.0,
+            var_gain: 1.0 / 72.0,
+            learn_below: 0.65,
+            recovery_epochs: 36,
+            clear_ratio: 0.5,
+            clear_epochs: 3,
+            critical_ratio: 2.0,
+            relearn_after: 288,
+        }
+    }
+}
+
+/// One worker's (or, summed, the whole fleet's) epoch of one element.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElementPartial {
+    pub element: ElementId,
+    pub region: ElementId,
+    pub members: u32,
+    pub active: u32,
+    pub reporting: u32,
+    /// Per feature: the members' clipped signed deviations, summed in units of 1/[`DEVIATION_UNIT`].
+    pub sums: Vec<i64>,
+    /// Per feature: how many members were scored.
+    pub counts: Vec<u32>,
+}
+
+impl ElementPartial {
+    pub fn new(element: ElementId, region: ElementId, features: usize) -> Self {
+        ElementPartial {
+            element,
+            region,
+            members: 0,
+            active: 0,
+            reporting: 0,
+            sums: vec![0; features],
+            counts: vec![0; features],
+        }
+    }
+
+    /// Adds another worker's share of the same element's epoch.
+    pub fn add(&mut self, o: &ElementPartial) {
+        self.members += o.members;
+        self.active += o.active;
+        self.reporting += o.reporting;
+        for (a, b) in self.sums.iter_mut().zip(&o.sums) {
+            *a += b;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+    }
+
+    /// Per feature, the mean deviation `Σ/c` (NaN where no member was scored).
+    pub fn means(&self) -> Vec<f32> {
+        self.sums
+            .iter()
+            .zip(&self.counts)
+            .map(|(s, c)| {
+                if *c == 0 {
+                    f32::NAN
+                } else {
+                    *s as f32 / DEVIATION_UNIT / *c as f32
+                }
+            })
+            .collect()
+    }
+
+    /// Adds one member's signed deviation `z` on feature `f`.
+    #[inline]
+    pub fn add_deviation(&mut self, f: usize, z: f32) {
+        if let (Some(s), Some(c)) = (self.sums.get_mut(f), self.counts.get_mut(f))
+            && z.is_finite()
+        {
+            *s += (z.clamp(-DEVIATION_CLIP, DEVIATION_CLIP) * DEVIATION_UNIT).round() as i64;
+            *c += 1;
+        }
+    }
+}
+
+/// What an incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IncidentKind {
+    /// Many members stopped reporting at once.
+    Outage,
+    /// Many members raised alerts at once.
+    Alerts,
+    /// The members' features moved together, each a little.
+    Congestion,
+}
+
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Outage => "outage",
+            IncidentKind::Alerts => "alerts",
+            IncidentKind::Congestion => "congestion",
+        }
+    }
+}
+
+/// An open incident.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OpenIncident {
+    pub start: u64,
+    pub kind: IncidentKind,
+    pub severity: Severity,
+}
+
+/// A feature the members moved on together: its index, and `T_f − μ_f` (the members' mean move, in their
+/// own noise units) with the evidence `d_f`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Moved {
+    pub feature: u16,
+    pub shift: f32,
+    pub evidence: f32,
+}
+
+/// The members' alerts on one (feature, kind), and how many members have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAlerts {
+    pub feature: u16,
+    pub kind: AnomalyKind,
+    pub members: u32,
+}
+
+/// The members' open alerts at an epoch, as the element operator counts them from the join.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertCounts {
+    /// Distinct members with an open alert other than `silent`.
+    pub alerting: u32,
+    /// The most common (feature, kind) among them, most members first (at most 3).
+    pub top: Vec<MemberAlerts>,
+}
+
+/// An incident's change, with what it was raised on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentChange {
+    pub element: ElementId,
+    pub region: ElementId,
+    pub status: Transition,
+    pub incident: OpenIncident,
+    pub score: f32,
+    pub members: u32,
+    pub active: u32,
+    pub missing: u32,
+    pub alerting: u32,
+    pub moved: Vec<Moved>,
+    pub alerts: Vec<MemberAlerts>,
+}
+
+/// An element's learned normal and its incident (kept by the element operator, one per element).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementState {
+    pub epochs: u32,
+    pub p_missing: f32,
+    pub p_alerting: f32,
+    pub mean: Vec<f32>,
+    /// Learned variance of `T_f`; 0 until the feature is first seen with enough members.
+    pub var: Vec<f32>,
+    /// The previous epoch's `T_f − μ_f` (NaN when the feature was not scored then).
+    pub last_dev: Vec<f32>,
+    /// Epochs each feature has had enough members scored (its evidence counts from `warm_shift_epochs`).
+    pub scored: Vec<u32>,
+    /// The features (and directions: true = up) an open congestion incident moved, all epochs it was open.
+    pub signature: Vec<(u16, bool)>,
+    /// After a congestion incident: until when its reverse move is its recovery.
+    pub recovery: Option<Recovery>,
+    pub open: Option<OpenIncident>,
+    pub clear_run: u8,
+}
+
+/// A congestion incident's recovery window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    pub until: u64,
+    pub moved: Vec<(u16, bool)>,
+}
+
+/// The count test `(x − n·p)/√(n·p·(1 − p) + 1)`.
+pub fn count_z(x: u32, n: u32, p: f32) -> f32 {
+    let (x, n) = (x as f32, n as f32);
+    (x - n * p) / (n * p * (1.0 - p) + 1.0).sqrt()
+}
+
+impl ElementState {
+    pub const P0: f32 = 0.02;
+    pub const P_FLOOR: f32 = 0.002;
+
+    pub fn new(features: usize) -> Self {
+        ElementState {
+            epochs: 0,
+            p_missing: Self::P0,
+            p_alerting: Self::P0,
+            mean: vec![0.0; features],
+            var: vec![0.0; features],
+            last_dev: vec![f32::NAN; features],
+            scored: vec![0; features],
+            signature: Vec::new(),
+            recovery: None,
+            open: None,
+            clear_run: 0,
+        }
+    }
+
+    /// One epoch `e` of the element: scores it, moves its incident, learns. Returns the incident's change.
+    pub fn step(
+        &mut self,
+        p: &IncidentParams,
+        e: u64,
+        x: &ElementPartial,
+        alerts: &AlertCounts,
+        fleet: &[f32],
+    ) -> Option<IncidentChange> {
+        let missing = x.active.saturating_sub(x.reporting);
+        let alerting = alerts.alerting.min(x.members);
+        let z_m = if missing >= p.min_members {
+            count_z(missing, x.active, self.p_missing.max(Self::P_FLOOR))
+        } else {
+            0.0
+        };
+        let z_k = if alerting >= p.min_members {
+            count_z(alerting, x.reporting, self.p_alerting.max(Self::P_FLOOR))
+        } else {
+            0.0
+        };
+        // The congestion evidence, per feature: the members' mean move over this epoch and the last,
+        // against the element's own recent mean and its epoch-to-epoch variability.
+        let mut moved: Vec<Moved> = Vec::new();
+        let mut t = vec![f32::NAN; self.mean.len()];
+        let warm_shift = self.epochs >= p.warm_shift_epochs;
+        for (f, slot) in t.iter_mut().enumerate() {
+            let c = x.counts.get(f).copied().unwrap_or(0);
+            if c < p.min_scored {
+                self.last_dev[f] = f32::NAN;
+                continue;
+            }
+            // Relative to the whole fleet's mean at this epoch (what every element shares).
+            let common = fleet
+                .get(f)
+                .copied()
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0);
+            let tf = x.sums[f] as f32 / DEVIATION_UNIT / c as f32 - common;
+            *slot = tf;
+            if self.var[f] <= 0.0 {
+                self.last_dev[f] = f32::NAN;
+                continue; // first seen: T_f starts its history
+            }
+            self.scored[f] = self.scored[f].saturating_add(1);
+            let v = self.var[f].max(0.25 / c as f32);
+            let dev = tf - self.mean[f];
+            let prev = self.last_dev[f];
+            self.last_dev[f] = dev;
+            let (w, n) = if prev.is_finite() {
+                ((dev + prev) / 2.0, 2.0)
+            } else {
+                (dev, 1.0)
+            };
+            let d = w / (v / n).sqrt();
+            if warm_shift && self.scored[f] >= p.warm_shift_epochs && d.abs() >= 1.0 {
+                moved.push(Moved {
+                    feature: f as u16,
+                    shift: w,
+                    evidence: d,
+                });
+            }
+        }
+        moved.sort_by(|a, b| b.evidence.abs().total_cmp(&a.evidence.abs()));
+        moved.truncate(3);
+        let joint = moved
+            .iter()
+            .map(|m| m.evidence * m.evidence)
+            .sum::<f32>()
+            .sqrt();
+        moved.retain(|m| m.evidence.abs() >= 2.0);
+        // The way back: after a congestion incident, the members' models have partly adapted to it, so its
+        // end moves the same features the other way. That is the recovery, not a new incident.
+        let recovering = self.recovery.as_ref().is_some_and(|r| {
+            e <= r.until
+                && !moved.is_empty()
+                && moved.iter().all(|m| {
+                    r.moved
+                        .iter()
+                        .any(|(f, sign)| *f == m.feature && *sign != (m.evidence > 0.0))
+                })
+        });
+        let congestion = if recovering { 0.0 } else { joint / p.shift_bar };
+        let candidates = [
+            (z_m / p.count_bar, IncidentKind::Outage),
+            (z_k / p.count_bar, IncidentKind::Alerts),
+            (congestion, IncidentKind::Congestion),
+        ];
+        let (score, kind) =
+            candidates
+                .into_iter()
+                .fold((0.0f32, IncidentKind::Outage), |best, c| {
+                    if c.0 > best.0 { c } else { best }
+                });
+        let warm = self.epochs >= p.warm_epochs;
+
+        // Hysteresis.
+        let before = self.open;
+        let severity = if score >= p.critical_ratio {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let mut transition = None;
+        match before {
+            None if warm && score >= 1.0 => {
+                self.open = Some(OpenIncident {
+                    start: e,
+                    kind,
+                    severity,
+                });
+                self.clear_run = 0;
+                transition = Some(Transition::Raised);
+            }
+            None => {}
+            Some(o) => {
+                if score < p.clear_ratio {
+                    self.clear_run = self.clear_run.saturating_add(1);
+                    if self.clear_run >= p.clear_epochs {
+                        self.open = None;
+                        self.clear_run = 0;
+                        transition = Some(Transition::Cleared);
+                        if o.kind == IncidentKind::Congestion {
+                            self.recovery = Some(Recovery {
+                                until: e + p.recovery_epochs,
+                                moved: self.signature.clone(),
+                            });
+                        }
+                    }
+                } else {
+                    self.clear_run = 0;
+                    if score >= 1.0 && (kind != o.kind || severity != o.severity) {
+                        self.open = Some(OpenIncident {
+                            start: o.start,
+                            kind,
+                            severity,
+                        });
+                        transition = Some(Transition::Updated);
+                    }
+                }
+            }
+        }
+
+        // What an open congestion incident moved (every feature at 2 or more of evidence, while open).
+        match self.open {
+            Some(o) if o.kind == IncidentKind::Congestion => {
+                if before.is_none() {
+                    self.signature.clear();
+                    self.recovery = None;
+                }
+                for m in &moved {
+                    let sign = m.evidence > 0.0;
+                    if !self.signature.iter().any(|(f, _)| *f == m.feature) {
+                        self.signature.push((m.feature, sign));
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        // Learning.
+        let long_open = before.is_some_and(|o| e.saturating_sub(o.start) >= p.relearn_after);
+        // (A young element learns whatever its score: its normal is what it is learning.)
+        let quiet = score < p.learn_below || !warm;
+        if (self.open.is_none() && before.is_none() && quiet) || long_open {
+            let first = 1.0 / (self.epochs as f32 + 1.0);
+            let g = first.max(p.min_gain);
+            let (g_mean, g_var) = (first.max(p.mean_gain), first.max(p.var_gain));
+            if x.active > 0 {
+                self.p_missing += g * (missing as f32 / x.active as f32 - self.p_missing);
+            }
+            if x.reporting > 0 {
+                self.p_alerting += g * (alerting as f32 / x.reporting as f32 - self.p_alerting);
+            }
+            for (f, tf) in t.iter().enumerate() {
+                if tf.is_nan() {
+                    continue;
+                }
+                if self.var[f] <= 0.0 {
+                    self.mean[f] = *tf;
+                    self.var[f] = 1.0 / x.counts[f] as f32;
+                    continue;
+                }
+                let dev = tf - self.mean[f];
+                self.mean[f] += g_mean * dev;
+                self.var[f] += g_var * ((dev * dev).min(16.0 * self.var[f]) - self.var[f]);
+            }
+        }
+        self.epochs = self.epochs.saturating_add(1);
+
+        let status = transition?;
+        let incident = match (status, self.open, before) {
+            (Transition::Cleared, _, Some(o)) => o,
+            (_, Some(o), _) => o,
+            _ => return None,
+        };
+        Some(IncidentChange {
+            element: x.element,
+            region: x.region,
+            status,
+            incident,
+            score,
+            members: x.members,
+            active: x.active,
+            missing,
+            alerting,
+            moved,
+            alerts: alerts.top.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ElementId {
+        ElementId::parse(s.as_bytes(), b"").unwrap()
+    }
+
+    fn epoch(members: u32, reporting: u32, devs: &[f32]) -> ElementPartial {
+        let mut x = ElementPartial::new(id("el"), id("r"), 1);
+        x.members = members;
+        x.active = members;
+        x.reporting = reporting;
+        for &z in devs {
+            x.add_deviation(0, z);
+        }
+        x
+    }
+
+    #[test]
+    fn count_test_by_hand() {
+        // 8 of 50 missing at p = 0.01: (8 − 0.5)/√(0.495 + 1) = 7.5/1.22270 = 6.1340
+        assert!((count_z(8, 50, 0.01) - 6.1340).abs() < 1e-3);
+        // 0 of 10 at p = 0.02: −0.2/√1.196 = −0.18288
+        assert!((count_z(0, 10, 0.02) + 0.18288).abs() < 1e-4);
+    }
+
+    #[test]
+    fn deviations_are_clipped_and_summed_exactly() {
+        let mut x = ElementPartial::new(id("el"), id("r"), 2);
+        x.add_deviation(0, 0.5);
+        x.add_deviation(0, -7.0); // clipped to −1
+        x.add_deviation(1, f32::NAN); // not a deviation
+        x.add_deviation(5, 1.0); // no such feature
+        assert_eq!(x.sums, vec![512 - 1024, 0]);
+        assert_eq!(x.counts, vec![2, 0]);
+        assert_eq!(x.means()[0], -0.25);
+        assert!(x.means()[1].is_nan());
+        let mut y = x.clone();
+        y.add(&x);
+        assert_eq!(y.sums[0], 2 * (512 - 1024));
+        assert_eq!(y.counts[0], 4);
+    }
+
+    #[test]
+    fn learning_follows_the_equations_by_hand() {
+        let p = IncidentParams::default();
+        let mut s = ElementState::new(1);
+        let none = AlertCounts::default();
+        // Epoch 0: 10 active, 9 reporting, five members scored at +0.2 each: T = 0.2.
+        let x = epoch(10, 9, &[0.2; 5]);
+        assert!(s.step(&p, 0, &x, &none, &[]).is_none());
+        // g = 1/(0+1) = 1: p_m = 1/10; p_k = 0/9; the first T starts μ = 0.2, v = 1/5.
+        assert!((s.p_missing - 0.1).abs() < 1e-6);
+        assert_eq!(s.p_alerting, 0.0);
+        assert!((s.mean[0] - 0.2).abs() < 1e-3);
+        assert!((s.var[0] - 0.2).abs() < 1e-6);
+        // Epoch 1: everyone reports, T = 0.6: g = 1/2; p_m = 0.1 + 0.5·(0 − 0.1) = 0.05;
+        // μ = 0.2 + 0.5·0.4 = 0.4; v = 0.2 + 0.5·(0.16 − 0.2) = 0.18.
+        let x = epoch(10, 10, &[0.6; 5]);
+        assert!(s.step(&p, 1, &x, &none, &[]).is_none());
+        assert!((s.p_missing - 0.05).abs() < 1e-6);
+        assert!((s.mean[0] - 0.4).abs() < 1e-3);
+        assert!((s.var[0] - 0.18).abs() < 1e-3);
+        assert_eq!(s.epochs, 2);
+    }
+
+    /// A quiet element for `n` epochs (everyone reports, deviations alternating ±0.1).
+    fn warmed(p: &IncidentParams, members: u32, n: u64) -> ElementState {
+        let mut s = ElementState::new(1);
+        for e in 0..n {
+            let z = if e % 2 == 0 { 0.1 } else { -0.1 };
+            let devs = vec![z; members as usize];
+            assert!(
+                s.step(
+                    p,
+                    e,
+                    &epoch(members, members, &devs),
+                    &AlertCounts::default(),
+                    &[]
+                )
+                .is_none()
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn an_outage_raises_at_once_and_clears_after_three_quiet_epochs() {
+        let p = IncidentParams::default();
+        let mut s = warmed(&p, 50, 100);
+        let learned = s.clone();
+        // 40 of 50 silent: z = (40 − 50·0.002)/√(0.0998 + 1) ≈ 38, critical.
+        let ch = s
+            .step(
+                &p,
+                100,
+                &epoch(50, 10, &[0.0; 10]),
+                &AlertCounts::default(),
+                &[],
+            )
+            .expect("raised");
+        assert_eq!(ch.status, Transition::Raised);
+        assert_eq!(ch.incident.kind, IncidentKind::Outage);
+        assert_eq!(ch.incident.severity, Severity::Critical);
+        assert_eq!((ch.missing, ch.active, ch.members), (40, 50, 50));
+        // The outage does not teach the element that silence is normal.
+        assert_eq!(s.p_missing, learned.p_missing);
+        for e in 101..104 {
+            let ch = s.step(
+                &p,
+                e,
+                &epoch(50, 50, &[0.0; 50]),
+                &AlertCounts::default(),
+                &[],
+            );
+            if e < 103 {
+                assert!(ch.is_none(), "epoch {e}");
+            } else {
+                let ch = ch.expect("cleared");
+                assert_eq!(ch.status, Transition::Cleared);
+                assert_eq!(ch.incident.start, 100);
+            }
+        }
+    }
+
+    #[test]
+    fn a_few_missing_or_a_young_element_raise_nothing() {
+        let p = IncidentParams::default();
+        // Two missing: below min_members, whatever the rate.
+        let mut s = warmed(&p, 50, 100);
+        assert!(
+            s.step(
+                &p,
+                100,
+                &epoch(50, 48, &[0.0; 48]),
+                &AlertCounts::default(),
+                &[]
+            )
+            .is_none()
+        );
+        // A young element (10 epochs) does not raise even on a total outage.
+        let mut s = warmed(&p, 50, 10);
+        assert!(
+            s.step(&p, 10, &epoch(50, 0, &[]), &AlertCounts::default(), &[])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn members_moving_a_little_together_raise_congestion_and_their_recovery_does_not() {
+        let p = IncidentParams::default();
+        let mut s = warmed(&p, 50, 100);
+        // Quiet history: T alternates ±0.1, so μ ≈ 0 and v ≈ 0.01 (above the floor 0.25/50 = 0.005).
+        assert!(s.mean[0].abs() < 0.01, "{}", s.mean[0]);
+        assert!((s.var[0] - 0.01).abs() < 0.002, "{}", s.var[0]);
+        // Every member 0.6σ low. Epoch 100: w = (−0.6 + last dev ≈ −0.1)/2 ≈ −0.35, d ≈ −0.35/√(0.01/2)
+        // ≈ −5: evidence, not yet an incident (J/D ≈ 0.7), but enough to stop the element learning.
+        let low = epoch(50, 50, &[-0.6; 50]);
+        assert!(
+            s.step(&p, 100, &low, &AlertCounts::default(), &[])
+                .is_none()
+        );
+        let frozen = s.mean[0];
+        // Epoch 101: w = −0.6, d ≈ −8.5: raised, one epoch after the move began.
+        let ch = s
+            .step(&p, 101, &low, &AlertCounts::default(), &[])
+            .expect("raised");
+        assert_eq!(ch.incident.kind, IncidentKind::Congestion);
+        assert_eq!(ch.moved.len(), 1);
+        assert_eq!(ch.moved[0].feature, 0);
+        assert!((ch.moved[0].shift + 0.6).abs() < 0.02, "{:?}", ch.moved);
+        assert!(ch.moved[0].evidence < -7.0, "{:?}", ch.moved);
+        assert_eq!(s.mean[0], frozen, "an incident does not teach the element");
+        // The members' models adapt: back to the quiet pattern, cleared after three epochs.
+        let mut cleared = false;
+        for e in 102..110 {
+            let z = if e % 2 == 0 { 0.1 } else { -0.1 };
+            if let Some(ch) = s.step(
+                &p,
+                e,
+                &epoch(50, 50, &[z; 50]),
+                &AlertCounts::default(),
+                &[],
+            ) {
+                assert_eq!(ch.status, Transition::Cleared);
+                cleared = true;
+                break;
+            }
+        }
+        assert!(cleared);
+        // The congestion ends: the same feature moves the other way. Its recovery, not a new incident.
+        for e in 110..114 {
+            assert!(
+                s.step(
+                    &p,
+                    e,
+                    &epoch(50, 50, &[0.6; 50]),
+                    &AlertCounts::default(),
+                    &[]
+                )
+                .is_none(),
+                "epoch {e}"
+            );
+        }
+        // Half a sigma on a tenth of the members is nothing.
+        let mut s = warmed(&p, 50, 100);
+        let mut devs = vec![0.1f32; 45];
+        devs.extend([-0.5; 5]);
+        for e in 100..103 {
+            assert!(
+                s.step(&p, e, &epoch(50, 50, &devs), &AlertCounts::default(), &[])
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn many_members_alerting_at_once_raise_and_name_their_alerts() {
+        let p = IncidentParams::default();
+        let mut s = warmed(&p, 50, 100);
+        let alerts = AlertCounts {
+            alerting: 12,
+            top: vec![MemberAlerts {
+                feature: 0,
+                kind: AnomalyKind::LevelShift,
+                members: 12,
+            }],
+        };
+        let ch = s
+            .step(&p, 100, &epoch(50, 50, &[0.0; 50]), &alerts, &[])
+            .expect("raised");
+        assert_eq!(ch.incident.kind, IncidentKind::Alerts);
+        assert_eq!(ch.alerting, 12);
+        assert_eq!(ch.alerts, alerts.top);
+    }
+}
