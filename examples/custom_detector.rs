@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         signals: false,
         topology: None,
         group_incidents: false,
+        watch: None,
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

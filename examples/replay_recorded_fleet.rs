@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         signals: false,
         topology: None,
         group_incidents: false,
+        watch: None,
     };
     let run = commands::run(&opts)?;
     println!(

@@ -27,6 +27,7 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         signals: false,
         topology: None,
         group_incidents: false,
+        watch: None,
     }
 }
 

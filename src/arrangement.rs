@@ -291,6 +291,7 @@ pub struct ModelRun {
     pub checkpoint: Option<ModelCheckpoint>,
     pub restored: Option<Restored>,
     pub stop: Option<Arc<crate::stop::Stop>>,
+    pub watch: Option<Arc<crate::watch::Watch>>,
 }
 
 /// A restored run's first output: the checkpoint epoch, its open anomalies, its state batch.
@@ -313,6 +314,7 @@ pub fn series_model<'scope, const N: usize>(
         checkpoint: ckpt,
         restored,
         stop,
+        watch,
     } = run;
     let scope = logs.scope();
     let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
@@ -548,6 +550,7 @@ pub fn series_model<'scope, const N: usize>(
                     EpochSide {
                         dump: dump.as_mut(),
                         membership: membership.as_mut(),
+                        watch: watch.as_deref(),
                     },
                 );
                 // Keep the epoch's buffer for a later epoch: its capacity is already the size of an
@@ -804,6 +807,8 @@ pub struct EpochResult {
 pub struct EpochSide<'a> {
     pub dump: Option<&'a mut PartWriter>,
     pub membership: Option<&'a mut Membership>,
+    /// Keep every scored observation of the watched customers (`fleetwatch plot`).
+    pub watch: Option<&'a crate::watch::Watch>,
 }
 
 /// The per-epoch work of the operator, separated from the timely plumbing.
@@ -846,6 +851,7 @@ impl EpochWorker {
         let EpochSide {
             mut dump,
             mut membership,
+            watch,
         } = side;
         logs.sort_unstable_by(|a, b| {
             a.customer
@@ -932,6 +938,7 @@ impl EpochWorker {
             counts.customers += 1;
             unpack(&self.old, &mut self.slots);
             let dups_before = out.duplicates.len();
+            out.trace = watch.is_some_and(|w| w.contains(&customer));
             step_customer(
                 &ctx,
                 customer,
@@ -941,6 +948,9 @@ impl EpochWorker {
             );
             if sampled {
                 contribute_customer(&ctx, &self.slots[..=f_count], acc);
+            }
+            if let (true, Some(w)) = (out.trace, watch) {
+                w.record(e, &mut out.scored);
             }
             if let (Some(i), Some(m)) = (element, membership.as_deref_mut()) {
                 let p = m.partial(i);

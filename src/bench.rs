@@ -205,6 +205,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
             None => None,
         },
         group_incidents: false,
+        watch: None,
     };
     let run = crate::dataflow::run(cfg, timely::Config::process(opts.workers.max(1)), 0)?;
     let peak = peak_rss_bytes();

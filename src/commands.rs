@@ -84,6 +84,8 @@ pub struct RunOptions {
     pub topology: Option<PathBuf>,
     /// With a topology: write an element's incident instead of the member alerts raised under it.
     pub group_incidents: bool,
+    /// Keep every scored observation of these customers (`fleetwatch plot`, [`crate::watch`]).
+    pub watch: Option<Arc<crate::watch::Watch>>,
 }
 
 /// `run` settings that apply to `kafka://` inputs and outputs (feature `kafka`).
@@ -358,6 +360,7 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         connect_timeout,
         topology,
         group_incidents: opts.group_incidents,
+        watch: opts.watch.clone(),
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
 }
@@ -507,6 +510,7 @@ pub fn demo(
         signals: false,
         topology: None,
         group_incidents: false,
+        watch: None,
     };
     let run = run(&opts)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;
@@ -561,4 +565,301 @@ pub fn import(
     out: &Path,
 ) -> Result<crate::realdata::ImportReport, crate::realdata::ImportError> {
     crate::realdata::import(dataset, out)
+}
+
+/// How `plot` and `report` replay a run's input to watch customers: the run's own settings, so that the
+/// replay makes the same predictions, bands and changes (the output is the same for any worker layout).
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    pub dataflow: Option<PathBuf>,
+    pub inputs: Vec<PathBuf>,
+    pub topology: Option<PathBuf>,
+    pub group_incidents: bool,
+    pub workers: usize,
+}
+
+/// What a replay saw of the watched customers.
+pub struct Replayed {
+    pub rows: Vec<crate::watch::WatchRow>,
+    pub run: crate::plot::RunLines,
+    pub spec: Spec,
+    /// Watched customer → its element, from the topology.
+    pub elements: std::collections::BTreeMap<String, String>,
+}
+
+fn plot_err(e: crate::plot::PlotError) -> CommandError {
+    match e {
+        crate::plot::PlotError::Usage(m) => CommandError::Usage(m),
+        other => CommandError::Io {
+            context: "picture".into(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// A scratch path for a replay's output, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Replays the input with a watch on `customers` (`fleetwatch plot`, `fleetwatch report`).
+pub fn replay_watching(
+    settings: &ReplaySettings,
+    customers: &[String],
+) -> Result<Replayed, CommandError> {
+    let spec = load_spec(settings.dataflow.as_deref())?;
+    let mut ids = Vec::with_capacity(customers.len());
+    for c in customers {
+        let id = crate::keys::CustomerId::parse(c.as_bytes(), b"")
+            .map_err(|e| CommandError::Usage(format!("customer {c:?}: {e}")))?;
+        ids.push(id);
+    }
+    let watch = Arc::new(crate::watch::Watch::new(ids));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let scratch = Scratch(std::env::temp_dir().join(format!(
+        "fleetwatch-replay-{}-{nanos}.jsonl",
+        std::process::id()
+    )));
+    let opts = RunOptions {
+        dataflow: settings.dataflow.clone(),
+        inputs: settings.inputs.clone(),
+        output: scratch.0.clone(),
+        dead_letter: None,
+        layout: Layout::Threads(settings.workers),
+        reproducible: true,
+        speed: None,
+        kafka: Default::default(),
+        checkpoint_dir: None,
+        checkpoint_every: None,
+        signals: false,
+        topology: settings.topology.clone(),
+        group_incidents: settings.group_incidents,
+        watch: Some(Arc::clone(&watch)),
+    };
+    if opts.inputs.iter().any(|p| kafka_address(p).is_some()) {
+        return Err(CommandError::Usage(
+            "pictures replay a recorded topic or CSV file; record a Kafka topic first (fleetwatch record)"
+                .into(),
+        ));
+    }
+    run(&opts)?;
+    let lines = crate::plot::read_run_lines(&scratch.0).map_err(plot_err)?;
+    let mut elements = std::collections::BTreeMap::new();
+    if let Some(path) = &settings.topology {
+        let t = crate::topology::read_topology(path, 0).map_err(|e| CommandError::Io {
+            context: "--topology".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        for p in &t.placements {
+            if watch.contains(&p.customer) {
+                elements.insert(p.customer.to_string(), p.element.as_str().to_string());
+            }
+        }
+    }
+    Ok(Replayed {
+        rows: watch.take(),
+        run: lines,
+        spec,
+        elements,
+    })
+}
+
+/// Options of `fleetwatch plot`.
+#[derive(Debug, Clone)]
+pub struct PlotOptions {
+    pub replay: ReplaySettings,
+    pub customer: String,
+    pub features: crate::plot::FeatureChoice,
+    /// Unix seconds, `[from, to)`; the whole run by default.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// The generator's labels.jsonl, or point labels CSV (`customer_id,ts,label`).
+    pub labels: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+/// What `plot` drew.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlotReport {
+    pub customer: String,
+    pub element: Option<String>,
+    pub features: Vec<String>,
+    pub points: usize,
+    pub alert_spans: usize,
+    pub incident_spans: usize,
+    pub label_spans: usize,
+    pub out: PathBuf,
+}
+
+fn picture_of(
+    r: &Replayed,
+    customer: &str,
+    features: &crate::plot::FeatureChoice,
+    from: Option<i64>,
+    to: Option<i64>,
+    labels: Option<&Path>,
+) -> Result<crate::plot::CustomerPicture, CommandError> {
+    let names: Vec<String> = r.spec.features.iter().map(|f| f.name.clone()).collect();
+    let labels = match labels {
+        Some(p) => crate::plot::read_customer_labels(p, customer, r.run.epoch_len.max(1))
+            .map_err(plot_err)?,
+        None => Default::default(),
+    };
+    let pic = crate::plot::assemble(&crate::plot::PictureInput {
+        customer,
+        element: r.elements.get(customer).map(String::as_str),
+        feature_names: &names,
+        rows: &r.rows,
+        run: &r.run,
+        labels: &labels,
+        from,
+        to,
+        features,
+    })
+    .map_err(plot_err)?;
+    Ok(pic)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), CommandError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| CommandError::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| CommandError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
+}
+
+/// `fleetwatch plot`: replays the input watching one customer and draws its features as an SVG.
+pub fn plot(opts: &PlotOptions) -> Result<PlotReport, CommandError> {
+    let r = replay_watching(&opts.replay, std::slice::from_ref(&opts.customer))?;
+    if r.rows.is_empty() && !r.run.changes.iter().any(|c| c.customer == opts.customer) {
+        return Err(CommandError::Usage(format!(
+            "customer {} has no scored observation and no change in the input",
+            opts.customer
+        )));
+    }
+    let pic = picture_of(
+        &r,
+        &opts.customer,
+        &opts.features,
+        opts.from,
+        opts.to,
+        opts.labels.as_deref(),
+    )?;
+    let svg = crate::plot::draw_svg(&pic).map_err(plot_err)?;
+    write_file(&opts.out, &svg)?;
+    Ok(PlotReport {
+        customer: pic.customer.clone(),
+        element: pic.element.clone(),
+        features: pic.features.iter().map(|f| f.name.clone()).collect(),
+        points: pic.features.iter().map(|f| f.points.len()).sum(),
+        alert_spans: pic.features.iter().map(|f| f.alerts.len()).sum::<usize>()
+            + pic.customer_alerts.len()
+            + pic.silences.len(),
+        incident_spans: pic.incidents.len(),
+        label_spans: pic.features.iter().map(|f| f.labels.len()).sum::<usize>()
+            + pic.customer_labels.len(),
+        out: opts.out.clone(),
+    })
+}
+
+/// Options of `fleetwatch report`.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// The run's output (`fleetwatch run --output`).
+    pub changes: PathBuf,
+    /// The directory the page (`index.html`) and its pictures (`plots/`) go to.
+    pub out: PathBuf,
+    /// Rows of the customer and element tables.
+    pub top: usize,
+    /// With the run's input: draw the top customers' pictures (one replay watching them all).
+    pub replay: Option<ReplaySettings>,
+    pub labels: Option<PathBuf>,
+}
+
+/// What `report` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportSummary {
+    pub page: PathBuf,
+    pub plots: Vec<PathBuf>,
+    pub raised: u64,
+    pub incidents_raised: u64,
+    /// Whether the replay's changes were the run's (false: the input, spec or topology given differ from
+    /// the run's, and the pictures show the replay).
+    pub replay_matches: Option<bool>,
+}
+
+/// `fleetwatch report`: a self-contained HTML page of a run, with pictures of its top customers when the
+/// run's input is given.
+pub fn report(opts: &ReportOptions) -> Result<ReportSummary, CommandError> {
+    let lines = crate::plot::read_run_lines(&opts.changes).map_err(plot_err)?;
+    if lines.summaries.is_empty() {
+        return Err(CommandError::Usage(format!(
+            "{} has no summary lines; pass a fleetwatch run output",
+            opts.changes.display()
+        )));
+    }
+    let summary = crate::report::summarise(&lines);
+    let mut links = crate::report::PlotLinks::new();
+    let mut plots = Vec::new();
+    let mut replay_matches = None;
+    if let Some(settings) = &opts.replay {
+        let top: Vec<String> = summary
+            .customers
+            .iter()
+            .filter(|c| c.raises > 0)
+            .take(opts.top)
+            .map(|c| c.customer.clone())
+            .collect();
+        if !top.is_empty() {
+            let r = replay_watching(settings, &top)?;
+            replay_matches =
+                Some(r.run.changes == lines.changes && r.run.incidents == lines.incidents);
+            if replay_matches == Some(false) {
+                tracing::warn!(
+                    "the replay's changes differ from {}: the input, spec or topology given are not the run's; \
+                     the pictures show the replay",
+                    opts.changes.display()
+                );
+            }
+            for c in &top {
+                let pic = picture_of(
+                    &r,
+                    c,
+                    &crate::plot::FeatureChoice::Eventful,
+                    None,
+                    None,
+                    opts.labels.as_deref(),
+                )?;
+                let svg = crate::plot::draw_svg(&pic).map_err(plot_err)?;
+                let rel = format!("plots/{c}.svg");
+                let path = opts.out.join(&rel);
+                write_file(&path, &svg)?;
+                links.insert(c.clone(), rel);
+                plots.push(path);
+            }
+        }
+    }
+    let title = opts.changes.display().to_string();
+    let page = crate::report::render_html(&summary, &title, opts.top, &links).map_err(plot_err)?;
+    let page_path = opts.out.join("index.html");
+    write_file(&page_path, &page)?;
+    Ok(ReportSummary {
+        page: page_path,
+        plots,
+        raised: summary.raised,
+        incidents_raised: summary.incidents_raised,
+        replay_matches,
+    })
 }

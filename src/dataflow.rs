@@ -139,6 +139,8 @@ pub struct RunConfig {
     /// With a topology: a member's alert raised under its element's open incident is not written (the
     /// incident stands for it), nor are its later changes.
     pub group_incidents: bool,
+    /// Customers whose every scored observation is kept (`fleetwatch plot`, [`crate::watch`]).
+    pub watch: Option<Arc<crate::watch::Watch>>,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -602,6 +604,7 @@ fn build<'scope, const N: usize>(
             checkpoint: ck.model,
             restored: ck.restored,
             stop: Some(Arc::clone(&cfg.stop)),
+            watch: cfg.watch.clone(),
         },
     );
     model.cohort.broadcast().connect_loop(cohort_handle);

@@ -23,6 +23,8 @@
 //! * [`kafka`] (feature `kafka`) — Kafka clients, `produce` / `record`, the Kafka output;
 //!   [`kafka_properties`] — the librdkafka properties an operator passes through (TLS, SASL).
 //! * [`topology`] — customer → network element → region (`run --topology`): incidents per element.
+//! * [`watch`] — every scored observation of a few watched customers; [`plot`] and [`report`] — one customer's
+//!   SVG and a run's HTML page (`fleetwatch plot`, `fleetwatch report`).
 //! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
 
 pub mod arrangement;
@@ -46,9 +48,11 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod nab;
+pub mod plot;
 pub mod pointeval;
 pub mod realdata;
 pub mod record;
+pub mod report;
 pub mod rng;
 pub mod sinks;
 pub mod sources;
@@ -57,3 +61,4 @@ pub mod state;
 pub mod stop;
 pub mod timefmt;
 pub mod topology;
+pub mod watch;

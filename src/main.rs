@@ -280,6 +280,77 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Draw one customer's features as an SVG: observed values, the model's expected value and band, its
+    /// alert spans, its element's incidents and, when given, labels. Replays the input (with the run's spec
+    /// and topology) to see exactly what the run saw; prints a JSON summary.
+    Plot {
+        /// The run's input: recorded-topic or CSV files (several files are merged in event time).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// The customer to draw.
+        #[arg(long)]
+        customer: String,
+        /// The run's dataflow spec (default: the embedded home Wi-Fi spec).
+        #[arg(long)]
+        dataflow: Option<PathBuf>,
+        /// The run's topology: draws the incidents of the customer's element.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// The run grouped member alerts into incidents (`run --group-incidents`).
+        #[arg(long, requires = "topology")]
+        group_incidents: bool,
+        /// Features to draw, comma-separated, or `all` (default: those with an alert or a label in the
+        /// range; all with data when there is none).
+        #[arg(long)]
+        features: Option<String>,
+        /// Start of the range drawn: Unix seconds or RFC 3339 (default: the run's first epoch).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range drawn, exclusive (default: after the run's last epoch).
+        #[arg(long)]
+        to: Option<String>,
+        /// Labels to draw: the generator's labels.jsonl, or point labels CSV `customer_id,ts,label`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Worker threads of the replay.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a self-contained HTML page of a run (changes per epoch, alerts by kind and feature, top customers
+    /// and elements) to OUT/index.html; with the run's --input, also pictures of the top customers in
+    /// OUT/plots/, linked from the page. Prints a JSON summary.
+    Report {
+        /// The run's output (`run --output`).
+        #[arg(long)]
+        changes: PathBuf,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows of the customer and element tables (and pictures drawn).
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// The run's input: draw the top customers (one replay of it).
+        #[arg(long, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// The run's dataflow spec (default: the embedded home Wi-Fi spec).
+        #[arg(long)]
+        dataflow: Option<PathBuf>,
+        /// The run's topology.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// The run grouped member alerts into incidents.
+        #[arg(long, requires = "topology")]
+        group_incidents: bool,
+        /// Labels to draw on the pictures (labels.jsonl or point labels CSV).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Worker threads of the replay.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// Start every process of a cluster file that lives on this host, with the given run arguments, and
     /// supervise them: when one fails, restart them (from the last checkpoint with --checkpoint-dir).
     Launch {
@@ -458,6 +529,7 @@ fn main() -> Result<()> {
                 signals: true,
                 topology,
                 group_incidents,
+                watch: None,
             };
             let report = match commands::run(&opts) {
                 Ok(r) => r,
@@ -672,6 +744,83 @@ fn main() -> Result<()> {
         Command::Import { dataset, out } => {
             let r = commands::import(&dataset, &out)
                 .with_context(|| format!("import of {} failed", dataset.display()))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Plot {
+            input,
+            customer,
+            dataflow,
+            topology,
+            group_incidents,
+            features,
+            from,
+            to,
+            labels,
+            workers,
+            out,
+        } => {
+            let time = |s: Option<String>, what: &str| -> Result<Option<i64>> {
+                s.map(|s| {
+                    fleetwatch::pointeval::parse_ts(&s)
+                        .with_context(|| format!("--{what} {s:?}: give Unix seconds or RFC 3339"))
+                })
+                .transpose()
+            };
+            let features = match features.as_deref() {
+                None => fleetwatch::plot::FeatureChoice::Eventful,
+                Some("all") => fleetwatch::plot::FeatureChoice::All,
+                Some(list) => fleetwatch::plot::FeatureChoice::Named(
+                    list.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                ),
+            };
+            let opts = commands::PlotOptions {
+                replay: commands::ReplaySettings {
+                    dataflow,
+                    inputs: input,
+                    topology,
+                    group_incidents,
+                    workers,
+                },
+                customer,
+                features,
+                from: time(from, "from")?,
+                to: time(to, "to")?,
+                labels,
+                out,
+            };
+            let r = commands::plot(&opts)
+                .with_context(|| format!("plot of {} failed", opts.customer))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Report {
+            changes,
+            out,
+            top,
+            input,
+            dataflow,
+            topology,
+            group_incidents,
+            labels,
+            workers,
+        } => {
+            let opts = commands::ReportOptions {
+                changes,
+                out,
+                top,
+                replay: (!input.is_empty()).then_some(commands::ReplaySettings {
+                    dataflow,
+                    inputs: input,
+                    topology,
+                    group_incidents,
+                    workers,
+                }),
+                labels,
+            };
+            let r = commands::report(&opts)
+                .with_context(|| format!("report of {} failed", opts.changes.display()))?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Command::Launch {

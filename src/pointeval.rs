@@ -110,7 +110,8 @@ pub fn read_points(path: &Path) -> Result<Points, EvalError> {
     Ok(points)
 }
 
-fn parse_ts(s: &str) -> Option<i64> {
+/// A time given as Unix seconds (integer or decimal) or RFC 3339.
+pub fn parse_ts(s: &str) -> Option<i64> {
     s.parse::<i64>()
         .ok()
         .or_else(|| {
