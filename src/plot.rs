@@ -48,11 +48,13 @@ pub enum PlotError {
     },
     #[error("drawing: {0}")]
     Draw(String),
+    #[error(transparent)]
+    Labels(#[from] crate::eval::EvalError),
     #[error("{0}")]
     Usage(String),
 }
 
-fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
+pub(crate) fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
     PlotError::Draw(e.to_string())
 }
 
@@ -86,6 +88,21 @@ pub struct IncidentLine {
     pub members_affected: u64,
     pub members: u64,
     pub start: u64,
+}
+
+/// One change as [`spans_of`] reads it: epoch, status, kind, severity.
+pub type ChangeRef<'a> = (u64, &'a str, &'a str, &'a str);
+
+impl ChangeLine {
+    pub fn as_change(&self) -> ChangeRef<'_> {
+        (self.epoch, &self.status, &self.kind, &self.severity)
+    }
+}
+
+impl IncidentLine {
+    pub fn as_change(&self) -> ChangeRef<'_> {
+        (self.epoch, &self.status, &self.kind, &self.severity)
+    }
 }
 
 /// A summary line of a run's output (one per epoch).
@@ -230,7 +247,7 @@ pub struct TimeSpan {
 /// and opens the next (its kind or severity changed), cleared closes it. An alert still open at the end runs
 /// to `end_epoch + 1`.
 pub fn spans_of<'a>(
-    changes: impl IntoIterator<Item = (u64, &'a str, &'a str, &'a str)>,
+    changes: impl IntoIterator<Item = ChangeRef<'a>>,
     epoch_len: i64,
     end_epoch: u64,
 ) -> Vec<TimeSpan> {
@@ -319,23 +336,7 @@ pub fn read_customer_labels(
         }
         return Ok(out);
     }
-    let f = std::fs::File::open(path).map_err(|source| PlotError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|source| PlotError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let l: crate::eval::Label = serde_json::from_str(&line).map_err(|e| PlotError::Parse {
-            path: path.display().to_string(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
+    for l in crate::eval::read_labels(path)? {
         if l.customer != customer {
             continue;
         }
@@ -442,14 +443,7 @@ pub fn assemble(p: &PictureInput<'_>) -> Result<CustomerPicture, PlotError> {
         .collect();
     let spans_for = |pred: &dyn Fn(&ChangeLine) -> bool| -> Vec<TimeSpan> {
         spans_of(
-            changes.iter().filter(|c| pred(c)).map(|c| {
-                (
-                    c.epoch,
-                    c.status.as_str(),
-                    c.kind.as_str(),
-                    c.severity.as_str(),
-                )
-            }),
+            changes.iter().filter(|c| pred(c)).map(|c| c.as_change()),
             len,
             last,
         )
@@ -546,25 +540,18 @@ pub fn assemble(p: &PictureInput<'_>) -> Result<CustomerPicture, PlotError> {
         .collect();
     customer_labels.sort_by_key(|s| s.start);
     let incidents = match p.element {
-        Some(el) => {
-            let lines: Vec<&IncidentLine> =
-                p.run.incidents.iter().filter(|i| i.element == el).collect();
-            spans_of(
-                lines.iter().map(|i| {
-                    (
-                        i.epoch,
-                        i.status.as_str(),
-                        i.kind.as_str(),
-                        i.severity.as_str(),
-                    )
-                }),
-                len,
-                last,
-            )
-            .into_iter()
-            .filter(|s| overlaps(s, from, to))
-            .collect()
-        }
+        Some(el) => spans_of(
+            p.run
+                .incidents
+                .iter()
+                .filter(|i| i.element == el)
+                .map(|i| i.as_change()),
+            len,
+            last,
+        )
+        .into_iter()
+        .filter(|s| overlaps(s, from, to))
+        .collect(),
         None => Vec::new(),
     };
     Ok(CustomerPicture {
@@ -592,7 +579,7 @@ const LABEL: RGBColor = RGBColor(148, 103, 189);
 const SILENCE: RGBColor = RGBColor(127, 127, 127);
 
 /// `MM-DD HH:MM` (UTC) of Unix seconds.
-fn tick_label(t: i64) -> String {
+pub(crate) fn tick_label(t: i64) -> String {
     let s = crate::timefmt::format_rfc3339(t);
     // 2023-11-14T22:15:00Z → 11-14 22:15
     s.get(5..16).map(|x| x.replace('T', " ")).unwrap_or(s)

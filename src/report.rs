@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use crate::plot::{PlotError, RunLines, spans_of};
+use crate::plot::{ChangeRef, PlotError, RunLines, draw_err, spans_of, tick_label};
 
 /// One customer's alerting in a run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -65,9 +65,6 @@ pub struct RunSummary {
     pub elements: Vec<ElementRow>,
 }
 
-/// One change as [`spans_of`] reads it: epoch, status, kind, severity.
-type ChangeRef<'a> = (u64, &'a str, &'a str, &'a str);
-
 /// Summarises a run's output.
 pub fn summarise(run: &RunLines) -> RunSummary {
     let mut s = RunSummary {
@@ -118,7 +115,7 @@ pub fn summarise(run: &RunLines) -> RunSummary {
         per_alert
             .entry((c.customer.as_str(), c.feature.as_str()))
             .or_default()
-            .push((c.epoch, &c.status, &c.kind, &c.severity));
+            .push(c.as_change());
     }
     for ((customer, _), changes) in per_alert {
         let epochs: i64 = spans_of(changes, 1, last)
@@ -165,12 +162,10 @@ pub fn summarise(run: &RunLines) -> RunSummary {
         }
         row.max_affected = row.max_affected.max(i.members_affected);
         row.members = row.members.max(i.members);
-        per_element.entry(i.element.as_str()).or_default().push((
-            i.epoch,
-            &i.status,
-            &i.kind,
-            &i.severity,
-        ));
+        per_element
+            .entry(i.element.as_str())
+            .or_default()
+            .push(i.as_change());
     }
     for (el, changes) in per_element {
         let epochs: i64 = spans_of(changes, 1, last)
@@ -210,19 +205,15 @@ pub fn escape(s: &str) -> String {
 
 /// The changes-per-epoch chart (raised up, cleared down) and the open anomalies, as inline SVG.
 fn epochs_chart(s: &RunSummary) -> Result<String, PlotError> {
-    let draw = |e: String| PlotError::Draw(e);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw(e.to_string()))?;
+        root.fill(&WHITE).map_err(draw_err)?;
         let (top, bottom) = root.split_vertically(240);
         let len = s.epoch_len;
         let from = s.first_epoch as i64 * len;
         let to = (s.last_epoch as i64 + 1) * len;
-        let fmt = |t: &i64| {
-            let r = crate::timefmt::format_rfc3339(*t);
-            r.get(5..16).map(|x| x.replace('T', " ")).unwrap_or(r)
-        };
+        let fmt = |t: &i64| tick_label(*t);
         let max_up = s.per_epoch.iter().map(|p| p.1).max().unwrap_or(0).max(1) as f64;
         let max_down = s.per_epoch.iter().map(|p| p.2).max().unwrap_or(0).max(1) as f64;
         let mut c = ChartBuilder::on(&top)
@@ -234,7 +225,7 @@ fn epochs_chart(s: &RunSummary) -> Result<String, PlotError> {
             .x_label_area_size(22)
             .y_label_area_size(60)
             .build_cartesian_2d(from..to, -max_down * 1.05..max_up * 1.05)
-            .map_err(|e| draw(e.to_string()))?;
+            .map_err(draw_err)?;
         c.configure_mesh()
             .x_labels(8)
             .y_labels(6)
@@ -242,19 +233,19 @@ fn epochs_chart(s: &RunSummary) -> Result<String, PlotError> {
             .y_label_formatter(&|y| format!("{:.0}", y.abs()))
             .light_line_style(WHITE)
             .draw()
-            .map_err(|e| draw(e.to_string()))?;
+            .map_err(draw_err)?;
         let red = RGBColor(214, 39, 40);
         let green = RGBColor(44, 160, 44);
         c.draw_series(s.per_epoch.iter().filter(|p| p.1 > 0).map(|p| {
             let t = p.0 as i64 * len;
             Rectangle::new([(t, p.1 as f64), (t + len, 0.0)], red.filled())
         }))
-        .map_err(|e| draw(e.to_string()))?;
+        .map_err(draw_err)?;
         c.draw_series(s.per_epoch.iter().filter(|p| p.2 > 0).map(|p| {
             let t = p.0 as i64 * len;
             Rectangle::new([(t, 0.0), (t + len, -(p.2 as f64))], green.filled())
         }))
-        .map_err(|e| draw(e.to_string()))?;
+        .map_err(draw_err)?;
         let max_open = s.per_epoch.iter().map(|p| p.3).max().unwrap_or(0).max(1) as f64;
         let mut c = ChartBuilder::on(&bottom)
             .margin(8)
@@ -265,7 +256,7 @@ fn epochs_chart(s: &RunSummary) -> Result<String, PlotError> {
             .x_label_area_size(22)
             .y_label_area_size(60)
             .build_cartesian_2d(from..to, 0.0..max_open * 1.05)
-            .map_err(|e| draw(e.to_string()))?;
+            .map_err(draw_err)?;
         c.configure_mesh()
             .x_labels(8)
             .y_labels(5)
@@ -273,13 +264,13 @@ fn epochs_chart(s: &RunSummary) -> Result<String, PlotError> {
             .y_label_formatter(&|y| format!("{y:.0}"))
             .light_line_style(WHITE)
             .draw()
-            .map_err(|e| draw(e.to_string()))?;
+            .map_err(draw_err)?;
         c.draw_series(LineSeries::new(
             s.per_epoch.iter().map(|p| (p.0 as i64 * len, p.3 as f64)),
             RGBColor(31, 119, 180).stroke_width(1),
         ))
-        .map_err(|e| draw(e.to_string()))?;
-        root.present().map_err(|e| draw(e.to_string()))?;
+        .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
     }
     Ok(svg)
 }
