@@ -72,15 +72,17 @@ fn output(args: &[&str]) -> Output {
     Command::new(common::bin()).args(args).output().unwrap()
 }
 
-/// Waits until a complete checkpoint newer than `after` exists, then kills every child with SIGKILL.
+/// Waits until a complete checkpoint newer than `after` exists, kills every child with SIGKILL, and
+/// returns the newest complete checkpoint once they are dead (the children may complete another one
+/// between the poll and the kill; the next layout must resume from, and be compared with, that one).
 fn kill_after_checkpoint(dir: &Path, after: Option<u64>, children: &mut [Child]) -> u64 {
     let mut refs: Vec<&mut Child> = children.iter_mut().collect();
-    let c = common::wait_for_checkpoint(dir, after, &mut refs, Duration::from_secs(120));
+    common::wait_for_checkpoint(dir, after, &mut refs, Duration::from_secs(120));
     for ch in children.iter_mut() {
         ch.kill().unwrap(); // SIGKILL
         let _ = ch.wait();
     }
-    c
+    common::complete_checkpoints(dir)[0]
 }
 
 #[test]
