@@ -306,14 +306,6 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
             "--group-incidents needs --topology".into(),
         ));
     }
-    if opts.topology.is_some() && opts.checkpoint_dir.is_some() {
-        // The elements' learned normals are not part of a checkpoint yet: a restored run would relearn
-        // them and its incidents would differ from the uninterrupted run's.
-        return Err(CommandError::Usage(
-            "--topology cannot be combined with --checkpoint-dir yet (incident state is not checkpointed)"
-                .into(),
-        ));
-    }
     let topology = match &opts.topology {
         Some(path) => {
             let t =

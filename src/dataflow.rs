@@ -210,6 +210,7 @@ fn run_width<const N: usize>(
         detector: cfg.detector.name().to_string(),
         epoch_seconds: cfg.spec.epoch.length_seconds,
         inputs: cfg.inputs.names(),
+        topology: cfg.topology.is_some(),
     };
     let loaded: Option<Arc<Loaded>> = match &cfg.checkpoint {
         Some(ck) => crate::checkpoint::load_latest(&ck.dir, &identity)?.map(Arc::new),
@@ -407,6 +408,20 @@ fn run_width<const N: usize>(
                         }
                     }
                 });
+                let restored_incidents = loaded
+                    .as_ref()
+                    .filter(|_| cfg.topology.is_some())
+                    .map(|l| crate::incidents::RestoredIncidents::take(l, index, peers));
+                let incident_ckpt =
+                    cfg.checkpoint
+                        .as_ref()
+                        .map(|ck| crate::incidents::IncidentCheckpoint {
+                            cfg: ck.clone(),
+                            worker: index,
+                            peers,
+                            pending: Arc::clone(&pending),
+                            stop: Arc::clone(&cfg.stop),
+                        });
                 let resume = loaded
                     .as_ref()
                     .map(|l| (l.manifest.epoch, l.manifest.sink.clone()));
@@ -427,6 +442,8 @@ fn run_width<const N: usize>(
                         Checkpoints {
                             model: ckpt,
                             restored,
+                            incidents: incident_ckpt,
+                            restored_incidents,
                             snaps,
                             resume,
                             to_coordinator: if index == 0 {
@@ -530,6 +547,9 @@ fn run_width<const N: usize>(
 struct Checkpoints {
     model: Option<ModelCheckpoint>,
     restored: Option<Restored>,
+    /// The incident operator's (runs with a topology).
+    incidents: Option<crate::incidents::IncidentCheckpoint>,
+    restored_incidents: Option<crate::incidents::RestoredIncidents>,
     snaps: Rc<RefCell<SourceSnaps>>,
     /// The checkpoint epoch resumed from and the sink's totals then.
     resume: Option<(u64, SinkSnapshot)>,
@@ -633,6 +653,8 @@ fn build<'scope, const N: usize>(
             member_counts,
             cfg.spec.features.len(),
             crate::model::incident::IncidentParams::default(),
+            ck.incidents,
+            ck.restored_incidents,
         )
     });
     let format = OutputFormat {
@@ -1057,6 +1079,7 @@ impl SinkState {
             t.dead_lettered = snap.dead_lettered;
             t.series_scored = snap.series_scored;
             t.changes = snap.changes;
+            self.grouped = snap.grouped.into_iter().collect();
         }
         self
     }
@@ -1090,6 +1113,11 @@ impl SinkState {
             dead_lettered: t.dead_lettered,
             series_scored: t.series_scored,
             changes: t.changes,
+            grouped: {
+                let mut g: Vec<(CustomerId, u16)> = self.grouped.iter().copied().collect();
+                g.sort_unstable();
+                g
+            },
         };
         let _ = to.send(SinkCheckpoint {
             epoch: e,

@@ -16,8 +16,15 @@
 //! the fleet. The per-element sums are integers, so every layout sums the same; every element of the
 //! topology is stepped at every epoch from the first one any worker ran (an element whose members have not
 //! logged yet is stepped with zeros), so an element's history does not depend on which worker ran what.
+//!
+//! Checkpoints: after stepping a checkpoint epoch (or a graceful stop's), the operator writes the state of
+//! every element it owns into its worker's incident part; a restored run gives each worker the elements
+//! it owns under the new layout (by the same routing hash) and steps on from the epoch after. The members'
+//! open anomalies need no part: the restored series model re-seeds them at the checkpoint epoch, and they
+//! reach this operator through the join like any change.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -27,6 +34,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 
+use crate::arrangement::PendingWrites;
+use crate::checkpoint::{Checkpointing, Loaded};
 use crate::keys::{CustomerId, stable_hash};
 use crate::model::AnomalyKind;
 use crate::model::alert::Transition;
@@ -56,6 +65,86 @@ pub type Annotation = (CustomerId, u16, ElementId);
 
 fn element_route(e: &ElementId) -> u64 {
     stable_hash(e.as_str().as_bytes())
+}
+
+/// The incident operator's part in checkpoints.
+pub struct IncidentCheckpoint {
+    pub cfg: Checkpointing,
+    pub worker: usize,
+    pub peers: usize,
+    pub pending: PendingWrites,
+    /// A graceful stop's epoch is a checkpoint too.
+    pub stop: Arc<crate::stop::Stop>,
+}
+
+/// The elements one worker owns in a restored run, as of the checkpoint epoch.
+#[derive(Debug, Default)]
+pub struct RestoredIncidents {
+    pub epoch: u64,
+    pub elements: Vec<(ElementId, ElementId, ElementState)>,
+}
+
+impl RestoredIncidents {
+    /// Takes worker `worker`'s elements (routed as the operator's exchange routes them, under the new
+    /// layout) out of every incident part of the checkpoint.
+    pub fn take(loaded: &Loaded, worker: usize, peers: usize) -> RestoredIncidents {
+        let mut elements: Vec<(ElementId, ElementId, ElementState)> = loaded
+            .incidents
+            .iter()
+            .flat_map(|s| s.elements.iter())
+            .filter(|(e, _, _)| element_route(e) % peers as u64 == worker as u64)
+            .cloned()
+            .collect();
+        elements.sort_by_key(|x| x.0);
+        RestoredIncidents {
+            epoch: loaded.manifest.epoch,
+            elements,
+        }
+    }
+}
+
+/// The borrowed form of [`IncidentSnapshot`] (the same bytes, without copying the elements' state).
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    epoch: u64,
+    elements: Vec<(&'a ElementId, &'a ElementId, &'a ElementState)>,
+}
+
+/// Writes worker `ck.worker`'s incident part of checkpoint `c` in the background.
+fn write_part(ck: &IncidentCheckpoint, c: u64, books: &BTreeMap<ElementId, ElementBook>) {
+    let snap = SnapshotRef {
+        epoch: c,
+        elements: books
+            .iter()
+            .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
+            .collect(),
+    };
+    let body = match bincode::serialize(&snap) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("checkpoint at epoch {c}: incident state: {e}");
+            return;
+        }
+    };
+    let dir = match ck.cfg.make_epoch_dir(c) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("checkpoint at epoch {c}: {e}");
+            return;
+        }
+    };
+    let path = dir.join(crate::checkpoint::incidents_part(ck.worker, ck.peers));
+    let spawned = std::thread::Builder::new()
+        .name("fleetwatch-ckpt".into())
+        .spawn(move || crate::checkpoint::part::write_part(&path, &body, &[]));
+    match spawned {
+        Ok(handle) => {
+            if let Ok(mut p) = ck.pending.lock() {
+                p.push(handle);
+            }
+        }
+        Err(e) => tracing::error!("checkpoint at epoch {c}: {e}"),
+    }
 }
 
 /// What the incident operator produces.
@@ -106,12 +195,15 @@ impl ElementBook {
 }
 
 /// Builds the incident operator (see the module documentation).
+#[allow(clippy::too_many_arguments)]
 pub fn incidents<'scope>(
     partials: Stream<'scope, u64, Vec<ElementPartial>>,
     member_alerts: Stream<'scope, u64, Vec<MemberAlertDiff>>,
     members: Stream<'scope, u64, Vec<MemberCountDiff>>,
     features: usize,
     params: IncidentParams,
+    checkpoint: Option<IncidentCheckpoint>,
+    restored: Option<RestoredIncidents>,
 ) -> IncidentStreams<'scope> {
     let scope = partials.scope();
     // The whole fleet's sums, to every worker: what every element shares at an epoch (the time of day the
@@ -166,6 +258,21 @@ pub fn incidents<'scope>(
         let mut topo_diffs: BTreeMap<u64, Vec<MemberCountDiff>> = BTreeMap::new();
         let mut fleet_sums: BTreeMap<u64, ElementPartial> = BTreeMap::new();
         let mut next: Option<u64> = None;
+        // The first checkpoint epoch whose part this worker has not written.
+        let mut ck_from: u64 = 0;
+        if let Some(r) = restored {
+            ck_from = r.epoch + 1;
+            // A worker given elements that were being stepped steps on from the epoch after; one given
+            // none starts, like a fresh one, at the first epoch it has sums for.
+            if !r.elements.is_empty() {
+                next = Some(r.epoch + 1);
+            }
+            for (element, region, state) in r.elements {
+                let b = books.entry(element).or_default();
+                b.region = Some(region);
+                b.state = Some(state);
+            }
+        }
         move |frontiers| {
             in_partials.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
@@ -290,7 +397,32 @@ pub fn incidents<'scope>(
                         .session(&held[1].delayed(&e))
                         .give_container(&mut notes);
                 }
+                if let Some(ck) = &checkpoint
+                    && e >= ck_from
+                    && (ck.cfg.is_checkpoint(e) || ck.stop.epoch() == Some(e))
+                {
+                    write_part(ck, e, &books);
+                    ck_from = e + 1;
+                }
                 next = Some(e + 1);
+            }
+            // A worker that has stepped nothing yet holds no element state: its part of a checkpoint its
+            // inputs have passed is empty (the last such epoch, as the series model writes its own).
+            if let Some(ck) = &checkpoint
+                && next.is_none()
+            {
+                let stop_at = ck.stop.epoch();
+                let limit = bound.or(stop_at.map(|s| s + 1));
+                let regular = limit
+                    .filter(|l| *l >= ck.cfg.every)
+                    .map(|l| l - 1 - l % ck.cfg.every);
+                let stopping = stop_at.filter(|s| limit.is_some_and(|l| *s < l));
+                if let Some(c) = regular.max(stopping)
+                    && c >= ck_from
+                {
+                    write_part(ck, c, &books);
+                    ck_from = c + 1;
+                }
             }
             match bound {
                 None => {
@@ -310,5 +442,75 @@ pub fn incidents<'scope>(
     IncidentStreams {
         changes,
         annotations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::IncidentSnapshot;
+
+    fn id(s: &str) -> ElementId {
+        ElementId::parse(s.as_bytes(), b"").unwrap()
+    }
+
+    #[test]
+    fn the_borrowed_snapshot_reads_back_as_an_incident_part() {
+        let mut state = ElementState::new(3);
+        state.epochs = 40;
+        state.mean = vec![0.1, -0.2, 0.3];
+        state.open = Some(crate::model::incident::OpenIncident {
+            start: 7,
+            kind: crate::model::incident::IncidentKind::Congestion,
+            severity: crate::model::header::Severity::Critical,
+        });
+        let mut books: BTreeMap<ElementId, ElementBook> = BTreeMap::new();
+        books.insert(
+            id("elem-1"),
+            ElementBook {
+                region: Some(id("region-1")),
+                members: 12,
+                state: Some(state.clone()),
+                ..Default::default()
+            },
+        );
+        // Not stepped yet: no state, not in the part.
+        books.insert(id("elem-2"), ElementBook::default());
+        let snap = SnapshotRef {
+            epoch: 11,
+            elements: books
+                .iter()
+                .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
+                .collect(),
+        };
+        let bytes = bincode::serialize(&snap).unwrap();
+        let back: IncidentSnapshot = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back.epoch, 11);
+        assert_eq!(back.elements.len(), 1);
+        let (e, r, s) = &back.elements[0];
+        assert_eq!((*e, *r), (id("elem-1"), id("region-1")));
+        // NaN (the previous deviation of a feature not scored) survives: compare through the bytes.
+        assert!(s.last_dev.iter().all(|x| x.is_nan()));
+        assert_eq!(
+            bincode::serialize(s).unwrap(),
+            bincode::serialize(&state).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_element_is_restored_to_the_worker_the_exchange_sends_it_to() {
+        for peers in [1usize, 2, 3, 4, 6] {
+            for i in 0..200 {
+                let e = id(&format!("elem-{i:05}"));
+                let owners: Vec<usize> = (0..peers)
+                    .filter(|w| element_route(&e) % peers as u64 == *w as u64)
+                    .collect();
+                assert_eq!(owners.len(), 1);
+                // timely's exchange: a mask for a power of two, the remainder otherwise (the same).
+                if peers.is_power_of_two() {
+                    assert_eq!(owners[0] as u64, element_route(&e) & (peers as u64 - 1));
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,9 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 fn eval(out: &std::path::Path, fleet: &std::path::Path) -> serde_json::Value {
     let text = common::fleetwatch(&[
@@ -169,7 +171,7 @@ fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() 
 }
 
 #[test]
-fn a_topology_without_usable_rows_or_with_checkpoints_is_refused() {
+fn a_topology_without_usable_rows_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::generate(&dir.path().join("fleet"), 20, 12, 1, &[]);
     let topology = dir.path().join("topology.csv");
@@ -189,21 +191,190 @@ fn a_topology_without_usable_rows_or_with_checkpoints_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no usable row"), "{err}");
-    let out = Command::new(common::bin())
+}
+
+/// The epoch of a recorded-topic line (its log's `ts`, 5-minute epochs); `None` for the header.
+fn line_epoch(line: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    Some(v["value"]["ts"].as_u64()? / 300)
+}
+
+/// (element, kind, raised at, cleared at) of every incident of a run's output.
+fn incident_spans(out: &Path) -> Vec<(String, String, u64, u64)> {
+    let mut open: std::collections::HashMap<String, (String, u64)> = Default::default();
+    let mut spans = Vec::new();
+    for l in std::fs::read_to_string(out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["type"] != "incident" {
+            continue;
+        }
+        let el = v["element"].as_str().unwrap().to_string();
+        let e = v["epoch"].as_u64().unwrap();
+        match v["status"].as_str().unwrap() {
+            "raised" => {
+                open.insert(el, (v["kind"].as_str().unwrap().to_string(), e));
+            }
+            "cleared" => {
+                if let Some((kind, r)) = open.remove(&el) {
+                    spans.push((el, kind, r, e));
+                }
+            }
+            _ => {}
+        }
+    }
+    spans
+}
+
+#[test]
+fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let generated = common::generate(
+        &fleet,
+        600,
+        1152,
+        21,
+        &[
+            "--outage-rate",
+            "0.4",
+            "--congestion-rate",
+            "0.8",
+            "--history-epochs",
+            "432",
+        ],
+    );
+    let full = std::fs::read(&generated).unwrap();
+    // Every run reads the same path (its name is in the output's end line).
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, &full).unwrap();
+    let topo = fleet.join("topology.csv");
+    let run_args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--reproducible",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--group-incidents",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let reference = dir.path().join("ref.jsonl");
+    let a = run_args(&reference, &["--workers", "2"]);
+    common::fleetwatch(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let want = std::fs::read(&reference).unwrap();
+
+    // A checkpoint epoch inside the longest outage, its members' silences held back (grouped): the first
+    // run ends a few epochs after it, so the restored state must carry the open incident, the element's
+    // learned normal and the held-back alerts.
+    let spans = incident_spans(&reference);
+    let (el, _, raised, cleared) = spans
+        .iter()
+        .filter(|s| s.1 == "outage")
+        .max_by_key(|s| (s.3 - s.2, s.2))
+        .cloned()
+        .expect("an outage incident");
+    let every = 10u64;
+    let c = (raised + 3..cleared)
+        .find(|e| (e + 1) % every == 0)
+        .expect("a checkpoint epoch inside the outage");
+    assert!(c + 3 < cleared, "{el}: {raised}..{cleared}");
+    let cut = full
+        .split_inclusive(|b| *b == b'\n')
+        .take_while(|l| line_epoch(l).is_none_or(|e| e <= c + 3))
+        .map(<[u8]>::len)
+        .sum::<usize>();
+    std::fs::write(&input, &full[..cut]).unwrap();
+
+    let ck = dir.path().join("ck");
+    let out = dir.path().join("out.jsonl");
+    let every_s = every.to_string();
+    let with_ck = |extra: &[&str]| -> Vec<String> {
+        let mut x = vec![
+            "--checkpoint-dir",
+            ck.to_str().unwrap(),
+            "--checkpoint-every",
+            &every_s,
+        ];
+        x.extend_from_slice(extra);
+        run_args(&out, &x)
+    };
+    // 1 process × 2 workers: the recorded topic as it stood a few epochs after `c`.
+    let a = with_ck(&["--workers", "2"]);
+    common::fleetwatch(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(common::complete_checkpoints(&ck).first(), Some(&c));
+    // The topic has grown: 1 process × 3 workers resume from `c`, paced, killed (SIGKILL) after a later
+    // checkpoint.
+    std::fs::write(&input, &full).unwrap();
+    let a = with_ck(&["--workers", "3", "--speed", "30000"]);
+    let mut run = Command::new(common::bin())
+        .args(&a)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for_checkpoint(&ck, Some(c), &mut [&mut run], Duration::from_secs(120));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // 2 processes × 1 worker finish the run.
+    let cluster = common::two_process_cluster(dir.path());
+    let procs: Vec<std::process::Child> = ["0", "1"]
+        .iter()
+        .map(|i| {
+            let a = with_ck(&["--cluster", cluster.to_str().unwrap(), "--process", i]);
+            Command::new(common::bin())
+                .args(&a)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut p in procs {
+        assert!(p.wait().unwrap().success());
+    }
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        got == want,
+        "incidents after two restores under three layouts differ from an uninterrupted run"
+    );
+
+    // A checkpoint of a run without a topology cannot resume one with a topology (and the reverse): the
+    // elements' state is not in it.
+    let plain_ck = dir.path().join("plain-ck");
+    let o = dir.path().join("plain.jsonl");
+    common::run(
+        &input,
+        &o,
+        &[
+            "--checkpoint-dir",
+            plain_ck.to_str().unwrap(),
+            "--checkpoint-every",
+            "100",
+        ],
+    );
+    let refused = Command::new(common::bin())
         .args([
             "run",
             "--input",
             input.to_str().unwrap(),
             "--output",
-            dir.path().join("o.jsonl").to_str().unwrap(),
+            o.to_str().unwrap(),
             "--topology",
-            dir.path().join("fleet/topology.csv").to_str().unwrap(),
+            topo.to_str().unwrap(),
             "--checkpoint-dir",
-            dir.path().join("ck").to_str().unwrap(),
+            plain_ck.to_str().unwrap(),
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not checkpointed"), "{err}");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("taken by a run without --topology, this run is with --topology"),
+        "{err}"
+    );
 }

@@ -6,6 +6,8 @@
 //!     state-<w>-of-<W>.part    worker w's series state (customer records) and its cohort statistics
 //!     source-<w>-of-<W>.part   worker w's source: each owned partition's clock and read position, and
 //!                              what it had read for later epochs before every partition closed the epoch
+//!     incidents-<w>-of-<W>.part  (runs with a topology) the learned normal and open incident of every
+//!                              network element worker w owns
 //!     MANIFEST.json            written last by process 0: epoch, layout, spec, output position, sink
 //!                              totals, and each part's size and CRC-32. No manifest: not a checkpoint.
 //! ```
@@ -129,6 +131,32 @@ pub fn source_part(w: usize, peers: usize) -> String {
     format!("source-{w:04}-of-{peers:04}.part")
 }
 
+/// The name of worker `w`'s incident part (runs with a topology).
+pub fn incidents_part(w: usize, peers: usize) -> String {
+    format!("incidents-{w:04}-of-{peers:04}.part")
+}
+
+/// Every part worker `w` writes, in the manifest's order.
+fn worker_parts(w: usize, peers: usize, incidents: bool) -> Vec<String> {
+    let mut v = vec![state_part(w, peers), source_part(w, peers)];
+    if incidents {
+        v.push(incidents_part(w, peers));
+    }
+    v
+}
+
+/// An incident part's body: the network elements one worker owned as of the checkpoint epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentSnapshot {
+    pub epoch: u64,
+    /// (element, region, its state), in element order.
+    pub elements: Vec<(
+        crate::topology::ElementId,
+        crate::topology::ElementId,
+        crate::model::incident::ElementState,
+    )>,
+}
+
 /// The header of a series-state part (its body: fixed-size customer records, sorted by customer: the
 /// id's wire form, then every block of the customer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +191,10 @@ pub struct SinkSnapshot {
     pub dead_lettered: u64,
     pub series_scored: u64,
     pub changes: u64,
+    /// Grouped incidents: the member alerts held back as of the epoch (their later changes are held back
+    /// too), sorted.
+    #[serde(default)]
+    pub grouped: Vec<(crate::keys::CustomerId, u16)>,
 }
 
 /// Bytes of the output files once the checkpoint epoch was durable.
@@ -181,6 +213,9 @@ pub struct RunIdentity {
     pub epoch_seconds: u64,
     /// The inputs' names, in order.
     pub inputs: Vec<String>,
+    /// Whether the run had a topology (`--topology`): its checkpoints hold the elements' state.
+    #[serde(default)]
+    pub topology: bool,
 }
 
 /// `MANIFEST.json`.
@@ -274,7 +309,7 @@ fn coordinate(
         let ready: Vec<u64> = pending
             .keys()
             .copied()
-            .filter(|c| parts_present(cfg, *c, workers))
+            .filter(|c| parts_present(cfg, *c, workers, run.topology))
             .collect();
         for c in ready {
             let Some((s, since)) = pending.remove(&c) else {
@@ -320,10 +355,12 @@ fn coordinate(
     }
 }
 
-fn parts_present(cfg: &Checkpointing, c: u64, workers: usize) -> bool {
+fn parts_present(cfg: &Checkpointing, c: u64, workers: usize, incidents: bool) -> bool {
     let d = cfg.epoch_dir(c);
     (0..workers).all(|w| {
-        d.join(state_part(w, workers)).is_file() && d.join(source_part(w, workers)).is_file()
+        worker_parts(w, workers, incidents)
+            .iter()
+            .all(|p| d.join(p).is_file())
     })
 }
 
@@ -335,9 +372,9 @@ fn write_manifest(
     s: SinkCheckpoint,
 ) -> Result<u64, CheckpointError> {
     let d = cfg.epoch_dir(c);
-    let mut parts = Vec::with_capacity(2 * workers);
+    let mut parts = Vec::with_capacity(3 * workers);
     for w in 0..workers {
-        for name in [state_part(w, workers), source_part(w, workers)] {
+        for name in worker_parts(w, workers, run.topology) {
             parts.push(part::part_info(&d.join(name))?);
         }
     }
@@ -431,6 +468,8 @@ pub struct Loaded {
     pub manifest: Manifest,
     pub states: Vec<StatePart>,
     pub sources: Vec<SourceSnapshot>,
+    /// Per worker of the layout that wrote it (runs with a topology).
+    pub incidents: Vec<IncidentSnapshot>,
 }
 
 impl Loaded {
@@ -543,6 +582,21 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
             m.run.detector, m.run.epoch_seconds, run.detector, run.epoch_seconds
         )));
     }
+    if m.run.topology != run.topology {
+        let with = |t: bool| {
+            if t {
+                "with --topology"
+            } else {
+                "without --topology"
+            }
+        };
+        return Err(mismatch(format!(
+            "it was taken by a run {}, this run is {} (the elements' state is in a checkpoint only \
+             when the run has a topology)",
+            with(m.run.topology),
+            with(run.topology)
+        )));
+    }
     if m.run.inputs.len() != run.inputs.len() {
         return Err(mismatch(format!(
             "it read {} inputs ({}), this run has {}",
@@ -551,7 +605,8 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
             run.inputs.len()
         )));
     }
-    if m.parts.len() != 2 * m.workers {
+    let per_worker = if m.run.topology { 3 } else { 2 };
+    if m.parts.len() != per_worker * m.workers {
         return Err(corrupt(format!(
             "the manifest lists {} parts for {} workers",
             m.parts.len(),
@@ -560,11 +615,12 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
     }
     let mut states = Vec::with_capacity(m.workers);
     let mut sources = Vec::with_capacity(m.workers);
+    let mut incidents = Vec::new();
     for w in 0..m.workers {
-        for (name, is_state) in [
-            (state_part(w, m.workers), true),
-            (source_part(w, m.workers), false),
-        ] {
+        for (i, name) in worker_parts(w, m.workers, m.run.topology)
+            .into_iter()
+            .enumerate()
+        {
             let listed = m
                 .parts
                 .iter()
@@ -577,7 +633,7 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
                     p.info.bytes, p.info.crc32, listed.bytes, listed.crc32
                 )));
             }
-            if is_state {
+            if i == 0 {
                 let header: StateHeader = bincode::deserialize(&p.header)
                     .map_err(|e| corrupt(format!("{name}: header: {e}")))?;
                 let rec = record_bytes(header.blocks as usize);
@@ -594,13 +650,28 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
                     header,
                     body: p.body,
                 });
-            } else {
+            } else if i == 1 {
                 let snap: SourceSnapshot =
                     bincode::deserialize(&p.body).map_err(|e| corrupt(format!("{name}: {e}")))?;
                 if snap.epoch != m.epoch {
                     return Err(corrupt(format!("{name} is of epoch {}", snap.epoch)));
                 }
                 sources.push(snap);
+            } else {
+                let snap: IncidentSnapshot =
+                    bincode::deserialize(&p.body).map_err(|e| corrupt(format!("{name}: {e}")))?;
+                if snap.epoch != m.epoch
+                    || snap
+                        .elements
+                        .iter()
+                        .any(|(_, _, s)| s.mean.len() != run.features.len())
+                {
+                    return Err(corrupt(format!(
+                        "{name} does not match the manifest (epoch {}, its elements' features)",
+                        snap.epoch
+                    )));
+                }
+                incidents.push(snap);
             }
         }
     }
@@ -617,6 +688,7 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
         manifest: m,
         states,
         sources,
+        incidents,
     })
 }
 

@@ -246,8 +246,9 @@ pub struct IncidentChange {
     pub alerts: Vec<MemberAlerts>,
 }
 
-/// An element's learned normal and its incident (kept by the element operator, one per element).
-#[derive(Debug, Clone, PartialEq)]
+/// An element's learned normal and its incident (kept by the element operator, one per element; written
+/// whole into checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ElementState {
     pub epochs: u32,
     pub p_missing: f32,
@@ -268,7 +269,7 @@ pub struct ElementState {
 }
 
 /// A congestion incident's recovery window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     pub until: u64,
     pub moved: Vec<(u16, bool)>,
