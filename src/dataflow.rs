@@ -642,10 +642,10 @@ fn build<'scope, const N: usize>(
         let by_customer = topo
             .clone()
             .as_collection()
-            .map(|p: Placement| (p.customer, p.element))
+            .map(|p: Placement| (p.customer, (p.element, p.region)))
             .arrange_by_key();
-        let members = open.join_core(by_customer, |c: &CustomerId, a: &OpenAnomaly, el| {
-            Some((*el, (*c, *a)))
+        let members = open.join_core(by_customer, |c: &CustomerId, a: &OpenAnomaly, at| {
+            Some((*at, (*c, *a)))
         });
         crate::incidents::incidents(
             model.elements,
@@ -653,6 +653,7 @@ fn build<'scope, const N: usize>(
             member_counts,
             cfg.spec.features.len(),
             crate::model::incident::IncidentParams::default(),
+            crate::model::incident::RegionParams::default(),
             ck.incidents,
             ck.restored_incidents,
         )
@@ -968,6 +969,7 @@ struct Bucket {
     source: SourceCounts,
     dead: Vec<DeadLetter>,
     incidents: Vec<IncidentChange>,
+    regions: Vec<crate::model::incident::RegionChange>,
     annotations: Vec<Annotation>,
 }
 
@@ -1001,6 +1003,10 @@ pub struct SinkState {
     /// changes (the set of those still open).
     group_incidents: bool,
     grouped: std::collections::HashSet<(CustomerId, u16)>,
+    /// Regions with an open incident; with grouping, the element incidents raised under one (held back
+    /// with their later changes, like members' alerts under an element's).
+    open_regions: std::collections::BTreeSet<crate::topology::ElementId>,
+    grouped_elements: std::collections::BTreeSet<crate::topology::ElementId>,
 }
 
 impl SinkState {
@@ -1043,6 +1049,8 @@ impl SinkState {
             stop: Arc::new(Stop::default()),
             group_incidents: false,
             grouped: Default::default(),
+            open_regions: Default::default(),
+            grouped_elements: Default::default(),
         }
     }
 
@@ -1080,6 +1088,8 @@ impl SinkState {
             t.series_scored = snap.series_scored;
             t.changes = snap.changes;
             self.grouped = snap.grouped.into_iter().collect();
+            self.open_regions = snap.open_regions.into_iter().collect();
+            self.grouped_elements = snap.grouped_elements.into_iter().collect();
         }
         self
     }
@@ -1118,6 +1128,8 @@ impl SinkState {
                 g.sort_unstable();
                 g
             },
+            open_regions: self.open_regions.iter().copied().collect(),
+            grouped_elements: self.grouped_elements.iter().copied().collect(),
         };
         let _ = to.send(SinkCheckpoint {
             epoch: e,
@@ -1227,22 +1239,63 @@ impl SinkState {
             written.push(c);
         }
         let changes = written;
+        // Regions: open at this epoch, or cleared at it (its elements' changes of the epoch are under it).
+        b.regions.sort_by_key(|r| r.region);
+        let cleared_now: Vec<crate::topology::ElementId> = b
+            .regions
+            .iter()
+            .filter(|r| r.status == crate::model::alert::Transition::Cleared)
+            .map(|r| r.region)
+            .collect();
+        for r in &b.regions {
+            if r.status == crate::model::alert::Transition::Raised {
+                self.open_regions.insert(r.region);
+            } else if r.status == crate::model::alert::Transition::Cleared {
+                self.open_regions.remove(&r.region);
+            }
+        }
         b.incidents.sort_by_key(|i| i.element);
-        for i in &b.incidents {
-            self.format.incident_line(e, i, &mut text);
+        let mut incidents = Vec::with_capacity(b.incidents.len());
+        for i in std::mem::take(&mut b.incidents) {
+            let under = (self.open_regions.contains(&i.region) || cleared_now.contains(&i.region))
+                .then_some(i.region);
+            if self.group_incidents {
+                let held_back = if self.grouped_elements.contains(&i.element) {
+                    if i.status == crate::model::alert::Transition::Cleared {
+                        self.grouped_elements.remove(&i.element);
+                    }
+                    true
+                } else if under.is_some() && i.status == crate::model::alert::Transition::Raised {
+                    self.grouped_elements.insert(i.element);
+                    true
+                } else {
+                    false
+                };
+                if held_back {
+                    continue;
+                }
+            }
+            self.format.incident_line(e, &i, under.as_ref(), &mut text);
+            incidents.push(i);
+        }
+        b.incidents = incidents;
+        for r in &b.regions {
+            self.format.region_line(e, r, &mut text);
         }
         // The previous epoch's summary is durable before this epoch's first change is sent (they may go to
         // different partitions, which the broker does not order): a crash leaves changes without their
         // summary in one epoch at most.
-        let any = !changes.is_empty() || !b.incidents.is_empty() || !b.dead.is_empty();
+        let lines = !changes.is_empty() || !b.incidents.is_empty() || !b.regions.is_empty();
+        let any = lines || !b.dead.is_empty();
         if !silent && self.summary_unflushed && any {
             self.barrier();
         }
-        if !silent && (!changes.is_empty() || !b.incidents.is_empty()) {
+        if !silent && lines {
             let kinds: Vec<LineKind<'_>> = changes
                 .iter()
                 .map(|c| LineKind::Change(&c.customer))
                 .chain(b.incidents.iter().map(|i| LineKind::Change(&i.element)))
+                .chain(b.regions.iter().map(|r| LineKind::Change(&r.region)))
                 .collect();
             self.write(&text, &kinds);
         }
@@ -1266,7 +1319,7 @@ impl SinkState {
             late: b.source.late,
             dead_lettered: b.source.dead + b.model.duplicates,
             series_scored: b.model.series_scored,
-            changes: (changes.len() + b.incidents.len()) as u64,
+            changes: (changes.len() + b.incidents.len() + b.regions.len()) as u64,
             open_anomalies: self.open,
             closed_by_guard: b.source.guard_closed > 0,
         };
@@ -1406,6 +1459,7 @@ fn sink<'scope>(
         (
             builder.new_input(i.changes, Exchange::new(|_: &_| 0u64)),
             builder.new_input(i.annotations, Exchange::new(|_: &_| 0u64)),
+            builder.new_input(i.regions, Exchange::new(|_: &_| 0u64)),
         )
     });
     builder.build(move |caps| {
@@ -1458,7 +1512,12 @@ fn sink<'scope>(
                     }
                 }
             });
-            if let Some((ch, notes)) = in_incidents.as_mut() {
+            if let Some((ch, notes, regions)) = in_incidents.as_mut() {
+                regions.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        state.buckets.entry(t).or_default().regions.append(data);
+                    }
+                });
                 ch.for_each(|cap, data| {
                     if let Some(&t) = cap.least() {
                         state.buckets.entry(t).or_default().incidents.append(data);

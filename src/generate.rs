@@ -58,6 +58,10 @@ pub struct GenerateConfig {
     /// and their latency rises, each by 0.6–1.2 times the series' normal variation (mildly: inside its own
     /// band). 0, the default, leaves the fleet exactly as without them (their random stream is separate).
     pub congestion_rate: f64,
+    /// Expected region faults per region per day: every element of a region (20 elements) has an outage or
+    /// a congestion at once, labelled per region in region_labels.jsonl (and per element and member as its
+    /// own faults are). 0, the default, leaves the fleet exactly as without them.
+    pub region_fault_rate: f64,
     /// Fraction of messages replaced by malformed ones (for demos of the dead-letter path).
     pub malformed_rate: f64,
     /// Epochs of clean history before the first anomaly of the customers present from the start: a
@@ -88,6 +92,7 @@ impl Default for GenerateConfig {
             cold_start_rate: 0.0,
             outage_rate: 1.0 / 14.0,
             congestion_rate: 0.0,
+            region_fault_rate: 0.0,
             malformed_rate: 0.0,
             history_epochs: 288,
             threads: 0,
@@ -867,6 +872,8 @@ pub struct GenerateReport {
     pub bytes: u64,
     /// Element-level faults written to element_labels.jsonl.
     pub element_faults: u64,
+    /// Region-level faults written to region_labels.jsonl.
+    pub region_faults: u64,
 }
 
 /// The largest excursion |noise| makes once in ~3·10⁵ observations (about three years of 5-minute logs),
@@ -1404,6 +1411,50 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
         }
     }
 
+    // Region faults (region, start, len, outage or congestion, magnitude): every element of the region at
+    // once. Its elements' own faults that would overlap one are dropped: the region's becomes theirs.
+    let mut region_faults: Vec<(usize, usize, usize, bool, f64)> = Vec::new();
+    if cfg.region_fault_rate > 0.0 {
+        let mut rrng = Rng::new(cfg.seed, 0x4E6);
+        for r in 0..regions {
+            let n = poisson(&mut rrng, cfg.region_fault_rate * days);
+            for _ in 0..n {
+                let outage = rrng.below(2) == 0;
+                let len = if outage {
+                    4 + rrng.below(20) as usize
+                } else {
+                    6 + rrng.below(19) as usize
+                };
+                let magnitude = 0.6 + 0.6 * rrng.f64();
+                let first = cfg.history_epochs.min(cfg.epochs / 2);
+                if cfg.epochs < first + len + 2 {
+                    continue;
+                }
+                let s = first + rrng.below((cfg.epochs - first - len) as u64) as usize;
+                if !region_faults
+                    .iter()
+                    .any(|(rr, os, ol, _, _)| *rr == r && s < os + ol + 12 && *os < s + len + 12)
+                {
+                    region_faults.push((r, s, len, outage, magnitude));
+                }
+            }
+        }
+        for &(r, s, len, outage, magnitude) in &region_faults {
+            let mine = |el: usize| el * regions / elements.max(1) == r;
+            let clash =
+                |el: usize, os: usize, ol: usize| mine(el) && s < os + ol + 12 && os < s + len + 12;
+            outages.retain(|&(el, os, ol)| !clash(el, os, ol));
+            congestions.retain(|&(el, os, ol, _)| !clash(el, os, ol));
+            for el in (0..elements).filter(|el| mine(*el)) {
+                if outage {
+                    outages.push((el, s, len));
+                } else {
+                    congestions.push((el, s, len, magnitude));
+                }
+            }
+        }
+    }
+
     let telemetry = out_dir.join("telemetry.jsonl");
     let mut w = BufWriter::with_capacity(8 << 20, File::create(&telemetry)?);
     let header = serde_json::to_string(&RecordedHeader::new("telemetry", cfg.partitions))
@@ -1638,6 +1689,22 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     }
     ew.flush()?;
     report.element_faults = faults.len() as u64;
+    let mut rw = BufWriter::new(File::create(out_dir.join("region_labels.jsonl"))?);
+    region_faults.sort_by_key(|f| (f.1, f.0));
+    for &(r, s, len, outage, _) in &region_faults {
+        let st = start + s as i64 * epoch_len;
+        writeln!(
+            rw,
+            "{{\"region\":\"region-{r:03}\",\"kind\":\"{}\",\"start\":{st},\"end\":{},\"elements\":{}}}",
+            if outage { "outage" } else { "congestion" },
+            st + len as i64 * epoch_len,
+            (0..elements)
+                .filter(|el| el * regions / elements.max(1) == r)
+                .count()
+        )?;
+    }
+    rw.flush()?;
+    report.region_faults = region_faults.len() as u64;
 
     let mut lw = BufWriter::new(File::create(out_dir.join("labels.jsonl"))?);
     for (s, c, f, k, end, joined) in &labels {

@@ -8,6 +8,13 @@
 //! * **Member raises per fault**: the feature- and customer-level raises written for the faulted element's
 //!   members during the fault — what an operator reads for one fault (the grouped mode's reduction is the
 //!   ratio of this figure without and with `--group-incidents`).
+//! * An element fault is also found by an incident raised on its *region* inside it (a region incident
+//!   stands for its elements': with `--group-incidents` theirs are not written).
+//! * With `--region-labels` (region_labels.jsonl), region faults the same way: found when a region-level
+//!   incident was raised on the region inside it, or an open one updated there (a fault right after
+//!   another, of another kind, moves the open incident to its kind); a region-level raise on a region with no region fault then
+//!   is false (per 1,000 region-days); the lines per region fault are every member raise, element incident
+//!   raise and region incident raise of the region during it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,6 +32,35 @@ pub struct ElementLabel {
     pub kind: String,
     pub start: i64,
     pub end: i64,
+}
+
+/// One region-level fault, as the generator writes it (region_labels.jsonl).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegionLabel {
+    pub region: String,
+    pub kind: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The region-level scores of a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RegionReport {
+    pub faults: u64,
+    pub found: u64,
+    pub recall: f64,
+    pub median_delay_epochs: Option<f64>,
+    pub incidents_raised: u64,
+    pub true_incidents: u64,
+    pub false_incidents: u64,
+    pub regions: u64,
+    pub region_days: f64,
+    pub false_incidents_per_1000_region_days: f64,
+    /// Region incident raises per region fault found.
+    pub incidents_per_found_fault: f64,
+    /// Member raises, element incident raises and region incident raises in the region during a region
+    /// fault, per fault: what an operator reads for one (grouped, one line).
+    pub lines_per_fault: f64,
 }
 
 /// Per-kind figures.
@@ -62,6 +98,11 @@ pub struct IncidentReport {
     /// reads for one fault (with and without `--group-incidents`, the grouped mode's reduction).
     pub raises_per_fault: f64,
     pub by_kind: BTreeMap<String, FaultKindReport>,
+    /// Element faults found only through their region's incident (counted in `found`).
+    pub found_by_region: u64,
+    /// With region labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RegionReport>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> EvalError {
@@ -73,13 +114,22 @@ fn io(path: &Path, e: std::io::Error) -> EvalError {
 
 /// Reads `element_labels.jsonl`.
 pub fn read_element_labels(path: &Path) -> Result<Vec<ElementLabel>, EvalError> {
+    read_jsonl(path)
+}
+
+/// Reads `region_labels.jsonl`.
+pub fn read_region_labels(path: &Path) -> Result<Vec<RegionLabel>, EvalError> {
+    read_jsonl(path)
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let l: ElementLabel = serde_json::from_str(line).map_err(|e| EvalError::Parse {
+        let l: T = serde_json::from_str(line).map_err(|e| EvalError::Parse {
             path: path.display().to_string(),
             line: i + 1,
             message: e.to_string(),
@@ -102,9 +152,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Scores a run's output (`alerts`) against element faults, with the topology (customer → element).
+/// Scores a run's output (`alerts`) against element faults (and region faults, when given), with the
+/// topology (customer → element → region).
 pub fn evaluate_incidents(
     labels: &[ElementLabel],
+    region_labels: Option<&[RegionLabel]>,
     alerts: &Path,
     topology: &Path,
 ) -> Result<IncidentReport, EvalError> {
@@ -117,14 +169,31 @@ pub fn evaluate_incidents(
         .iter()
         .map(|p| (p.customer.to_string(), p.element.to_string()))
         .collect();
+    let region_of_element: HashMap<String, String> = topo
+        .placements
+        .iter()
+        .map(|p| (p.element.to_string(), p.region.to_string()))
+        .collect();
+    let region_of_customer: HashMap<String, String> = topo
+        .placements
+        .iter()
+        .map(|p| (p.customer.to_string(), p.region.to_string()))
+        .collect();
     let mut elements: Vec<&str> = element_of.values().map(|s| s.as_str()).collect();
     elements.sort_unstable();
     elements.dedup();
+    let mut regions: Vec<&str> = region_of_element.values().map(|s| s.as_str()).collect();
+    regions.sort_unstable();
+    regions.dedup();
 
     let text = std::fs::read_to_string(alerts).map_err(|e| io(alerts, e))?;
     // (element, epoch) of incident raises; (element, epoch) of member raises; the run's epochs.
     let mut incidents: Vec<(String, u64)> = Vec::new();
     let mut member_raises: Vec<(String, u64)> = Vec::new();
+    // (region, epoch) of region incident raises; of member raises and element incident raises by region.
+    let mut region_incidents: Vec<(String, u64)> = Vec::new();
+    let mut region_lines: Vec<(String, u64)> = Vec::new();
+    let mut region_updates: Vec<(String, u64)> = Vec::new();
     let mut epochs = 0u64;
     let mut epoch_len = 0i64;
     for (i, line) in text.lines().enumerate() {
@@ -139,9 +208,21 @@ pub fn evaluate_incidents(
         let s = |k: &str| v.get(k).and_then(|x| x.as_str());
         let epoch = v.get("epoch").and_then(|x| x.as_u64());
         match s("type") {
+            Some("incident") if s("level") == Some("region") => {
+                if let (Some(r), Some(e)) = (s("region"), epoch) {
+                    match s("status") {
+                        Some("raised") => region_incidents.push((r.to_string(), e)),
+                        Some("updated") => region_updates.push((r.to_string(), e)),
+                        _ => {}
+                    }
+                }
+            }
             Some("incident") if s("status") == Some("raised") => {
                 if let (Some(el), Some(e)) = (s("element"), epoch) {
                     incidents.push((el.to_string(), e));
+                    if let Some(r) = region_of_element.get(el) {
+                        region_lines.push((r.clone(), e));
+                    }
                 }
             }
             Some("change") if s("status") == Some("raised") => {
@@ -149,6 +230,9 @@ pub fn evaluate_incidents(
                     && let Some(el) = element_of.get(c)
                 {
                     member_raises.push((el.clone(), e));
+                    if let Some(r) = region_of_customer.get(c) {
+                        region_lines.push((r.clone(), e));
+                    }
                 }
             }
             Some("summary") => {
@@ -173,11 +257,12 @@ pub fn evaluate_incidents(
             message: "no summary lines: pass a fleetwatch run output".into(),
         });
     }
-    let window = |l: &ElementLabel| -> (u64, u64) {
-        let s = l.start.div_euclid(epoch_len).max(0) as u64;
-        let e = (l.end - 1).div_euclid(epoch_len).max(0) as u64;
+    let span = |start: i64, end: i64| -> (u64, u64) {
+        let s = start.div_euclid(epoch_len).max(0) as u64;
+        let e = (end - 1).div_euclid(epoch_len).max(0) as u64;
         (s, e.max(s))
     };
+    let window = |l: &ElementLabel| span(l.start, l.end);
     let mut report = IncidentReport {
         faults: labels.len() as u64,
         incidents_raised: incidents.len() as u64,
@@ -191,11 +276,23 @@ pub fn evaluate_incidents(
     let mut kind_raises: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for l in labels {
         let (s, e) = window(l);
-        let first = incidents
+        let own = incidents
             .iter()
             .filter(|(el, t)| *el == l.element && *t >= s && *t <= e)
             .map(|(_, t)| *t)
             .min();
+        let region = region_of_element
+            .get(&l.element)
+            .map_or(l.region.as_str(), String::as_str);
+        let by_region = region_incidents
+            .iter()
+            .filter(|(r, t)| r == region && *t >= s && *t <= e)
+            .map(|(_, t)| *t)
+            .min();
+        if own.is_none() && by_region.is_some() {
+            report.found_by_region += 1;
+        }
+        let first = own.into_iter().chain(by_region).min();
         let k = report.by_kind.entry(l.kind.clone()).or_default();
         k.faults += 1;
         if let Some(f) = first {
@@ -271,6 +368,64 @@ pub fn evaluate_incidents(
         report.member_raises_per_fault = members_total as f64 / report.faults as f64;
         report.raises_per_fault = (members_total + incident_total) as f64 / report.faults as f64;
     }
+    if let Some(rl) = region_labels {
+        let mut r = RegionReport {
+            faults: rl.len() as u64,
+            incidents_raised: region_incidents.len() as u64,
+            regions: regions.len() as u64,
+            ..Default::default()
+        };
+        let mut delays = Vec::new();
+        let mut lines = 0u64;
+        for l in rl {
+            let (s, e) = span(l.start, l.end);
+            let inside = |(reg, t): &&(String, u64)| *reg == l.region && *t >= s && *t <= e;
+            if let Some(f) = region_incidents
+                .iter()
+                .chain(&region_updates)
+                .filter(inside)
+                .map(|(_, t)| *t)
+                .min()
+            {
+                r.found += 1;
+                delays.push((f - s) as f64);
+            }
+            lines += region_lines.iter().filter(inside).count() as u64
+                + region_incidents.iter().filter(inside).count() as u64;
+        }
+        for (reg, t) in &region_incidents {
+            let matched = rl.iter().any(|l| {
+                let (s, e) = span(l.start, l.end);
+                l.region == *reg && *t >= s && *t <= e
+            });
+            if matched {
+                r.true_incidents += 1;
+            } else {
+                r.false_incidents += 1;
+            }
+        }
+        r.recall = if r.faults > 0 {
+            r.found as f64 / r.faults as f64
+        } else {
+            0.0
+        };
+        r.median_delay_epochs = median(delays);
+        r.region_days = r.regions as f64 * epochs as f64 * epoch_len as f64 / 86_400.0;
+        r.false_incidents_per_1000_region_days = if r.region_days > 0.0 {
+            r.false_incidents as f64 * 1000.0 / r.region_days
+        } else {
+            0.0
+        };
+        r.incidents_per_found_fault = if r.found > 0 {
+            r.true_incidents as f64 / r.found as f64
+        } else {
+            0.0
+        };
+        if r.faults > 0 {
+            r.lines_per_fault = lines as f64 / r.faults as f64;
+        }
+        report.regions = Some(r);
+    }
     Ok(report)
 }
 
@@ -334,7 +489,7 @@ mod tests {
                 end: 6600,
             },
         ];
-        let r = evaluate_incidents(&labels, &out, &topo).unwrap();
+        let r = evaluate_incidents(&labels, None, &out, &topo).unwrap();
         assert_eq!((r.faults, r.found, r.incidents_raised), (2, 1, 2));
         assert_eq!((r.true_incidents, r.false_incidents), (1, 1));
         assert_eq!(r.median_delay_epochs, Some(1.0));

@@ -1,16 +1,21 @@
-//! The incident operator: every network element's epoch, on the worker that owns the element.
+//! The incident operator: every network element's and region's epoch, on the worker that owns the region.
 //!
 //! ```text
 //!  topology collection ──arrange by customer──┐
-//!  open anomalies (arranged by customer) ──────┴─ join_core ─▶ (element, (member, its open anomaly)) ─┐
-//!  SeriesModel ── per-element sums of each worker ─────────────────────────────────────────────────────┤
-//!  topology's member counts per element ────────────────────────────────────────────────────────────────┤
-//!                                                               exchange by element                     ▼
+//!  open anomalies (arranged by customer) ──────┴─ join_core ─▶ ((element, region), (member, its anomaly)) ─┐
+//!  SeriesModel ── per-element sums of each worker ──────────────────────────────────────────────────────────┤
+//!  topology's member counts per element ─────────────────────────────────────────────────────────────────────┤
+//!                                                               exchange by region                           ▼
 //!                                              Incidents: per epoch, per element in id order,
-//!                                              model::incident::ElementState::step
-//!                                              ──▶ incident changes, and the members' changes of the epoch
-//!                                                  that happened under an open incident (annotations)
+//!                                              model::incident::ElementState::step, then per region
+//!                                              RegionState::step over its elements' views
+//!                                              ──▶ element and region incident changes, and the members'
+//!                                                  changes of the epoch that happened under an open element
+//!                                                  incident (annotations)
 //! ```
+//!
+//! Everything is routed by region, so a region's elements are stepped on one worker and the region right
+//! after them, without another exchange (a region of 20 elements, 1,000 customers, is a small unit of work).
 //!
 //! The join is incremental: only the members' alert *changes* and topology changes flow through it, never
 //! the fleet. The per-element sums are integers, so every layout sums the same; every element of the
@@ -41,7 +46,8 @@ use crate::model::AnomalyKind;
 use crate::model::alert::Transition;
 use crate::model::customer::{OpenAnomaly, is_customer_level};
 use crate::model::incident::{
-    AlertCounts, ElementPartial, ElementState, IncidentChange, IncidentParams, MemberAlerts,
+    AlertCounts, DEVIATION_UNIT, ElementPartial, ElementState, ElementView, IncidentChange,
+    IncidentParams, MemberAlerts, RegionChange, RegionParams, RegionState,
 };
 use crate::topology::ElementId;
 
@@ -57,14 +63,19 @@ pub fn member_counts(placements: &[crate::topology::Placement]) -> Vec<MemberCou
     counts.into_iter().map(|(k, n)| (k, 0u64, n)).collect()
 }
 
-/// A difference of the members' open anomalies, per element (the join's output).
-pub type MemberAlertDiff = ((ElementId, (CustomerId, OpenAnomaly)), u64, isize);
+/// A difference of the members' open anomalies, per (element, region) (the join's output).
+pub type MemberAlertDiff = (
+    ((ElementId, ElementId), (CustomerId, OpenAnomaly)),
+    u64,
+    isize,
+);
 
 /// A member's change at an epoch while its element had an incident open: (customer, feature, element).
 pub type Annotation = (CustomerId, u16, ElementId);
 
-fn element_route(e: &ElementId) -> u64 {
-    stable_hash(e.as_str().as_bytes())
+/// The worker of a region (and of its elements): `region_route % peers`.
+fn region_route(region: &ElementId) -> u64 {
+    stable_hash(region.as_str().as_bytes())
 }
 
 /// The incident operator's part in checkpoints.
@@ -77,28 +88,39 @@ pub struct IncidentCheckpoint {
     pub stop: Arc<crate::stop::Stop>,
 }
 
-/// The elements one worker owns in a restored run, as of the checkpoint epoch.
+/// The elements and regions one worker owns in a restored run, as of the checkpoint epoch.
 #[derive(Debug, Default)]
 pub struct RestoredIncidents {
     pub epoch: u64,
     pub elements: Vec<(ElementId, ElementId, ElementState)>,
+    pub regions: Vec<(ElementId, RegionState)>,
 }
 
 impl RestoredIncidents {
-    /// Takes worker `worker`'s elements (routed as the operator's exchange routes them, under the new
-    /// layout) out of every incident part of the checkpoint.
+    /// Takes worker `worker`'s elements and regions (routed as the operator's exchange routes them, under
+    /// the new layout) out of every incident part of the checkpoint.
     pub fn take(loaded: &Loaded, worker: usize, peers: usize) -> RestoredIncidents {
+        let mine = |r: &ElementId| region_route(r) % peers as u64 == worker as u64;
         let mut elements: Vec<(ElementId, ElementId, ElementState)> = loaded
             .incidents
             .iter()
             .flat_map(|s| s.elements.iter())
-            .filter(|(e, _, _)| element_route(e) % peers as u64 == worker as u64)
+            .filter(|(_, r, _)| mine(r))
             .cloned()
             .collect();
         elements.sort_by_key(|x| x.0);
+        let mut regions: Vec<(ElementId, RegionState)> = loaded
+            .incidents
+            .iter()
+            .flat_map(|s| s.regions.iter())
+            .filter(|(r, _)| mine(r))
+            .cloned()
+            .collect();
+        regions.sort_by_key(|x| x.0);
         RestoredIncidents {
             epoch: loaded.manifest.epoch,
             elements,
+            regions,
         }
     }
 }
@@ -108,17 +130,34 @@ impl RestoredIncidents {
 struct SnapshotRef<'a> {
     epoch: u64,
     elements: Vec<(&'a ElementId, &'a ElementId, &'a ElementState)>,
+    regions: Vec<(&'a ElementId, &'a RegionState)>,
+}
+
+impl<'a> SnapshotRef<'a> {
+    fn new(
+        epoch: u64,
+        books: &'a BTreeMap<ElementId, ElementBook>,
+        regions: &'a BTreeMap<ElementId, RegionState>,
+    ) -> Self {
+        SnapshotRef {
+            epoch,
+            elements: books
+                .iter()
+                .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
+                .collect(),
+            regions: regions.iter().collect(),
+        }
+    }
 }
 
 /// Writes worker `ck.worker`'s incident part of checkpoint `c` in the background.
-fn write_part(ck: &IncidentCheckpoint, c: u64, books: &BTreeMap<ElementId, ElementBook>) {
-    let snap = SnapshotRef {
-        epoch: c,
-        elements: books
-            .iter()
-            .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
-            .collect(),
-    };
+fn write_part(
+    ck: &IncidentCheckpoint,
+    c: u64,
+    books: &BTreeMap<ElementId, ElementBook>,
+    regions: &BTreeMap<ElementId, RegionState>,
+) {
+    let snap = SnapshotRef::new(c, books, regions);
     let body = match bincode::serialize(&snap) {
         Ok(b) => b,
         Err(e) => {
@@ -150,6 +189,7 @@ fn write_part(ck: &IncidentCheckpoint, c: u64, books: &BTreeMap<ElementId, Eleme
 /// What the incident operator produces.
 pub struct IncidentStreams<'scope> {
     pub changes: Stream<'scope, u64, Vec<IncidentChange>>,
+    pub regions: Stream<'scope, u64, Vec<RegionChange>>,
     pub annotations: Stream<'scope, u64, Vec<Annotation>>,
 }
 
@@ -194,6 +234,32 @@ impl ElementBook {
     }
 }
 
+/// Per feature, the median over elements of their mean moves (NaN where no element had enough members
+/// scored). The same on every worker: every worker has every element's means, and the median does not
+/// depend on their order.
+fn fleet_medians(means: Option<Vec<Vec<f32>>>, features: usize) -> Vec<f32> {
+    let means = means.unwrap_or_default();
+    let mut column: Vec<f32> = Vec::with_capacity(means.len());
+    (0..features)
+        .map(|f| {
+            column.clear();
+            column.extend(
+                means
+                    .iter()
+                    .filter_map(|m| m.get(f).copied())
+                    .filter(|x| x.is_finite()),
+            );
+            column.sort_by(f32::total_cmp);
+            let n = column.len();
+            match n {
+                0 => f32::NAN,
+                _ if n % 2 == 1 => column[n / 2],
+                _ => (column[n / 2 - 1] + column[n / 2]) / 2.0,
+            }
+        })
+        .collect()
+}
+
 /// Builds the incident operator (see the module documentation).
 #[allow(clippy::too_many_arguments)]
 pub fn incidents<'scope>(
@@ -202,61 +268,116 @@ pub fn incidents<'scope>(
     members: Stream<'scope, u64, Vec<MemberCountDiff>>,
     features: usize,
     params: IncidentParams,
+    region_params: RegionParams,
     checkpoint: Option<IncidentCheckpoint>,
     restored: Option<RestoredIncidents>,
 ) -> IncidentStreams<'scope> {
     let scope = partials.scope();
-    // The whole fleet's sums, to every worker: what every element shares at an epoch (the time of day the
-    // members' models all get a little wrong) is not congestion.
-    let fleet = partials
-        .clone()
-        .unary::<CapacityContainerBuilder<Vec<ElementPartial>>, _, _, _>(
-            Pipeline,
-            "FleetSums",
-            |_cap, _info| {
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        let mut sum: Option<ElementPartial> = None;
-                        for p in data.iter() {
-                            match sum.as_mut() {
-                                Some(s) => s.add(p),
-                                None => sum = Some(p.clone()),
+    // Each element's sums, added up from the workers' partials on its region's worker, once every worker
+    // has passed the epoch.
+    let element_sums = partials
+        .unary_frontier::<CapacityContainerBuilder<Vec<ElementPartial>>, _, _, _>(
+            Exchange::new(|p: &ElementPartial| region_route(&p.region)),
+            "ElementSums",
+            |cap, _info| {
+                let mut cap = Some(cap);
+                let mut pending: BTreeMap<u64, HashMap<ElementId, ElementPartial>> =
+                    BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|c, data| {
+                        let Some(&t) = c.least() else { return };
+                        let at = pending.entry(t).or_default();
+                        for p in data.drain(..) {
+                            match at.get_mut(&p.element) {
+                                Some(s) => s.add(&p),
+                                None => {
+                                    at.insert(p.element, p);
+                                }
                             }
                         }
-                        if let Some(s) = sum {
-                            output.session(&cap).give(s);
+                    });
+                    let Some(held) = cap.as_mut() else { return };
+                    let bound = frontier.frontier().first().copied();
+                    while let Some(t) = pending.keys().next().copied() {
+                        if bound.is_some_and(|b| t >= b) {
+                            break;
                         }
+                        let mut v: Vec<ElementPartial> = pending
+                            .remove(&t)
+                            .unwrap_or_default()
+                            .into_values()
+                            .collect();
+                        v.sort_by_key(|p| p.element);
+                        output.session(&held.delayed(&t)).give_container(&mut v);
+                    }
+                    match bound {
+                        None => cap = None,
+                        Some(b) => held.downgrade(&b),
+                    }
+                }
+            },
+        );
+    // Every element's mean move per feature, to every worker: their median is what every element shares
+    // at an epoch (the time of day the members' models all get a little wrong), not congestion — robust to
+    // the elements that are congested (a mean would move with them: in a fleet of four regions, one
+    // region's congestion would make the others look congested the other way).
+    let min_scored = params.min_scored;
+    let fleet = element_sums
+        .clone()
+        .unary::<CapacityContainerBuilder<Vec<Vec<f32>>>, _, _, _>(
+            Pipeline,
+            "ElementMeans",
+            move |_cap, _info| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut means: Vec<Vec<f32>> = data
+                            .iter()
+                            .map(|p| {
+                                p.sums
+                                    .iter()
+                                    .zip(&p.counts)
+                                    .map(|(s, c)| {
+                                        if *c >= min_scored {
+                                            *s as f32 / DEVIATION_UNIT / *c as f32
+                                        } else {
+                                            f32::NAN
+                                        }
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        output.session(&cap).give_container(&mut means);
                     });
                 }
             },
         )
         .broadcast();
     let mut builder = OperatorBuilder::new("Incidents".to_owned(), scope);
-    let mut in_partials = builder.new_input(
-        partials,
-        Exchange::new(|p: &ElementPartial| element_route(&p.element)),
-    );
+    let mut in_partials = builder.new_input(element_sums, Pipeline);
     let mut in_alerts = builder.new_input(
         member_alerts,
-        Exchange::new(|d: &MemberAlertDiff| element_route(&(d.0).0)),
+        Exchange::new(|d: &MemberAlertDiff| region_route(&((d.0).0).1)),
     );
     let mut in_topo = builder.new_input(
         members,
-        Exchange::new(|d: &MemberCountDiff| element_route(&(d.0).0)),
+        Exchange::new(|d: &MemberCountDiff| region_route(&((d.0).1))),
     );
     let mut in_fleet = builder.new_input(fleet, Pipeline);
     let (out_changes, changes) = builder.new_output::<Vec<IncidentChange>>();
     let (out_notes, annotations) = builder.new_output::<Vec<Annotation>>();
+    let (out_regions, regions) = builder.new_output::<Vec<RegionChange>>();
     let mut out_changes = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_changes);
     let mut out_notes = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_notes);
+    let mut out_regions = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(out_regions);
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
         let mut books: BTreeMap<ElementId, ElementBook> = BTreeMap::new();
+        let mut region_states: BTreeMap<ElementId, RegionState> = BTreeMap::new();
         let mut sums: BTreeMap<u64, HashMap<ElementId, ElementPartial>> = BTreeMap::new();
         let mut alert_diffs: BTreeMap<u64, Vec<MemberAlertDiff>> = BTreeMap::new();
         let mut topo_diffs: BTreeMap<u64, Vec<MemberCountDiff>> = BTreeMap::new();
-        let mut fleet_sums: BTreeMap<u64, ElementPartial> = BTreeMap::new();
+        let mut fleet_means: BTreeMap<u64, Vec<Vec<f32>>> = BTreeMap::new();
         let mut next: Option<u64> = None;
         // The first checkpoint epoch whose part this worker has not written.
         let mut ck_from: u64 = 0;
@@ -272,6 +393,7 @@ pub fn incidents<'scope>(
                 b.region = Some(region);
                 b.state = Some(state);
             }
+            region_states.extend(r.regions);
         }
         move |frontiers| {
             in_partials.for_each(|cap, data| {
@@ -293,14 +415,7 @@ pub fn incidents<'scope>(
             });
             in_fleet.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
-                for p in data.drain(..) {
-                    match fleet_sums.get_mut(&t) {
-                        Some(s) => s.add(&p),
-                        None => {
-                            fleet_sums.insert(t, p);
-                        }
-                    }
-                }
+                fleet_means.entry(t).or_default().append(data);
             });
             in_topo.for_each(|_cap, data| {
                 for d in data.drain(..) {
@@ -334,7 +449,7 @@ pub fn incidents<'scope>(
                 let mut now: Vec<(ElementId, CustomerId, u16)> = Vec::new();
                 let ready: Vec<u64> = alert_diffs.range(..=e).map(|(t, _)| *t).collect();
                 for t in ready {
-                    for ((el, (c, a)), _, d) in alert_diffs.remove(&t).unwrap_or_default() {
+                    for (((el, _), (c, a)), _, d) in alert_diffs.remove(&t).unwrap_or_default() {
                         let b = books.entry(el).or_default();
                         let n = b.open.entry((c, a)).or_insert(0);
                         *n += d;
@@ -349,11 +464,9 @@ pub fn incidents<'scope>(
                 now.sort_unstable();
                 now.dedup();
                 let mut at = sums.remove(&e).unwrap_or_default();
-                let fleet: Vec<f32> = match fleet_sums.remove(&e) {
-                    Some(f) => f.means(),
-                    None => vec![f32::NAN; features],
-                };
+                let fleet: Vec<f32> = fleet_medians(fleet_means.remove(&e), features);
                 let mut changes = Vec::new();
+                let mut views: BTreeMap<ElementId, Vec<ElementView>> = BTreeMap::new();
                 for (el, b) in books.iter_mut() {
                     if b.members <= 0 && b.state.is_none() {
                         continue;
@@ -367,8 +480,20 @@ pub fn incidents<'scope>(
                     x.region = region;
                     let counts = b.alert_counts();
                     let state = b.state.get_or_insert_with(|| ElementState::new(features));
-                    if let Some(ch) = state.step(&params, e, &x, &counts, &fleet) {
+                    let (ch, view) = state.step_viewed(&params, e, &x, &counts, &fleet);
+                    if let Some(ch) = ch {
                         changes.push(ch);
+                    }
+                    if b.members > 0 {
+                        views.entry(region).or_default().push(view);
+                    }
+                }
+                // Each region, over its elements' views (in element order).
+                let mut region_changes = Vec::new();
+                for (region, vs) in views {
+                    let r = region_states.entry(region).or_default();
+                    if let Some(ch) = r.step(&region_params, e, region, &vs) {
+                        region_changes.push(ch);
                     }
                 }
                 // Annotations: the members' changes of this epoch under an incident open at it (or
@@ -397,11 +522,17 @@ pub fn incidents<'scope>(
                         .session(&held[1].delayed(&e))
                         .give_container(&mut notes);
                 }
+                if !region_changes.is_empty() {
+                    out_regions
+                        .activate()
+                        .session(&held[2].delayed(&e))
+                        .give_container(&mut region_changes);
+                }
                 if let Some(ck) = &checkpoint
                     && e >= ck_from
                     && (ck.cfg.is_checkpoint(e) || ck.stop.epoch() == Some(e))
                 {
-                    write_part(ck, e, &books);
+                    write_part(ck, e, &books, &region_states);
                     ck_from = e + 1;
                 }
                 next = Some(e + 1);
@@ -420,7 +551,7 @@ pub fn incidents<'scope>(
                 if let Some(c) = regular.max(stopping)
                     && c >= ck_from
                 {
-                    write_part(ck, c, &books);
+                    write_part(ck, c, &books, &region_states);
                     ck_from = c + 1;
                 }
             }
@@ -441,6 +572,7 @@ pub fn incidents<'scope>(
     });
     IncidentStreams {
         changes,
+        regions,
         annotations,
     }
 }
@@ -476,17 +608,24 @@ mod tests {
         );
         // Not stepped yet: no state, not in the part.
         books.insert(id("elem-2"), ElementBook::default());
-        let snap = SnapshotRef {
-            epoch: 11,
-            elements: books
-                .iter()
-                .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
-                .collect(),
-        };
+        let mut regions = BTreeMap::new();
+        regions.insert(
+            id("region-1"),
+            RegionState {
+                epochs: 30,
+                p_affected: 0.01,
+                ..Default::default()
+            },
+        );
+        let snap = SnapshotRef::new(11, &books, &regions);
         let bytes = bincode::serialize(&snap).unwrap();
         let back: IncidentSnapshot = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back.epoch, 11);
         assert_eq!(back.elements.len(), 1);
+        assert_eq!(
+            back.regions,
+            vec![(id("region-1"), regions[&id("region-1")].clone())]
+        );
         let (e, r, s) = &back.elements[0];
         assert_eq!((*e, *r), (id("elem-1"), id("region-1")));
         // NaN (the previous deviation of a feature not scored) survives: compare through the bytes.
@@ -498,17 +637,39 @@ mod tests {
     }
 
     #[test]
-    fn every_element_is_restored_to_the_worker_the_exchange_sends_it_to() {
+    fn the_fleet_median_is_taken_per_feature_over_elements_with_enough_members() {
+        let nan = f32::NAN;
+        let means = vec![
+            vec![0.1, nan, 3.0],
+            vec![0.4, nan, -1.0],
+            vec![0.2, 5.0, 0.0],
+            vec![9.0, nan, 2.0],
+        ];
+        let m = fleet_medians(Some(means), 4);
+        // [0.1, 0.2, 0.4, 9.0] → (0.2 + 0.4)/2; [5.0]; [-1, 0, 2, 3] → 1; no element: NaN.
+        assert!((m[0] - 0.3).abs() < 1e-6);
+        assert_eq!(m[1], 5.0);
+        assert_eq!(m[2], 1.0);
+        assert!(m[3].is_nan());
+        // One element's congestion does not move it.
+        let mut means = vec![vec![0.0]; 9];
+        means.push(vec![0.8]);
+        assert_eq!(fleet_medians(Some(means), 1), vec![0.0]);
+        assert!(fleet_medians(None, 2).iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
+    fn every_region_is_restored_to_the_worker_the_exchange_sends_it_to() {
         for peers in [1usize, 2, 3, 4, 6] {
             for i in 0..200 {
-                let e = id(&format!("elem-{i:05}"));
+                let e = id(&format!("region-{i:03}"));
                 let owners: Vec<usize> = (0..peers)
-                    .filter(|w| element_route(&e) % peers as u64 == *w as u64)
+                    .filter(|w| region_route(&e) % peers as u64 == *w as u64)
                     .collect();
                 assert_eq!(owners.len(), 1);
                 // timely's exchange: a mask for a power of two, the remainder otherwise (the same).
                 if peers.is_power_of_two() {
-                    assert_eq!(owners[0] as u64, element_route(&e) & (peers as u64 - 1));
+                    assert_eq!(owners[0] as u64, region_route(&e) & (peers as u64 - 1));
                 }
             }
         }

@@ -154,6 +154,10 @@ enum Command {
         /// in element_labels.jsonl and per member (kind `congestion`) in labels.jsonl.
         #[arg(long, default_value_t = 0.0)]
         congestion_rate: f64,
+        /// Expected region faults per region (20 elements) per day: every element of the region has an
+        /// outage or a congestion at once. Labelled per region in region_labels.jsonl.
+        #[arg(long, default_value_t = 0.0)]
+        region_fault_rate: f64,
     },
     /// Measure the whole pipeline on a fleet of a given size; prints one JSON object.
     Bench {
@@ -238,6 +242,9 @@ enum Command {
         /// The topology the run was given (`run --topology`).
         #[arg(long, requires = "element_labels")]
         topology: Option<PathBuf>,
+        /// The generator's region faults (region_labels.jsonl): scores the run's region-level incidents too.
+        #[arg(long, requires = "element_labels")]
+        region_labels: Option<PathBuf>,
     },
     /// Push a recorded topic (or a generated fleet) into a Kafka topic, each record to its own partition with
     /// its key and timestamp (idempotent producer). Prints a JSON report.
@@ -594,10 +601,13 @@ fn main() -> Result<()> {
             without_normal_behaviours,
             outage_rate,
             congestion_rate,
+            region_fault_rate,
         } => {
             let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
-            if !rate_ok(outage_rate) || !rate_ok(congestion_rate) {
-                bail!("--outage-rate and --congestion-rate must be non-negative numbers");
+            if !rate_ok(outage_rate) || !rate_ok(congestion_rate) || !rate_ok(region_fault_rate) {
+                bail!(
+                    "--outage-rate, --congestion-rate and --region-fault-rate must be non-negative numbers"
+                );
             }
             let mut cfg = GenerateConfig {
                 customers,
@@ -613,6 +623,7 @@ fn main() -> Result<()> {
                 normal_behaviours: !without_normal_behaviours,
                 outage_rate,
                 congestion_rate,
+                region_fault_rate,
                 ..Default::default()
             };
             if let Some(s) = start {
@@ -631,11 +642,12 @@ fn main() -> Result<()> {
             let t = std::time::Instant::now();
             let r = commands::generate(&cfg, &out)?;
             eprintln!(
-                "wrote {} messages ({:.1} MB), {} labels and {} element faults for {} customers x {} epochs in {:.2} s",
+                "wrote {} messages ({:.1} MB), {} labels, {} element faults and {} region faults for {} customers x {} epochs in {:.2} s",
                 r.messages,
                 r.bytes as f64 / 1e6,
                 r.labels,
                 r.element_faults,
+                r.region_faults,
                 r.customers,
                 r.epochs,
                 t.elapsed().as_secs_f64()
@@ -687,13 +699,23 @@ fn main() -> Result<()> {
             detector,
             element_labels,
             topology,
+            region_labels,
         } => match (nab, out, labels, alerts) {
             (_, _, _, Some(alerts)) if element_labels.is_some() => {
                 let (Some(el), Some(topo)) = (element_labels, topology) else {
                     anyhow::bail!("--element-labels needs --topology");
                 };
                 let labels = fleetwatch::incidenteval::read_element_labels(&el)?;
-                let r = fleetwatch::incidenteval::evaluate_incidents(&labels, &alerts, &topo)?;
+                let regions = match &region_labels {
+                    Some(p) => Some(fleetwatch::incidenteval::read_region_labels(p)?),
+                    None => None,
+                };
+                let r = fleetwatch::incidenteval::evaluate_incidents(
+                    &labels,
+                    regions.as_deref(),
+                    &alerts,
+                    &topo,
+                )?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
             }
             (Some(nab), Some(out), _, _) => {

@@ -80,6 +80,9 @@ pub struct ChangeLine {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncidentLine {
     pub epoch: u64,
+    /// `element` or `region`.
+    pub level: String,
+    /// The element (a region-level incident: its region).
     pub element: String,
     pub region: String,
     pub status: String,
@@ -195,9 +198,15 @@ pub fn parse_run_lines(r: impl BufRead, name: &str) -> Result<RunLines, PlotErro
                 let Some(epoch) = v.get("epoch").and_then(|x| x.as_u64()) else {
                     return Err(bad("incident line without an epoch".into()));
                 };
+                let level = s("level");
                 out.incidents.push(IncidentLine {
                     epoch,
-                    element: s("element"),
+                    element: if level == "region" {
+                        s("region")
+                    } else {
+                        s("element")
+                    },
+                    level,
                     region: s("region"),
                     status: s("status"),
                     severity: s("severity"),

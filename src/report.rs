@@ -150,7 +150,11 @@ pub fn summarise(run: &RunLines) -> RunSummary {
             .entry(i.element.as_str())
             .or_insert_with(|| ElementRow {
                 element: i.element.clone(),
-                region: i.region.clone(),
+                region: if i.level == "region" {
+                    "(a region)".into()
+                } else {
+                    i.region.clone()
+                },
                 first_start: i.start,
                 ..ElementRow::default()
             });

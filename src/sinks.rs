@@ -24,7 +24,7 @@ use crate::model::customer::TopFeature;
 use crate::model::customer::{
     CUSTOMER_ALERT, CUSTOMER_FEATURE, Evidence, OpenAnomaly, is_customer_level,
 };
-use crate::model::incident::{IncidentChange, IncidentKind};
+use crate::model::incident::{IncidentChange, IncidentKind, RegionChange};
 use crate::record::DeadLetter;
 use crate::timefmt::format_rfc3339;
 
@@ -277,8 +277,15 @@ impl OutputFormat {
     }
 
     /// An element's incident change (`"type":"incident"`, `"level":"element"`): the element and its region,
-    /// its members affected against its size, what moved, and why that is unusual for this element.
-    pub fn incident_line(&self, epoch: u64, i: &IncidentChange, out: &mut String) {
+    /// its members affected against its size, what moved, and why that is unusual for this element;
+    /// `region_incident` names its region when the region has an incident open (or cleared) at the epoch.
+    pub fn incident_line(
+        &self,
+        epoch: u64,
+        i: &IncidentChange,
+        region_incident: Option<&crate::topology::ElementId>,
+        out: &mut String,
+    ) {
         out.push_str("{\"type\":\"incident\",\"epoch\":");
         let _ = write!(out, "{epoch}");
         out.push_str(",\"epoch_start\":\"");
@@ -334,7 +341,12 @@ impl OutputFormat {
                 a.members
             );
         }
-        out.push_str("],\"why\":");
+        out.push(']');
+        if let Some(r) = region_incident {
+            out.push_str(",\"region_incident\":");
+            push_str(out, r.as_str());
+        }
+        out.push_str(",\"why\":");
         let why = if i.status == Transition::Cleared {
             "the element's members are back within its own normal".to_string()
         } else {
@@ -356,6 +368,60 @@ impl OutputFormat {
                     None => "the members' features moved together".to_string(),
                 },
             }
+        };
+        push_str(out, &why);
+        out.push_str("}\n");
+    }
+
+    /// A region's incident change (`"type":"incident"`, `"level":"region"`): its elements affected against
+    /// its size, by kind, the features most of them moved on, and why.
+    pub fn region_line(&self, epoch: u64, r: &RegionChange, out: &mut String) {
+        out.push_str("{\"type\":\"incident\",\"epoch\":");
+        let _ = write!(out, "{epoch}");
+        out.push_str(",\"epoch_start\":\"");
+        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
+        out.push_str("\",\"level\":\"region\",\"region\":");
+        push_str(out, r.region.as_str());
+        let _ = write!(
+            out,
+            ",\"status\":\"{}\",\"severity\":\"{}\",\"kind\":\"{}\",\"start\":{},\"start_time\":\"{}\",\"score\":",
+            r.status.as_str(),
+            r.incident.severity.as_str(),
+            r.incident.kind.as_str(),
+            r.incident.start,
+            format_rfc3339(r.incident.start as i64 * self.epoch_len)
+        );
+        push_num(out, r.score);
+        let _ = write!(
+            out,
+            ",\"elements_affected\":{},\"elements\":{},\"by_kind\":{{\"outage\":{},\"alerts\":{},\"congestion\":{}}}",
+            r.affected, r.elements, r.by_kind[0], r.by_kind[1], r.by_kind[2]
+        );
+        out.push_str(",\"features\":[");
+        for (k, (f, n)) in r.features.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"feature\":");
+            push_str(out, self.feature_name(*f));
+            let _ = write!(out, ",\"elements\":{n}}}");
+        }
+        out.push_str("],\"why\":");
+        let why = if r.status == Transition::Cleared {
+            "the region's elements are back within their own normal".to_string()
+        } else {
+            let k = crate::model::incident::kind_index(r.incident.kind);
+            format!(
+                "{} of {} elements affected at once ({} {})",
+                r.affected,
+                r.elements,
+                r.by_kind[k],
+                match r.incident.kind {
+                    IncidentKind::Outage => "with members silent",
+                    IncidentKind::Alerts => "with members alerting",
+                    IncidentKind::Congestion => "congested",
+                }
+            )
         };
         push_str(out, &why);
         out.push_str("}\n");

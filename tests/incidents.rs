@@ -378,3 +378,116 @@ fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
         "{err}"
     );
 }
+
+#[test]
+fn region_faults_are_found_once_for_any_layout_and_grouped_into_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    // 3,000 customers, 60 elements in 3 regions, 2.5 days: after a day and a half of history, about two
+    // region faults a day in each region (every element of it down, or congested), and the elements' own.
+    let input = common::generate(
+        &fleet,
+        3000,
+        720,
+        41,
+        &["--region-fault-rate", "2", "--history-epochs", "432"],
+    );
+    let topo = fleet.join("topology.csv");
+    let regions_of = |out: &Path| -> serde_json::Value {
+        let text = common::fleetwatch(&[
+            "eval",
+            "--alerts",
+            out.to_str().unwrap(),
+            "--element-labels",
+            fleet.join("element_labels.jsonl").to_str().unwrap(),
+            "--region-labels",
+            fleet.join("region_labels.jsonl").to_str().unwrap(),
+            "--topology",
+            topo.to_str().unwrap(),
+        ]);
+        serde_json::from_str(&text).unwrap()
+    };
+    let one = dir.path().join("w1.jsonl");
+    common::run(
+        &input,
+        &one,
+        &["--reproducible", "--topology", topo.to_str().unwrap()],
+    );
+    // Routed by region: three workers own different regions, and write the same bytes.
+    let three = dir.path().join("w3.jsonl");
+    common::run(
+        &input,
+        &three,
+        &[
+            "--reproducible",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--workers",
+            "3",
+        ],
+    );
+    assert!(
+        std::fs::read(&one).unwrap() == std::fs::read(&three).unwrap(),
+        "3 workers differ from 1 with region incidents"
+    );
+    let r = regions_of(&one);
+    let reg = &r["regions"];
+    assert!(reg["faults"].as_u64().unwrap() >= 5, "{r}");
+    assert!(reg["recall"].as_f64().unwrap() >= 0.8, "{r}");
+    assert!(reg["false_incidents"].as_u64().unwrap() <= 1, "{r}");
+    assert!(reg["median_delay_epochs"].as_f64().unwrap() <= 1.0, "{r}");
+    assert!(
+        reg["incidents_per_found_fault"].as_f64().unwrap() <= 1.2,
+        "{r}"
+    );
+    let text = std::fs::read_to_string(&one).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"level\":\"region\"") && l.contains("\"status\":\"raised\""))
+        .expect("a region incident");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["type"], "incident");
+    assert_eq!(v["elements"], 20, "{line}");
+    assert!(v["elements_affected"].as_u64().unwrap() >= 8, "{line}");
+    assert!(
+        v["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("of 20 elements affected at once")),
+        "{line}"
+    );
+    // Element incidents raised while their region's is open say so.
+    assert!(
+        text.contains("\"region_incident\":\"region-"),
+        "no annotated element incident"
+    );
+
+    // Grouped: the region's line stands for its elements' incidents and their members' alerts.
+    let grouped = dir.path().join("grouped.jsonl");
+    common::run(
+        &input,
+        &grouped,
+        &[
+            "--reproducible",
+            "--topology",
+            topo.to_str().unwrap(),
+            "--group-incidents",
+        ],
+    );
+    let g = regions_of(&grouped);
+    assert_eq!(
+        g["regions"]["found"], reg["found"],
+        "grouping changes no region incident"
+    );
+    let before = reg["lines_per_fault"].as_f64().unwrap();
+    let after = g["regions"]["lines_per_fault"].as_f64().unwrap();
+    assert!(before >= 100.0, "{r}");
+    assert!(after * 10.0 <= before, "grouped {after} vs {before}");
+    // (An element incident raised before its region's goes on being written, annotated.)
+    let grouped_text = std::fs::read_to_string(&grouped).unwrap();
+    assert!(
+        !grouped_text
+            .lines()
+            .any(|l| l.contains("\"region_incident\":") && l.contains("\"status\":\"raised\"")),
+        "an element incident raised under its region's was written"
+    );
+}

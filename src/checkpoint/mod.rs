@@ -7,7 +7,7 @@
 //!     source-<w>-of-<W>.part   worker w's source: each owned partition's clock and read position, and
 //!                              what it had read for later epochs before every partition closed the epoch
 //!     incidents-<w>-of-<W>.part  (runs with a topology) the learned normal and open incident of every
-//!                              network element worker w owns
+//!                              network element and region worker w owns
 //!     MANIFEST.json            written last by process 0: epoch, layout, spec, output position, sink
 //!                              totals, and each part's size and CRC-32. No manifest: not a checkpoint.
 //! ```
@@ -155,6 +155,11 @@ pub struct IncidentSnapshot {
         crate::topology::ElementId,
         crate::model::incident::ElementState,
     )>,
+    /// (region, its state), in region order.
+    pub regions: Vec<(
+        crate::topology::ElementId,
+        crate::model::incident::RegionState,
+    )>,
 }
 
 /// The header of a series-state part (its body: fixed-size customer records, sorted by customer: the
@@ -195,6 +200,11 @@ pub struct SinkSnapshot {
     /// too), sorted.
     #[serde(default)]
     pub grouped: Vec<(crate::keys::CustomerId, u16)>,
+    /// Regions with an open incident, and the element incidents held back under them (grouped).
+    #[serde(default)]
+    pub open_regions: Vec<crate::topology::ElementId>,
+    #[serde(default)]
+    pub grouped_elements: Vec<crate::topology::ElementId>,
 }
 
 /// Bytes of the output files once the checkpoint epoch was durable.

@@ -13,8 +13,8 @@
 //!             z_m = (m − a·p_m) / √(a·p_m·(1 − p_m) + 1)              (+1: a handful is never certain)
 //! alerting    k = members with an open alert (silence apart),  p_k its learned share of the reporting ones
 //!             z_k = (k − r·p_k) / √(r·p_k·(1 − p_k) + 1)
-//! congestion  T_f = Σ clip(z, ±1)/c_f − F_f      over the c_f ≥ 5 members scored on feature f; F_f the same
-//!                                                 mean over the whole fleet (what every element shares)
+//! congestion  T_f = Σ clip(z, ±1)/c_f − F_f      over the c_f ≥ 5 members scored on feature f; F_f the
+//!                                                 median over elements of that mean (what every element shares)
 //!             w_f = mean of (T_f − μ_f) over this epoch and the last;  d_f = w_f / √(max(v_f, 0.25/c_f)/2)
 //!             J   = √(Σ d_f²) over the three largest |d_f| ≥ 1        (members moving on several features)
 //! score       s = max(z_m/Z · 1[m ≥ 3],  z_k/Z · 1[k ≥ 3],  J/D)        Z = 6, D = 7
@@ -39,6 +39,25 @@
 //! at `s ≥ 2`, `updated` when the kind or severity changes, clear after 3 epochs in a row below `½`. When a
 //! congestion incident clears, the members' models have partly adapted to it, so the congestion's end moves
 //! the same features the other way: for 36 epochs such a reverse move is its recovery, not a new incident.
+//!
+//! **Regions.** A region's members are its elements. An element is *affected* at an epoch when its incident
+//! is open or its score is at least ¾ (three quarters of the way to its own bar, so a fault that moves every
+//! element of a region nearly to its bar is seen even when none raises; not ½: a quiet element's three
+//! largest of twenty feature evidences alone make `J ≈ 3.3`, a score of ≈ 0.47). Per region and epoch, with
+//! `n` elements stepped:
+//!
+//! ```text
+//! x  = affected elements,  p_a its learned share of the region's elements (p₀ = 0.02, floored at 0.002)
+//! z  = (x − n·p_a) / √(n·p_a·(1 − p_a) + 1),     s = z/Z · 1[x ≥ 3]        Z = 6
+//! p_a += g·(x/n − p_a)    while quiet, as an element's rates (g = max(1/(epochs + 1), 1/288))
+//! ```
+//!
+//! with the elements' hysteresis (warm after 24 epochs, critical at `s ≥ 2`, clear after 3 epochs below ½),
+//! and their recovery: for 36 epochs after a congestion incident clears, congestion is its way back.
+//! Its kind is the most common among the affected elements; one element's fault is one of `n`, so a region
+//! raises only when several of its elements are hit at once (20 elements at p_a = 0.02: 8 or more).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -310,6 +329,18 @@ impl ElementState {
         alerts: &AlertCounts,
         fleet: &[f32],
     ) -> Option<IncidentChange> {
+        self.step_viewed(p, e, x, alerts, fleet).0
+    }
+
+    /// [`ElementState::step`], with what its region sees of the element's epoch.
+    pub fn step_viewed(
+        &mut self,
+        p: &IncidentParams,
+        e: u64,
+        x: &ElementPartial,
+        alerts: &AlertCounts,
+        fleet: &[f32],
+    ) -> (Option<IncidentChange>, ElementView) {
         let missing = x.active.saturating_sub(x.reporting);
         let alerting = alerts.alerting.min(x.members);
         let z_m = if missing >= p.min_members {
@@ -491,13 +522,21 @@ impl ElementState {
         }
         self.epochs = self.epochs.saturating_add(1);
 
-        let status = transition?;
+        let view = ElementView {
+            score,
+            kind: self.open.map_or(kind, |o| o.kind),
+            open: self.open.is_some(),
+            moved: moved.iter().map(|m| m.feature).collect(),
+        };
+        let Some(status) = transition else {
+            return (None, view);
+        };
         let incident = match (status, self.open, before) {
             (Transition::Cleared, _, Some(o)) => o,
             (_, Some(o), _) => o,
-            _ => return None,
+            _ => return (None, view),
         };
-        Some(IncidentChange {
+        let change = IncidentChange {
             element: x.element,
             region: x.region,
             status,
@@ -509,7 +548,231 @@ impl ElementState {
             alerting,
             moved,
             alerts: alerts.top.clone(),
+        };
+        (Some(change), view)
+    }
+}
+
+/// What a region sees of one of its elements' epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementView {
+    /// The element's score `s` (1: its own raise bar).
+    pub score: f32,
+    /// Its open incident's kind, or else the kind its score is highest on.
+    pub kind: IncidentKind,
+    pub open: bool,
+    /// The features its members moved together on (evidence ≥ 2).
+    pub moved: Vec<u16>,
+}
+
+/// Region-level incident parameters (the equations of the module documentation, "Regions").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegionParams {
+    /// An element is affected when its incident is open or its score is at least this.
+    pub affected_at: f32,
+    /// The count test's bar (Z) and the fewest affected elements it counts.
+    pub count_bar: f32,
+    pub min_elements: u32,
+    pub warm_epochs: u32,
+    pub min_gain: f32,
+    pub learn_below: f32,
+    pub clear_ratio: f32,
+    pub clear_epochs: u8,
+    pub critical_ratio: f32,
+    pub relearn_after: u64,
+    /// After a congestion incident clears, congestion within this many epochs is its way back.
+    pub recovery_epochs: u64,
+}
+
+impl Default for RegionParams {
+    fn default() -> Self {
+        let e = IncidentParams::default();
+        RegionParams {
+            affected_at: 0.75,
+            count_bar: e.count_bar,
+            min_elements: 3,
+            warm_epochs: e.warm_epochs,
+            min_gain: e.min_gain,
+            learn_below: e.learn_below,
+            clear_ratio: e.clear_ratio,
+            clear_epochs: e.clear_epochs,
+            critical_ratio: e.critical_ratio,
+            relearn_after: e.relearn_after,
+            recovery_epochs: e.recovery_epochs,
+        }
+    }
+}
+
+/// A region's incident change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionChange {
+    pub region: ElementId,
+    pub status: Transition,
+    pub incident: OpenIncident,
+    pub score: f32,
+    /// Elements of the region stepped at the epoch, and how many were affected.
+    pub elements: u32,
+    pub affected: u32,
+    /// Affected elements by kind (outage, alerts, congestion).
+    pub by_kind: [u32; 3],
+    /// The features most affected elements moved together on: (feature, elements), most first (≤ 3).
+    pub features: Vec<(u16, u32)>,
+}
+
+/// A region's learned normal share of affected elements, and its incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionState {
+    pub epochs: u32,
+    pub p_affected: f32,
+    pub open: Option<OpenIncident>,
+    pub clear_run: u8,
+    /// After a congestion incident: until when congestion is its way back, not a new incident.
+    pub recovery_until: Option<u64>,
+}
+
+impl Default for RegionState {
+    fn default() -> Self {
+        RegionState {
+            epochs: 0,
+            p_affected: ElementState::P0,
+            open: None,
+            clear_run: 0,
+            recovery_until: None,
+        }
+    }
+}
+
+impl RegionState {
+    /// One epoch `e` of the region, from its elements' views of the same epoch.
+    pub fn step(
+        &mut self,
+        p: &RegionParams,
+        e: u64,
+        region: ElementId,
+        elements: &[ElementView],
+    ) -> Option<RegionChange> {
+        let n = elements.len() as u32;
+        let affected: Vec<&ElementView> = elements
+            .iter()
+            .filter(|v| v.open || v.score >= p.affected_at)
+            .collect();
+        let x = affected.len() as u32;
+        let z = if x >= p.min_elements {
+            count_z(x, n, self.p_affected.max(ElementState::P_FLOOR))
+        } else {
+            0.0
+        };
+        let score = z / p.count_bar;
+        let mut by_kind = [0u32; 3];
+        let mut features: BTreeMap<u16, u32> = BTreeMap::new();
+        for v in &affected {
+            by_kind[kind_index(v.kind)] += 1;
+            for f in &v.moved {
+                *features.entry(*f).or_default() += 1;
+            }
+        }
+        // The most common kind (ties: outage, then alerts, then congestion).
+        let kind = [
+            IncidentKind::Outage,
+            IncidentKind::Alerts,
+            IncidentKind::Congestion,
+        ]
+        .into_iter()
+        .fold(IncidentKind::Outage, |best, k| {
+            if by_kind[kind_index(k)] > by_kind[kind_index(best)] {
+                k
+            } else {
+                best
+            }
+        });
+        // The way back of a congestion: its elements' models partly adapted to it, and those that did not
+        // raise have no recovery rule of their own.
+        let score = if self.open.is_none()
+            && kind == IncidentKind::Congestion
+            && self.recovery_until.is_some_and(|u| e <= u)
+        {
+            0.0
+        } else {
+            score
+        };
+        let warm = self.epochs >= p.warm_epochs;
+        let severity = if score >= p.critical_ratio {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let before = self.open;
+        let mut transition = None;
+        match before {
+            None if warm && score >= 1.0 => {
+                self.open = Some(OpenIncident {
+                    start: e,
+                    kind,
+                    severity,
+                });
+                self.clear_run = 0;
+                transition = Some(Transition::Raised);
+            }
+            None => {}
+            Some(o) => {
+                if score < p.clear_ratio {
+                    self.clear_run = self.clear_run.saturating_add(1);
+                    if self.clear_run >= p.clear_epochs {
+                        self.open = None;
+                        self.clear_run = 0;
+                        transition = Some(Transition::Cleared);
+                        if o.kind == IncidentKind::Congestion {
+                            self.recovery_until = Some(e + p.recovery_epochs);
+                        }
+                    }
+                } else {
+                    self.clear_run = 0;
+                    if score >= 1.0 && (kind != o.kind || severity != o.severity) {
+                        self.open = Some(OpenIncident {
+                            start: o.start,
+                            kind,
+                            severity,
+                        });
+                        transition = Some(Transition::Updated);
+                    }
+                }
+            }
+        }
+        let long_open = before.is_some_and(|o| e.saturating_sub(o.start) >= p.relearn_after);
+        let quiet = score < p.learn_below || !warm;
+        if n > 0 && ((self.open.is_none() && before.is_none() && quiet) || long_open) {
+            let g = (1.0 / (self.epochs as f32 + 1.0)).max(p.min_gain);
+            self.p_affected += g * (x as f32 / n as f32 - self.p_affected);
+        }
+        self.epochs = self.epochs.saturating_add(1);
+        let status = transition?;
+        let incident = match (status, self.open, before) {
+            (Transition::Cleared, _, Some(o)) => o,
+            (_, Some(o), _) => o,
+            _ => return None,
+        };
+        let mut features: Vec<(u16, u32)> = features.into_iter().collect();
+        features.sort_by_key(|(f, k)| (std::cmp::Reverse(*k), *f));
+        features.truncate(3);
+        Some(RegionChange {
+            region,
+            status,
+            incident,
+            score,
+            elements: n,
+            affected: x,
+            by_kind,
+            features,
         })
+    }
+}
+
+/// The index of a kind in [`RegionChange::by_kind`].
+pub fn kind_index(k: IncidentKind) -> usize {
+    match k {
+        IncidentKind::Outage => 0,
+        IncidentKind::Alerts => 1,
+        IncidentKind::Congestion => 2,
     }
 }
 
@@ -748,5 +1011,98 @@ mod tests {
         assert_eq!(ch.incident.kind, IncidentKind::Alerts);
         assert_eq!(ch.alerting, 12);
         assert_eq!(ch.alerts, alerts.top);
+    }
+
+    fn view(score: f32, open: bool, kind: IncidentKind, moved: &[u16]) -> ElementView {
+        ElementView {
+            score,
+            kind,
+            open,
+            moved: moved.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_region_learns_its_share_of_affected_elements_by_hand() {
+        let p = RegionParams::default();
+        let mut r = RegionState::default();
+        let quiet = view(0.1, false, IncidentKind::Outage, &[]);
+        // Epoch 0: 1 of 4 affected (score ≥ ¾): g = 1, p_a = 1/4; 1 < 3 affected: s = 0.
+        let mut els = vec![quiet.clone(); 3];
+        els.push(view(0.8, false, IncidentKind::Congestion, &[2]));
+        assert!(r.step(&p, 0, id("r"), &els).is_none());
+        assert!((r.p_affected - 0.25).abs() < 1e-6);
+        // Epoch 1: none of 4: g = 1/2, p_a = 0.25 + 0.5·(0 − 0.25) = 0.125.
+        assert!(r.step(&p, 1, id("r"), &vec![quiet.clone(); 4]).is_none());
+        assert!((r.p_affected - 0.125).abs() < 1e-6);
+        assert_eq!(r.epochs, 2);
+    }
+
+    #[test]
+    fn a_region_raises_when_many_elements_are_hit_at_once_and_not_for_one() {
+        let p = RegionParams::default();
+        let mut r = RegionState::default();
+        let quiet = view(0.1, false, IncidentKind::Outage, &[]);
+        for e in 0..300 {
+            assert!(r.step(&p, e, id("r"), &vec![quiet.clone(); 20]).is_none());
+        }
+        // Learned ≈ 0 (floored at 0.002 in the test).
+        assert!(r.p_affected < 0.002);
+        // One element's outage, even critical: 1 < 3 affected, nothing.
+        let mut els = vec![quiet.clone(); 19];
+        els.push(view(5.0, true, IncidentKind::Outage, &[]));
+        assert!(r.step(&p, 300, id("r"), &els).is_none());
+        // 8 of 20 congested, each below its own bar: z = (8 − 0.04)/√(0.03992 + 1) = 7.8056, s = 1.301.
+        let mut els = vec![quiet.clone(); 12];
+        for _ in 0..6 {
+            els.push(view(0.8, false, IncidentKind::Congestion, &[4, 7]));
+        }
+        els.push(view(1.2, true, IncidentKind::Congestion, &[4]));
+        els.push(view(0.9, false, IncidentKind::Outage, &[]));
+        // (Half-way is not affected.)
+        els[0] = view(0.7, false, IncidentKind::Congestion, &[4]);
+        let ch = r.step(&p, 301, id("r"), &els).expect("raised");
+        assert_eq!(ch.status, Transition::Raised);
+        assert_eq!((ch.elements, ch.affected), (20, 8));
+        assert!((ch.score - 1.3009).abs() < 1e-3, "{}", ch.score);
+        assert_eq!(ch.incident.kind, IncidentKind::Congestion);
+        assert_eq!(ch.incident.severity, Severity::Warning);
+        assert_eq!(ch.by_kind, [1, 0, 7]);
+        assert_eq!(ch.features, vec![(4, 7), (7, 6)]);
+        // Three quiet epochs clear it; it did not learn while open.
+        let learned = r.p_affected;
+        for e in 302..304 {
+            assert!(r.step(&p, e, id("r"), &vec![quiet.clone(); 20]).is_none());
+        }
+        let ch = r
+            .step(&p, 304, id("r"), &vec![quiet.clone(); 20])
+            .expect("cleared");
+        assert_eq!(ch.status, Transition::Cleared);
+        assert_eq!(ch.incident.start, 301);
+        assert_eq!(r.p_affected, learned);
+    }
+
+    #[test]
+    fn after_a_region_congestion_its_way_back_is_not_a_new_incident() {
+        let p = RegionParams::default();
+        let mut r = RegionState::default();
+        let quiet = view(0.1, false, IncidentKind::Outage, &[]);
+        for e in 0..100 {
+            r.step(&p, e, id("r"), &vec![quiet.clone(); 20]);
+        }
+        let congested = vec![view(1.5, true, IncidentKind::Congestion, &[4]); 20];
+        assert!(r.step(&p, 100, id("r"), &congested).is_some());
+        for e in 101..104 {
+            r.step(&p, e, id("r"), &vec![quiet.clone(); 20]);
+        }
+        assert!(r.open.is_none());
+        assert_eq!(r.recovery_until, Some(103 + 36));
+        // The way back (elements moving, none open): not raised within 36 epochs…
+        let back = vec![view(0.9, false, IncidentKind::Congestion, &[4]); 20];
+        assert!(r.step(&p, 110, id("r"), &back).is_none());
+        // …but an outage is.
+        let down = vec![view(3.0, true, IncidentKind::Outage, &[]); 20];
+        let ch = r.step(&p, 111, id("r"), &down).expect("raised");
+        assert_eq!(ch.incident.kind, IncidentKind::Outage);
     }
 }
