@@ -2005,6 +2005,7 @@ mod tests {
             "labels.jsonl",
             "topology.csv",
             "element_labels.jsonl",
+            "region_labels.jsonl",
         ] {
             let x = std::fs::read(dir.path().join("a").join(f)).unwrap();
             let y = std::fs::read(dir.path().join("b").join(f)).unwrap();
@@ -2022,13 +2023,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn congestions_are_labelled_per_element_and_member_and_change_only_values() {
+    /// A quiet fleet (no anomalies, no outages) in `a`, and the same with `faults` applied in `b`.
+    fn quiet_and_faulted(
+        customers: usize,
+        epochs: usize,
+        seed: u64,
+        faults: impl FnOnce(GenerateConfig) -> GenerateConfig,
+    ) -> (tempfile::TempDir, GenerateReport) {
         let dir = tempfile::tempdir().unwrap();
         let base = GenerateConfig {
-            customers: 100,
-            epochs: 300,
-            seed: 4,
+            customers,
+            epochs,
+            seed,
             anomaly_rate: 0.0,
             outage_rate: 0.0,
             history_epochs: 24,
@@ -2036,25 +2042,34 @@ mod tests {
             ..Default::default()
         };
         generate(&base, &dir.path().join("a")).unwrap();
-        let congested = GenerateConfig {
-            congestion_rate: 4.0,
-            ..base.clone()
-        };
-        let r = generate(&congested, &dir.path().join("b")).unwrap();
-        let read = |d: &str, f: &str| std::fs::read_to_string(dir.path().join(d).join(f)).unwrap();
-        assert_eq!(read("a", "element_labels.jsonl"), "");
-        let faults: Vec<serde_json::Value> = read("b", "element_labels.jsonl")
+        let r = generate(&faults(base), &dir.path().join("b")).unwrap();
+        (dir, r)
+    }
+
+    fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn congestions_are_labelled_per_element_and_member_and_change_only_values() {
+        let (dir, r) = quiet_and_faulted(100, 300, 4, |c| GenerateConfig {
+            congestion_rate: 4.0,
+            ..c
+        });
+        let read = |d: &str, f: &str| std::fs::read_to_string(dir.path().join(d).join(f)).unwrap();
+        assert_eq!(read("a", "element_labels.jsonl"), "");
+        let faults = read_jsonl(&dir.path().join("b/element_labels.jsonl"));
         assert!(!faults.is_empty(), "{faults:?}");
         assert_eq!(r.element_faults, faults.len() as u64);
         assert!(faults.iter().all(|f| f["kind"] == "congestion"));
         // Each fault labels the members it reaches on the three features it moves.
-        let member_labels: Vec<serde_json::Value> = read("b", "labels.jsonl")
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|l: &serde_json::Value| l["kind"] == "congestion")
+        let member_labels: Vec<serde_json::Value> = read_jsonl(&dir.path().join("b/labels.jsonl"))
+            .into_iter()
+            .filter(|l| l["kind"] == "congestion")
             .collect();
         assert_eq!(member_labels.len() % 3, 0);
         assert!(
@@ -2070,5 +2085,39 @@ mod tests {
         let (ta, tb) = (read("a", "telemetry.jsonl"), read("b", "telemetry.jsonl"));
         assert_eq!(ta.lines().count(), tb.lines().count());
         assert!(ta != tb);
+    }
+
+    #[test]
+    fn region_faults_are_every_element_of_the_region_at_once_and_labelled_per_region() {
+        // 2,000 customers: 40 elements in 2 regions of 20.
+        let (dir, r) = quiet_and_faulted(2000, 200, 9, |c| GenerateConfig {
+            region_fault_rate: 6.0,
+            ..c
+        });
+        let read = |d: &str, f: &str| std::fs::read_to_string(dir.path().join(d).join(f)).unwrap();
+        assert_eq!(read("a", "region_labels.jsonl"), "");
+        let regions = read_jsonl(&dir.path().join("b/region_labels.jsonl"));
+        assert!(!regions.is_empty());
+        assert_eq!(r.region_faults, regions.len() as u64);
+        let elements = read_jsonl(&dir.path().join("b/element_labels.jsonl"));
+        for f in &regions {
+            assert_eq!(f["elements"], 20, "{f}");
+            // Every element of the region has the same fault, at the same time.
+            let same: Vec<&serde_json::Value> = elements
+                .iter()
+                .filter(|e| {
+                    e["region"] == f["region"]
+                        && e["kind"] == f["kind"]
+                        && e["start"] == f["start"]
+                        && e["end"] == f["end"]
+                })
+                .collect();
+            assert_eq!(same.len(), 20, "{f}");
+        }
+        // An outage silences the region's customers: fewer logs than the fleet without it.
+        let count = |d: &str| read(d, "telemetry.jsonl").lines().count();
+        if regions.iter().any(|f| f["kind"] == "outage") {
+            assert!(count("b") < count("a"));
+        }
     }
 }

@@ -503,6 +503,43 @@ mod tests {
         assert_eq!(r.raises_per_fault, 1.5);
         assert_eq!(r.by_kind["outage"].raises_per_fault, 2.0);
         assert_eq!(r.by_kind["congestion"].member_raises_per_fault, 1.0);
+        assert!(r.regions.is_none());
+
+        // A region incident on r at 20 (raised) inside a region fault over epochs 20..=25; another at 40
+        // with no region fault (false); an update at 50 inside a second region fault over 48..=55 (an
+        // incident open from before, moved to its kind: found, delay 2). e2's fault over 20..=21 is now
+        // found by its region's incident.
+        let mut text = std::fs::read_to_string(&out).unwrap();
+        for (e, status) in [(20, "raised"), (40, "raised"), (50, "updated")] {
+            text.push_str(&format!(
+                "{{\"type\":\"incident\",\"epoch\":{e},\"level\":\"region\",\"region\":\"r\",\"status\":\"{status}\"}}\n"
+            ));
+        }
+        std::fs::write(&out, text).unwrap();
+        let regions = vec![
+            RegionLabel {
+                region: "r".into(),
+                kind: "outage".into(),
+                start: 6000,
+                end: 7800,
+            },
+            RegionLabel {
+                region: "r".into(),
+                kind: "congestion".into(),
+                start: 14400,
+                end: 16800,
+            },
+        ];
+        let r = evaluate_incidents(&labels, Some(&regions), &out, &topo).unwrap();
+        assert_eq!((r.found, r.found_by_region), (2, 1));
+        let g = r.regions.unwrap();
+        assert_eq!((g.faults, g.found, g.incidents_raised), (2, 2, 2));
+        assert_eq!((g.true_incidents, g.false_incidents), (1, 1));
+        assert_eq!(g.median_delay_epochs, Some(1.0));
+        // Lines in r during its faults: c3's raise at 20 and the region raise at 20 (the update is not a
+        // raise); 1 region over 22 epochs.
+        assert_eq!(g.lines_per_fault, 1.0);
+        assert_eq!(g.regions, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
