@@ -39,6 +39,8 @@
 //! at `s ≥ 2`, `updated` when the kind or severity changes, clear after 3 epochs in a row below `½`. When a
 //! congestion incident clears, the members' models have partly adapted to it, so the congestion's end moves
 //! the same features the other way: for 36 epochs such a reverse move is its recovery, not a new incident.
+//! A *faint* congestion (a congestion score of ¾ or more, below the bar: the members adapting as it lasts)
+//! keeps its features and directions the same way, for 36 epochs after its last such epoch.
 //!
 //! **Regions.** A region's members are its elements. An element is *affected* at an epoch when its incident
 //! is open or its score is at least ¾ (three quarters of the way to its own bar, so a fault that moves every
@@ -98,6 +100,9 @@ pub struct IncidentParams {
     /// After a congestion incident clears, a move of its features the other way within this many epochs is
     /// its recovery, not a new incident.
     pub recovery_epochs: u64,
+    /// A congestion move at this fraction of the bar that raises no incident (the members' models adapting
+    /// to it as it lasts) also has a recovery window: its way back is not a new incident either.
+    pub faint_at: f32,
     pub clear_ratio: f32,
     pub clear_epochs: u8,
     pub critical_ratio: f32,
@@ -119,6 +124,7 @@ impl Default for IncidentParams {
             var_gain: 1.0 / 72.0,
             learn_below: 0.65,
             recovery_epochs: 36,
+            faint_at: 0.75,
             clear_ratio: 0.5,
             clear_epochs: 3,
             critical_ratio: 2.0,
@@ -415,6 +421,24 @@ impl ElementState {
                 })
         });
         let congestion = if recovering { 0.0 } else { joint / p.shift_bar };
+        // A faint congestion (no incident open, below the bar): its features and directions, kept for its
+        // way back, for as long as it lasts and the recovery window after.
+        if self.open.is_none() && congestion >= p.faint_at && congestion < 1.0 && !moved.is_empty()
+        {
+            let mut sig = match self.recovery.take() {
+                Some(r) if e <= r.until => r.moved,
+                _ => Vec::new(),
+            };
+            for m in &moved {
+                if !sig.iter().any(|(f, _)| *f == m.feature) {
+                    sig.push((m.feature, m.evidence > 0.0));
+                }
+            }
+            self.recovery = Some(Recovery {
+                until: e + p.recovery_epochs,
+                moved: sig,
+            });
+        }
         let candidates = [
             (z_m / p.count_bar, IncidentKind::Outage),
             (z_k / p.count_bar, IncidentKind::Alerts),
@@ -923,6 +947,42 @@ mod tests {
             s.step(&p, 10, &epoch(50, 0, &[]), &AlertCounts::default(), &[])
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_way_back_of_a_faint_congestion_is_not_an_incident() {
+        let p = IncidentParams::default();
+        let none = AlertCounts::default();
+        // Every member 0.46σ low for ten epochs: d ≈ −0.46/√(0.01/2) ≈ −6.5 once both epochs of the mean
+        // are low, J/D ≈ 0.93 — above ¾ of the bar, below the bar: no incident.
+        let mut s = warmed(&p, 50, 100);
+        for e in 100..110 {
+            assert!(
+                s.step(&p, e, &epoch(50, 50, &[-0.46; 50]), &none, &[])
+                    .is_none()
+            );
+        }
+        let r = s
+            .recovery
+            .clone()
+            .expect("a faint congestion keeps its way back");
+        assert_eq!(r.moved, vec![(0, false)]);
+        assert_eq!(r.until, 109 + p.recovery_epochs);
+        // Its way back (0.6σ high: J/D ≈ 1.2) is not an incident…
+        for e in 110..114 {
+            assert!(
+                s.step(&p, e, &epoch(50, 50, &[0.6; 50]), &none, &[])
+                    .is_none(),
+                "epoch {e}"
+            );
+        }
+        // …where the same move on a quiet element is one.
+        let mut q = warmed(&p, 50, 100);
+        let raised = (100..104).any(|e| {
+            q.step(&p, e, &epoch(50, 50, &[0.6; 50]), &none, &[])
+                .is_some()
+        });
+        assert!(raised);
     }
 
     #[test]
