@@ -18,11 +18,12 @@
 //! * [`metrics`] — Prometheus metrics of a run (`run --metrics ADDR`).
 //! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels;
-//!   [`incidenteval`] — scoring incidents against the generator's element faults.
-//! * [`incidents`] — the incident operator (members' alerts joined with the topology, per-element sums).
+//!   [`incidenteval`] — scoring incidents against the generator's element and region faults.
+//! * [`incidents`] — the incident operator (members' alerts joined with the topology, per-element sums, routed by
+//!   region: elements, then their region; its checkpoint part).
 //! * [`kafka`] (feature `kafka`) — Kafka clients, `produce` / `record`, the Kafka output;
 //!   [`kafka_properties`] — the librdkafka properties an operator passes through (TLS, SASL).
-//! * [`topology`] — customer → network element → region (`run --topology`): incidents per element.
+//! * [`topology`] — customer → network element → region (`run --topology`): incidents per element and region.
 //! * [`watch`] — every scored observation of a few watched customers; [`plot`] and [`report`] — one customer's
 //!   SVG and a run's HTML page (`fleetwatch plot`, `fleetwatch report`).
 //! * [`realdata`] — `fleetwatch import`: the real telemetry datasets as CSV exports, point labels and specs.
