@@ -748,12 +748,23 @@ fn finish_state_part(
         .cfg
         .epoch_dir(c)
         .join(crate::checkpoint::source_part(ck.worker, ck.peers));
+    write_in_background(&ck.pending, c, path, body);
+}
+
+/// Writes a small part of checkpoint `c` (`part::write_part`) on a thread of its own, joined with the
+/// run's other pending writes.
+pub fn write_in_background(
+    pending: &PendingWrites,
+    c: u64,
+    path: std::path::PathBuf,
+    body: Vec<u8>,
+) {
     let spawned = std::thread::Builder::new()
         .name("fleetwatch-ckpt".into())
         .spawn(move || crate::checkpoint::part::write_part(&path, &body, &[]));
     match spawned {
         Ok(handle) => {
-            if let Ok(mut p) = ck.pending.lock() {
+            if let Ok(mut p) = pending.lock() {
                 p.push(handle);
             }
         }

@@ -139,6 +139,20 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Eva
     Ok(out)
 }
 
+/// `n / d`, 0 when there is nothing to divide by.
+fn ratio(n: u64, d: u64) -> f64 {
+    if d > 0 { n as f64 / d as f64 } else { 0.0 }
+}
+
+/// `n` per 1,000 of `days`, 0 over no days.
+fn per_1000_days(n: u64, days: f64) -> f64 {
+    if days > 0.0 {
+        n as f64 * 1000.0 / days
+    } else {
+        0.0
+    }
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -330,44 +344,23 @@ pub fn evaluate_incidents(
         }
     }
     for (kind, k) in report.by_kind.iter_mut() {
-        k.recall = if k.faults > 0 {
-            k.found as f64 / k.faults as f64
-        } else {
-            0.0
-        };
+        k.recall = ratio(k.found, k.faults);
         k.median_delay_epochs = median(kind_delays.remove(kind).unwrap_or_default());
         let (m, i) = kind_raises.get(kind).copied().unwrap_or_default();
-        if k.faults > 0 {
-            k.member_raises_per_fault = m as f64 / k.faults as f64;
-            k.raises_per_fault = (m + i) as f64 / k.faults as f64;
-        }
+        k.member_raises_per_fault = ratio(m, k.faults);
+        k.raises_per_fault = ratio(m + i, k.faults);
     }
-    report.recall = if report.faults > 0 {
-        report.found as f64 / report.faults as f64
-    } else {
-        0.0
-    };
-    report.precision = if report.incidents_raised > 0 {
-        report.true_incidents as f64 / report.incidents_raised as f64
-    } else {
-        0.0
-    };
+    report.recall = ratio(report.found, report.faults);
+    report.precision = ratio(report.true_incidents, report.incidents_raised);
     report.median_delay_epochs = median(delays);
-    report.element_days = report.elements as f64 * epochs as f64 * epoch_len as f64 / 86_400.0;
-    report.false_incidents_per_1000_element_days = if report.element_days > 0.0 {
-        report.false_incidents as f64 * 1000.0 / report.element_days
-    } else {
-        0.0
-    };
-    report.incidents_per_found_fault = if report.found > 0 {
-        report.true_incidents as f64 / report.found as f64
-    } else {
-        0.0
-    };
-    if report.faults > 0 {
-        report.member_raises_per_fault = members_total as f64 / report.faults as f64;
-        report.raises_per_fault = (members_total + incident_total) as f64 / report.faults as f64;
-    }
+    // Days of `n` elements or regions over the run.
+    let days_of = |n: u64| n as f64 * epochs as f64 * epoch_len as f64 / 86_400.0;
+    report.element_days = days_of(report.elements);
+    report.false_incidents_per_1000_element_days =
+        per_1000_days(report.false_incidents, report.element_days);
+    report.incidents_per_found_fault = ratio(report.true_incidents, report.found);
+    report.member_raises_per_fault = ratio(members_total, report.faults);
+    report.raises_per_fault = ratio(members_total + incident_total, report.faults);
     if let Some(rl) = region_labels {
         let mut r = RegionReport {
             faults: rl.len() as u64,
@@ -404,26 +397,12 @@ pub fn evaluate_incidents(
                 r.false_incidents += 1;
             }
         }
-        r.recall = if r.faults > 0 {
-            r.found as f64 / r.faults as f64
-        } else {
-            0.0
-        };
+        r.recall = ratio(r.found, r.faults);
         r.median_delay_epochs = median(delays);
-        r.region_days = r.regions as f64 * epochs as f64 * epoch_len as f64 / 86_400.0;
-        r.false_incidents_per_1000_region_days = if r.region_days > 0.0 {
-            r.false_incidents as f64 * 1000.0 / r.region_days
-        } else {
-            0.0
-        };
-        r.incidents_per_found_fault = if r.found > 0 {
-            r.true_incidents as f64 / r.found as f64
-        } else {
-            0.0
-        };
-        if r.faults > 0 {
-            r.lines_per_fault = lines as f64 / r.faults as f64;
-        }
+        r.region_days = days_of(r.regions);
+        r.false_incidents_per_1000_region_days = per_1000_days(r.false_incidents, r.region_days);
+        r.incidents_per_found_fault = ratio(r.true_incidents, r.found);
+        r.lines_per_fault = ratio(lines, r.faults);
         report.regions = Some(r);
     }
     Ok(report)

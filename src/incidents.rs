@@ -173,17 +173,7 @@ fn write_part(
         }
     };
     let path = dir.join(crate::checkpoint::incidents_part(ck.worker, ck.peers));
-    let spawned = std::thread::Builder::new()
-        .name("fleetwatch-ckpt".into())
-        .spawn(move || crate::checkpoint::part::write_part(&path, &body, &[]));
-    match spawned {
-        Ok(handle) => {
-            if let Ok(mut p) = ck.pending.lock() {
-                p.push(handle);
-            }
-        }
-        Err(e) => tracing::error!("checkpoint at epoch {c}: {e}"),
-    }
+    crate::arrangement::write_in_background(&ck.pending, c, path, body);
 }
 
 /// What the incident operator produces.

@@ -276,6 +276,35 @@ impl OutputFormat {
         out.push_str("}\n");
     }
 
+    /// The start of an incident line: its type, epoch and level.
+    fn incident_opening(&self, epoch: u64, level: &str, out: &mut String) {
+        out.push_str("{\"type\":\"incident\",\"epoch\":");
+        let _ = write!(out, "{epoch}");
+        out.push_str(",\"epoch_start\":\"");
+        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
+        let _ = write!(out, "\",\"level\":\"{level}\"");
+    }
+
+    /// An incident line's status, severity, kind, start and score (elements and regions alike).
+    fn incident_state(
+        &self,
+        status: Transition,
+        incident: &crate::model::incident::OpenIncident,
+        score: f32,
+        out: &mut String,
+    ) {
+        let _ = write!(
+            out,
+            ",\"status\":\"{}\",\"severity\":\"{}\",\"kind\":\"{}\",\"start\":{},\"start_time\":\"{}\",\"score\":",
+            status.as_str(),
+            incident.severity.as_str(),
+            incident.kind.as_str(),
+            incident.start,
+            format_rfc3339(incident.start as i64 * self.epoch_len)
+        );
+        push_num(out, score);
+    }
+
     /// An element's incident change (`"type":"incident"`, `"level":"element"`): the element and its region,
     /// its members affected against its size, what moved, and why that is unusual for this element;
     /// `region_incident` names its region when the region has an incident open (or cleared) at the epoch.
@@ -286,24 +315,12 @@ impl OutputFormat {
         region_incident: Option<&crate::topology::ElementId>,
         out: &mut String,
     ) {
-        out.push_str("{\"type\":\"incident\",\"epoch\":");
-        let _ = write!(out, "{epoch}");
-        out.push_str(",\"epoch_start\":\"");
-        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
-        out.push_str("\",\"level\":\"element\",\"element\":");
+        self.incident_opening(epoch, "element", out);
+        out.push_str(",\"element\":");
         push_str(out, i.element.as_str());
         out.push_str(",\"region\":");
         push_str(out, i.region.as_str());
-        let _ = write!(
-            out,
-            ",\"status\":\"{}\",\"severity\":\"{}\",\"kind\":\"{}\",\"start\":{},\"start_time\":\"{}\",\"score\":",
-            i.status.as_str(),
-            i.incident.severity.as_str(),
-            i.incident.kind.as_str(),
-            i.incident.start,
-            format_rfc3339(i.incident.start as i64 * self.epoch_len)
-        );
-        push_num(out, i.score);
+        self.incident_state(i.status, &i.incident, i.score, out);
         let affected = match i.incident.kind {
             IncidentKind::Outage => i.missing,
             IncidentKind::Alerts => i.alerting,
@@ -376,22 +393,10 @@ impl OutputFormat {
     /// A region's incident change (`"type":"incident"`, `"level":"region"`): its elements affected against
     /// its size, by kind, the features most of them moved on, and why.
     pub fn region_line(&self, epoch: u64, r: &RegionChange, out: &mut String) {
-        out.push_str("{\"type\":\"incident\",\"epoch\":");
-        let _ = write!(out, "{epoch}");
-        out.push_str(",\"epoch_start\":\"");
-        out.push_str(&format_rfc3339(epoch as i64 * self.epoch_len));
-        out.push_str("\",\"level\":\"region\",\"region\":");
+        self.incident_opening(epoch, "region", out);
+        out.push_str(",\"region\":");
         push_str(out, r.region.as_str());
-        let _ = write!(
-            out,
-            ",\"status\":\"{}\",\"severity\":\"{}\",\"kind\":\"{}\",\"start\":{},\"start_time\":\"{}\",\"score\":",
-            r.status.as_str(),
-            r.incident.severity.as_str(),
-            r.incident.kind.as_str(),
-            r.incident.start,
-            format_rfc3339(r.incident.start as i64 * self.epoch_len)
-        );
-        push_num(out, r.score);
+        self.incident_state(r.status, &r.incident, r.score, out);
         let _ = write!(
             out,
             ",\"elements_affected\":{},\"elements\":{},\"by_kind\":{{\"outage\":{},\"alerts\":{},\"congestion\":{}}}",

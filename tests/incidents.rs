@@ -21,15 +21,12 @@ fn eval(out: &std::path::Path, fleet: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = dir.path().join("fleet");
-    // 600 customers under 12 elements, 4 days: every element has an outage or a congestion every day or so
-    // after the first day and a half (the members' own models, and then the elements' view of them, need
-    // that to mature: a deployment starts from its history).
-    let input = common::generate(
-        &fleet,
+/// 600 customers under 12 elements, 4 days: every element has an outage or a congestion every day or so
+/// after the first day and a half (the members' own models, and then the elements' view of them, need that
+/// to mature: a deployment starts from its history).
+fn element_fault_fleet(fleet: &Path) -> std::path::PathBuf {
+    common::generate(
+        fleet,
         600,
         1152,
         21,
@@ -41,7 +38,14 @@ fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() 
             "--history-epochs",
             "432",
         ],
-    );
+    )
+}
+
+#[test]
+fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let input = element_fault_fleet(&fleet);
     // Bad rows at the end of the topology: dead-lettered with their reason, the rest used.
     let topology = dir.path().join("topology.csv");
     let mut rows = std::fs::read_to_string(fleet.join("topology.csv")).unwrap();
@@ -229,20 +233,7 @@ fn incident_spans(out: &Path) -> Vec<(String, String, u64, u64)> {
 fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet");
-    let generated = common::generate(
-        &fleet,
-        600,
-        1152,
-        21,
-        &[
-            "--outage-rate",
-            "0.4",
-            "--congestion-rate",
-            "0.8",
-            "--history-epochs",
-            "432",
-        ],
-    );
+    let generated = element_fault_fleet(&fleet);
     let full = std::fs::read(&generated).unwrap();
     // Every run reads the same path (its name is in the output's end line).
     let input = dir.path().join("in.jsonl");

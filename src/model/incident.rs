@@ -454,49 +454,16 @@ impl ElementState {
 
         // Hysteresis.
         let before = self.open;
-        let severity = if score >= p.critical_ratio {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        };
-        let mut transition = None;
-        match before {
-            None if warm && score >= 1.0 => {
-                self.open = Some(OpenIncident {
-                    start: e,
-                    kind,
-                    severity,
-                });
-                self.clear_run = 0;
-                transition = Some(Transition::Raised);
-            }
-            None => {}
-            Some(o) => {
-                if score < p.clear_ratio {
-                    self.clear_run = self.clear_run.saturating_add(1);
-                    if self.clear_run >= p.clear_epochs {
-                        self.open = None;
-                        self.clear_run = 0;
-                        transition = Some(Transition::Cleared);
-                        if o.kind == IncidentKind::Congestion {
-                            self.recovery = Some(Recovery {
-                                until: e + p.recovery_epochs,
-                                moved: self.signature.clone(),
-                            });
-                        }
-                    }
-                } else {
-                    self.clear_run = 0;
-                    if score >= 1.0 && (kind != o.kind || severity != o.severity) {
-                        self.open = Some(OpenIncident {
-                            start: o.start,
-                            kind,
-                            severity,
-                        });
-                        transition = Some(Transition::Updated);
-                    }
-                }
-            }
+        let moved_incident =
+            p.rules()
+                .step(&mut self.open, &mut self.clear_run, e, score, kind, warm);
+        if let Some((Transition::Cleared, o)) = moved_incident
+            && o.kind == IncidentKind::Congestion
+        {
+            self.recovery = Some(Recovery {
+                until: e + p.recovery_epochs,
+                moved: self.signature.clone(),
+            });
         }
 
         // What an open congestion incident moved (every feature at 2 or more of evidence, while open).
@@ -517,10 +484,7 @@ impl ElementState {
         }
 
         // Learning.
-        let long_open = before.is_some_and(|o| e.saturating_sub(o.start) >= p.relearn_after);
-        // (A young element learns whatever its score: its normal is what it is learning.)
-        let quiet = score < p.learn_below || !warm;
-        if (self.open.is_none() && before.is_none() && quiet) || long_open {
+        if p.rules().learns(before, self.open, e, score, warm) {
             let first = 1.0 / (self.epochs as f32 + 1.0);
             let g = first.max(p.min_gain);
             let (g_mean, g_var) = (first.max(p.mean_gain), first.max(p.var_gain));
@@ -552,13 +516,8 @@ impl ElementState {
             open: self.open.is_some(),
             moved: moved.iter().map(|m| m.feature).collect(),
         };
-        let Some(status) = transition else {
+        let Some((status, incident)) = moved_incident else {
             return (None, view);
-        };
-        let incident = match (status, self.open, before) {
-            (Transition::Cleared, _, Some(o)) => o,
-            (_, Some(o), _) => o,
-            _ => return (None, view),
         };
         let change = IncidentChange {
             element: x.element,
@@ -574,6 +533,113 @@ impl ElementState {
             alerts: alerts.top.clone(),
         };
         (Some(change), view)
+    }
+}
+
+/// The incident rules elements and regions share: hysteresis like a customer's alert, and when a warm one
+/// may learn.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    critical_ratio: f32,
+    clear_ratio: f32,
+    clear_epochs: u8,
+    learn_below: f32,
+    relearn_after: u64,
+}
+
+impl Rules {
+    /// Moves `open` by the epoch's score: raise at `s ≥ 1` once warm (critical at `critical_ratio`),
+    /// `updated` when the kind or severity changes, clear after `clear_epochs` in a row below `clear_ratio`.
+    /// Returns the transition and the incident it is about (a cleared one as it was).
+    fn step(
+        self,
+        open: &mut Option<OpenIncident>,
+        clear_run: &mut u8,
+        e: u64,
+        score: f32,
+        kind: IncidentKind,
+        warm: bool,
+    ) -> Option<(Transition, OpenIncident)> {
+        let severity = if score >= self.critical_ratio {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        match *open {
+            None if warm && score >= 1.0 => {
+                let o = OpenIncident {
+                    start: e,
+                    kind,
+                    severity,
+                };
+                *open = Some(o);
+                *clear_run = 0;
+                Some((Transition::Raised, o))
+            }
+            None => None,
+            Some(o) if score < self.clear_ratio => {
+                *clear_run = clear_run.saturating_add(1);
+                if *clear_run < self.clear_epochs {
+                    return None;
+                }
+                *open = None;
+                *clear_run = 0;
+                Some((Transition::Cleared, o))
+            }
+            Some(o) => {
+                *clear_run = 0;
+                if score < 1.0 || (kind == o.kind && severity == o.severity) {
+                    return None;
+                }
+                let o = OpenIncident {
+                    start: o.start,
+                    kind,
+                    severity,
+                };
+                *open = Some(o);
+                Some((Transition::Updated, o))
+            }
+        }
+    }
+
+    /// Whether the epoch teaches the normal: no incident open before or after it and a score below
+    /// `learn_below` (a young one learns whatever its score: its normal is what it is learning), or an
+    /// incident open for `relearn_after` epochs (a permanent change ends).
+    fn learns(
+        self,
+        before: Option<OpenIncident>,
+        now: Option<OpenIncident>,
+        e: u64,
+        score: f32,
+        warm: bool,
+    ) -> bool {
+        let long_open = before.is_some_and(|o| e.saturating_sub(o.start) >= self.relearn_after);
+        let quiet = score < self.learn_below || !warm;
+        (now.is_none() && before.is_none() && quiet) || long_open
+    }
+}
+
+impl IncidentParams {
+    fn rules(&self) -> Rules {
+        Rules {
+            critical_ratio: self.critical_ratio,
+            clear_ratio: self.clear_ratio,
+            clear_epochs: self.clear_epochs,
+            learn_below: self.learn_below,
+            relearn_after: self.relearn_after,
+        }
+    }
+}
+
+impl RegionParams {
+    fn rules(&self) -> Rules {
+        Rules {
+            critical_ratio: self.critical_ratio,
+            clear_ratio: self.clear_ratio,
+            clear_epochs: self.clear_epochs,
+            learn_below: self.learn_below,
+            relearn_after: self.relearn_after,
+        }
     }
 }
 
@@ -720,61 +786,21 @@ impl RegionState {
             score
         };
         let warm = self.epochs >= p.warm_epochs;
-        let severity = if score >= p.critical_ratio {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        };
         let before = self.open;
-        let mut transition = None;
-        match before {
-            None if warm && score >= 1.0 => {
-                self.open = Some(OpenIncident {
-                    start: e,
-                    kind,
-                    severity,
-                });
-                self.clear_run = 0;
-                transition = Some(Transition::Raised);
-            }
-            None => {}
-            Some(o) => {
-                if score < p.clear_ratio {
-                    self.clear_run = self.clear_run.saturating_add(1);
-                    if self.clear_run >= p.clear_epochs {
-                        self.open = None;
-                        self.clear_run = 0;
-                        transition = Some(Transition::Cleared);
-                        if o.kind == IncidentKind::Congestion {
-                            self.recovery_until = Some(e + p.recovery_epochs);
-                        }
-                    }
-                } else {
-                    self.clear_run = 0;
-                    if score >= 1.0 && (kind != o.kind || severity != o.severity) {
-                        self.open = Some(OpenIncident {
-                            start: o.start,
-                            kind,
-                            severity,
-                        });
-                        transition = Some(Transition::Updated);
-                    }
-                }
-            }
+        let moved_incident =
+            p.rules()
+                .step(&mut self.open, &mut self.clear_run, e, score, kind, warm);
+        if let Some((Transition::Cleared, o)) = moved_incident
+            && o.kind == IncidentKind::Congestion
+        {
+            self.recovery_until = Some(e + p.recovery_epochs);
         }
-        let long_open = before.is_some_and(|o| e.saturating_sub(o.start) >= p.relearn_after);
-        let quiet = score < p.learn_below || !warm;
-        if n > 0 && ((self.open.is_none() && before.is_none() && quiet) || long_open) {
+        if n > 0 && p.rules().learns(before, self.open, e, score, warm) {
             let g = (1.0 / (self.epochs as f32 + 1.0)).max(p.min_gain);
             self.p_affected += g * (x as f32 / n as f32 - self.p_affected);
         }
         self.epochs = self.epochs.saturating_add(1);
-        let status = transition?;
-        let incident = match (status, self.open, before) {
-            (Transition::Cleared, _, Some(o)) => o,
-            (_, Some(o), _) => o,
-            _ => return None,
-        };
+        let (status, incident) = moved_incident?;
         let mut features: Vec<(u16, u32)> = features.into_iter().collect();
         features.sort_by_key(|(f, k)| (std::cmp::Reverse(*k), *f));
         features.truncate(3);
