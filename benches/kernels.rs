@@ -93,5 +93,61 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(kernels, parse, model, routing);
+/// One worker's Parquet file of an epoch's predictions (`run --predictions`), per row: 50,000 customers
+/// × 20 features with noisy values and a few open alerts.
+fn predictions(c: &mut Criterion) {
+    use fleetwatch::serving::predictions::{PredictionsConfig, write_file};
+    use fleetwatch::serving::view::EpochView;
+    let spec = Spec::embedded();
+    let features = spec.features.len();
+    let customers = 50_000usize;
+    let series = customers * features;
+    let mut rng = fleetwatch::rng::Rng::new(3, 1);
+    let mut col = |scale: f64| -> Vec<f32> {
+        (0..series)
+            .map(|_| (scale * (1.0 + 0.1 * rng.normal())) as f32)
+            .collect()
+    };
+    let observed = col(50.0);
+    let expected = col(50.0);
+    let lower = col(40.0);
+    let upper = col(60.0);
+    let score = col(0.3);
+    let view = EpochView {
+        epoch: 5_978_600,
+        features,
+        customers: (0..customers)
+            .map(|i| CustomerId::parse(format!("cust-{i:07}").as_bytes(), b"").unwrap())
+            .collect(),
+        last_seen: vec![5_978_601; customers],
+        customer_alert: vec![0; customers],
+        silence: vec![0; customers],
+        scored_at: vec![5_978_601; series],
+        observed,
+        expected,
+        lower,
+        upper,
+        score,
+        alert: (0..series)
+            .map(|i| if i % 997 == 0 { 6 } else { 0 })
+            .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PredictionsConfig {
+        dir: dir.path().to_path_buf(),
+        every: 1,
+        features: spec.features.iter().map(|f| f.name.clone()).collect(),
+        epoch_seconds: 300,
+    };
+    let path = cfg.file(view.epoch, 0, 1);
+    let mut g = c.benchmark_group("predictions");
+    g.throughput(Throughput::Elements(series as u64));
+    g.sample_size(10);
+    g.bench_function("parquet_file_1m_rows", |b| {
+        b.iter(|| write_file(&cfg, black_box(&view), &path).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(kernels, parse, model, routing, predictions);
 criterion_main!(kernels);

@@ -127,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         topology: None,
         group_incidents: false,
         watch: None,
+        serving: Default::default(),
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

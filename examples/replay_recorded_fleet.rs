@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         topology: None,
         group_incidents: false,
         watch: None,
+        serving: Default::default(),
     };
     let run = commands::run(&opts)?;
     println!(

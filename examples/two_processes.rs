@@ -28,6 +28,7 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         topology: None,
         group_incidents: false,
         watch: None,
+        serving: Default::default(),
     }
 }
 

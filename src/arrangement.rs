@@ -292,6 +292,8 @@ pub struct ModelRun {
     pub restored: Option<Restored>,
     pub stop: Option<Arc<crate::stop::Stop>>,
     pub watch: Option<Arc<crate::watch::Watch>>,
+    /// The epoch views for `--serve` and `--predictions` ([`crate::serving`]).
+    pub publish: crate::serving::Publish,
 }
 
 /// A restored run's first output: the checkpoint epoch, its open anomalies, its state batch.
@@ -315,8 +317,10 @@ pub fn series_model<'scope, const N: usize>(
         restored,
         stop,
         watch,
+        publish,
     } = run;
     let scope = logs.scope();
+    let (scope_index, scope_peers) = (scope.index(), scope.peers());
     let mut builder = OperatorBuilder::new("SeriesModel".to_owned(), scope);
     let info = builder.operator_info();
     let mut in_logs = builder.new_input(
@@ -397,6 +401,7 @@ pub fn series_model<'scope, const N: usize>(
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
         let mut membership = with_topology.then(|| Membership::new(config.features));
         let mut topo_stash: BTreeMap<u64, Vec<TopologyDiff>> = BTreeMap::new();
+        let mut publisher = crate::serving::Publisher::new(publish, scope_index, scope_peers);
 
         move |frontiers| {
             in_logs.for_each(|cap, data| {
@@ -541,6 +546,9 @@ pub fn series_model<'scope, const N: usize>(
                     }
                     _ => None,
                 };
+                let mut view = publisher
+                    .as_mut()
+                    .and_then(|p| p.begin(e, config.features, worker.customers_hint));
                 let result = worker.run_epoch(
                     e,
                     &mut logs,
@@ -551,8 +559,12 @@ pub fn series_model<'scope, const N: usize>(
                         dump: dump.as_mut(),
                         membership: membership.as_mut(),
                         watch: watch.as_deref(),
+                        view: view.as_mut(),
                     },
                 );
+                if let (Some(p), Some(v)) = (publisher.as_mut(), view) {
+                    p.finish(v);
+                }
                 // Keep the epoch's buffer for a later epoch: its capacity is already the size of an
                 // epoch, so the next epoch's logs append without growing (and copying) a new vector.
                 logs.clear();
@@ -820,6 +832,8 @@ pub struct EpochSide<'a> {
     pub membership: Option<&'a mut Membership>,
     /// Keep every scored observation of the watched customers (`fleetwatch plot`).
     pub watch: Option<&'a crate::watch::Watch>,
+    /// Every customer's latest numbers and alerts (`--serve`, `--predictions`).
+    pub view: Option<&'a mut crate::serving::view::ViewBuilder>,
 }
 
 /// The per-epoch work of the operator, separated from the timely plumbing.
@@ -830,7 +844,7 @@ pub struct EpochWorker {
     slots: Vec<Slot>,
     old: Vec<Block>,
     /// Approximate number of customers in the trace (capacity hint for the next batch).
-    customers_hint: usize,
+    pub customers_hint: usize,
     /// One checkpoint record (id, then every block).
     record: Vec<u8>,
 }
@@ -863,6 +877,7 @@ impl EpochWorker {
             mut dump,
             mut membership,
             watch,
+            mut view,
         } = side;
         logs.sort_unstable_by(|a, b| {
             a.customer
@@ -943,13 +958,21 @@ impl EpochWorker {
                     unpack(&self.old, &mut self.slots);
                     contribute_customer(&ctx, &self.slots[..=f_count], acc);
                 }
+                if let Some(v) = view.as_deref_mut() {
+                    let (old, slots) = (&self.old, &mut self.slots);
+                    v.unchanged(customer, || {
+                        unpack(old, slots);
+                        slots[..=f_count].to_vec()
+                    });
+                }
                 dumped += dump_record(&mut self.record, &mut dump, customer, &self.old);
                 continue;
             }
             counts.customers += 1;
             unpack(&self.old, &mut self.slots);
             let dups_before = out.duplicates.len();
-            out.trace = watch.is_some_and(|w| w.contains(&customer));
+            let watched = watch.is_some_and(|w| w.contains(&customer));
+            out.trace = watched || view.is_some();
             step_customer(
                 &ctx,
                 customer,
@@ -960,8 +983,12 @@ impl EpochWorker {
             if sampled {
                 contribute_customer(&ctx, &self.slots[..=f_count], acc);
             }
-            if let (true, Some(w)) = (out.trace, watch) {
-                w.record(e, &mut out.scored);
+            if let Some(v) = view.as_deref_mut() {
+                v.stepped(customer, &self.slots[..=f_count], &out.scored);
+            }
+            match watch {
+                Some(w) if watched => w.record(e, &mut out.scored),
+                _ => out.scored.clear(),
             }
             if let (Some(i), Some(m)) = (element, membership.as_deref_mut()) {
                 let p = m.partial(i);

@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub checkpoint_every: u64,
     /// The fleet's topology (`run --topology`): measures the cost of network-element incidents.
     pub topology: Option<PathBuf>,
+    /// The live query API and the Parquet files of every prediction: their cost.
+    pub serving: crate::commands::ServingOptions,
 }
 
 /// Checkpoint figures of a bench run.
@@ -177,6 +179,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(CommandError::Usage)?;
     let size = Arc::new(StateSize::default());
+    let publish = crate::commands::start_serving(&opts.serving, &spec, None, opts.workers.max(1))?;
     let cfg = RunConfig {
         spec,
         inputs: crate::dataflow::Inputs::Files(vec![InputFile::detect(&input)?]),
@@ -206,6 +209,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         },
         group_incidents: false,
         watch: None,
+        publish,
     };
     let run = crate::dataflow::run(cfg, timely::Config::process(opts.workers.max(1)), 0)?;
     let peak = peak_rss_bytes();

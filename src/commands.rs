@@ -86,6 +86,113 @@ pub struct RunOptions {
     pub group_incidents: bool,
     /// Keep every scored observation of these customers (`fleetwatch plot`, [`crate::watch`]).
     pub watch: Option<Arc<crate::watch::Watch>>,
+    /// The live query API and the Parquet files of every prediction ([`crate::serving`]).
+    pub serving: ServingOptions,
+}
+
+/// `run --serve ADDR [--serve-token-file F] --predictions DIR [--predictions-every N]`.
+#[derive(Debug, Clone, Default)]
+pub struct ServingOptions {
+    /// Serve live queries at `HOST:PORT` (in a cluster, process i at the port + i).
+    pub serve: Option<String>,
+    /// The bearer token requests must carry (required for an address other than loopback).
+    pub token_file: Option<PathBuf>,
+    /// Write every scored series of an epoch as Parquet under this directory.
+    pub predictions: Option<PathBuf>,
+    /// Every this many epochs (default 1).
+    pub predictions_every: Option<u64>,
+}
+
+/// `HOST:PORT` with the port moved up by `by` (each process of a cluster serves on its own port).
+pub fn offset_port(addr: &str, by: usize, what: &str) -> Result<String, CommandError> {
+    if by == 0 {
+        return Ok(addr.to_string());
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| CommandError::Usage(format!("{what} must be HOST:PORT")))?;
+    let port = u16::try_from(usize::from(port) + by)
+        .map_err(|_| CommandError::Usage(format!("{what} port + process index is beyond 65535")))?;
+    Ok(format!("{host}:{port}"))
+}
+
+/// Starts what `opts.serving` asks for: the HTTP server (now, so a bad address fails before any work) and
+/// the predictions' settings.
+pub fn start_serving(
+    opts: &ServingOptions,
+    spec: &Spec,
+    cluster: Option<(&crate::cluster::ClusterFile, usize)>,
+    workers: usize,
+) -> Result<crate::serving::Publish, CommandError> {
+    let mut publish = crate::serving::Publish::default();
+    if let Some(every) = opts.predictions_every {
+        if every == 0 {
+            return Err(CommandError::Usage(
+                "--predictions-every must be at least 1".into(),
+            ));
+        }
+        if opts.predictions.is_none() {
+            return Err(CommandError::Usage(
+                "--predictions-every needs --predictions DIR".into(),
+            ));
+        }
+    }
+    if let Some(dir) = &opts.predictions {
+        std::fs::create_dir_all(dir).map_err(|source| CommandError::Io {
+            context: format!("--predictions {}", dir.display()),
+            source,
+        })?;
+        publish.predictions = Some(crate::serving::predictions::PredictionsConfig {
+            dir: dir.clone(),
+            every: opts.predictions_every.unwrap_or(1),
+            features: spec.features.iter().map(|f| f.name.clone()).collect(),
+            epoch_seconds: spec.epoch.length_seconds,
+        });
+    }
+    if opts.token_file.is_some() && opts.serve.is_none() {
+        return Err(CommandError::Usage(
+            "--serve-token-file needs --serve ADDR".into(),
+        ));
+    }
+    if let Some(addr) = &opts.serve {
+        let token = match &opts.token_file {
+            Some(p) => Some(
+                crate::serving::http::read_token(p)
+                    .map_err(|e| CommandError::Usage(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let (process, servers) = match cluster {
+            Some((c, index)) => {
+                let (_, port) = addr
+                    .rsplit_once(':')
+                    .ok_or_else(|| CommandError::Usage("--serve must be HOST:PORT".into()))?;
+                let mut servers = Vec::new();
+                for (i, p) in c.processes.iter().enumerate() {
+                    let host = p.rsplit_once(':').map_or(p.as_str(), |(h, _)| h);
+                    servers.push(offset_port(&format!("{host}:{port}"), i, "--serve")?);
+                }
+                (index, servers)
+            }
+            None => (0, vec![addr.clone()]),
+        };
+        let bind = offset_port(addr, process, "--serve")?;
+        let listener = crate::serving::http::bind(&bind, token.is_some())
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+        let servers = match cluster {
+            Some(_) => servers,
+            // A single process names the address it bound (port 0 picks one).
+            None => vec![listener.local_addr().map_or(bind, |a| a.to_string())],
+        };
+        let serving = Arc::new(crate::serving::Serving::new(
+            spec, process, workers, servers,
+        ));
+        crate::serving::http::spawn(listener, token, Arc::clone(&serving))
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+        publish.serving = Some(serving);
+    }
+    Ok(publish)
 }
 
 /// `run` settings that apply to `kafka://` inputs and outputs (feature `kafka`).
@@ -279,21 +386,23 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(|m| CommandError::Usage(format!("[detector] in the spec: {m}")))?;
     let (inputs, outputs) = endpoints(opts, &spec)?;
-    let (timely, process, connect_timeout) = match &opts.layout {
+    let (timely, process, connect_timeout, publish) = match &opts.layout {
         Layout::Threads(w) => {
             if *w == 0 {
                 return Err(CommandError::Usage("--workers must be at least 1".into()));
             }
-            (timely::Config::process(*w), 0, Duration::ZERO)
+            let publish = start_serving(&opts.serving, &spec, None, *w)?;
+            (timely::Config::process(*w), 0, Duration::ZERO, publish)
         }
         Layout::Cluster { file, index } => {
             let c = ClusterFile::load(file)?;
             let config = c.timely_config(*index)?;
+            let publish = start_serving(&opts.serving, &spec, Some((&c, *index)), c.workers)?;
             if c.processes.len() > 1 {
                 // A lost peer ends this process with one line and its own exit status, not a panic.
                 crate::cluster::install_fault_hook(c.processes.clone(), *index);
             }
-            (config, *index, c.connect_timeout())
+            (config, *index, c.connect_timeout(), publish)
         }
     };
     if opts.checkpoint_every == Some(0) {
@@ -353,6 +462,7 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         topology,
         group_incidents: opts.group_incidents,
         watch: opts.watch.clone(),
+        publish,
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
 }
@@ -503,6 +613,7 @@ pub fn demo(
         topology: None,
         group_incidents: false,
         watch: None,
+        serving: Default::default(),
     };
     let run = run(&opts)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;
@@ -634,6 +745,7 @@ pub fn replay_watching(
         topology: settings.topology.clone(),
         group_incidents: settings.group_incidents,
         watch: Some(Arc::clone(&watch)),
+        serving: Default::default(),
     };
     if opts.inputs.iter().any(|p| kafka_address(p).is_some()) {
         return Err(CommandError::Usage(

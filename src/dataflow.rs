@@ -141,6 +141,9 @@ pub struct RunConfig {
     pub group_incidents: bool,
     /// Customers whose every scored observation is kept (`fleetwatch plot`, [`crate::watch`]).
     pub watch: Option<Arc<crate::watch::Watch>>,
+    /// `--serve` and `--predictions`: the epoch views the series model publishes, and the open alerts the
+    /// sink keeps for queries ([`crate::serving`]).
+    pub publish: crate::serving::Publish,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -625,6 +628,7 @@ fn build<'scope, const N: usize>(
             restored: ck.restored,
             stop: Some(Arc::clone(&cfg.stop)),
             watch: cfg.watch.clone(),
+            publish: cfg.publish.clone(),
         },
     );
     model.cohort.broadcast().connect_loop(cohort_handle);
@@ -678,7 +682,8 @@ fn build<'scope, const N: usize>(
         SinkState::new(format, inputs, sink_output, errors, report, started)
             .with_checkpoints(cfg.checkpoint.clone(), ck.to_coordinator, ck.resume)
             .with_stop(Arc::clone(&cfg.stop))
-            .with_grouping(cfg.group_incidents),
+            .with_grouping(cfg.group_incidents)
+            .with_serving(cfg.publish.serving.clone()),
     )
     .probe_with(&acked);
 }
@@ -1007,6 +1012,8 @@ pub struct SinkState {
     /// with their later changes, like members' alerts under an element's).
     open_regions: std::collections::BTreeSet<crate::topology::ElementId>,
     grouped_elements: std::collections::BTreeSet<crate::topology::ElementId>,
+    /// `--serve`: the open alerts as of each closed epoch, for `GET /anomalies`.
+    serving: Option<Arc<crate::serving::Serving>>,
 }
 
 impl SinkState {
@@ -1051,7 +1058,14 @@ impl SinkState {
             grouped: Default::default(),
             open_regions: Default::default(),
             grouped_elements: Default::default(),
+            serving: None,
         }
+    }
+
+    /// `--serve`: keep the open alerts for queries.
+    fn with_serving(mut self, serving: Option<Arc<crate::serving::Serving>>) -> Self {
+        self.serving = serving;
+        self
     }
 
     /// Grouped incidents (see [`RunConfig::group_incidents`]).
@@ -1334,6 +1348,9 @@ impl SinkState {
             &changes,
             &b.dead,
         );
+        if let Some(s) = &self.serving {
+            s.epoch_closed(e, &changes);
+        }
         text.clear();
         self.format.summary_line(e, &summary, wall, &mut text);
         if !silent {

@@ -16,6 +16,8 @@
 //!   (supervision and restarts).
 //! * [`checkpoint`] — checkpoints of the state and the input and output positions; restore and rescaling.
 //! * [`metrics`] — Prometheus metrics of a run (`run --metrics ADDR`).
+//! * [`serving`] — the live query API (`run --serve ADDR`) and every prediction as Parquet
+//!   (`run --predictions DIR`), both from the epoch view the series model builds.
 //! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels;
 //!   [`incidenteval`] — scoring incidents against the generator's element and region faults.
@@ -55,6 +57,7 @@ pub mod realdata;
 pub mod record;
 pub mod report;
 pub mod rng;
+pub mod serving;
 pub mod sinks;
 pub mod sources;
 pub mod spec;

@@ -107,6 +107,8 @@ enum Command {
         #[arg(long, requires = "topology")]
         group_incidents: bool,
         #[command(flatten)]
+        serving: ServingArgs,
+        #[command(flatten)]
         kafka_client: KafkaClientArgs,
     },
     /// Write a synthetic fleet with labelled anomalies (telemetry.jsonl, labels.jsonl, topology.csv).
@@ -194,6 +196,8 @@ enum Command {
         /// The fleet's topology (as `generate` writes topology.csv): the cost of network-element incidents.
         #[arg(long)]
         topology: Option<PathBuf>,
+        #[command(flatten)]
+        serving: ServingArgs,
     },
     /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
     /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
@@ -375,6 +379,37 @@ enum Command {
     },
 }
 
+/// What a run serves besides its changes (README, "Serving").
+#[derive(clap::Args, Debug, Default)]
+struct ServingArgs {
+    /// Answer live queries at http://ADDR (GET /customers/{id}, /anomalies, /health), e.g.
+    /// 127.0.0.1:8080; an address other than loopback needs --serve-token-file. In a cluster, process i
+    /// serves on the port + i and redirects to the process that owns a customer.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// A file holding the bearer token every query must carry (`Authorization: Bearer TOKEN`).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    serve_token_file: Option<PathBuf>,
+    /// Write every scored series of an epoch as Parquet: DIR/epoch=E/part-W-of-P.parquet (customer,
+    /// feature, observed, expected, lower, upper, score, alert), for DuckDB, Spark, pandas or Druid.
+    #[arg(long, value_name = "DIR")]
+    predictions: Option<PathBuf>,
+    /// Write the predictions of every Nth epoch only (epochs that are multiples of N).
+    #[arg(long, value_name = "N", requires = "predictions")]
+    predictions_every: Option<u64>,
+}
+
+impl From<ServingArgs> for commands::ServingOptions {
+    fn from(a: ServingArgs) -> Self {
+        commands::ServingOptions {
+            serve: a.serve,
+            token_file: a.serve_token_file,
+            predictions: a.predictions,
+            predictions_every: a.predictions_every,
+        }
+    }
+}
+
 /// How Kafka clients authenticate and are tuned (README, "Kafka as operators run it").
 #[derive(clap::Args, Debug, Default)]
 struct KafkaClientArgs {
@@ -486,6 +521,7 @@ fn main() -> Result<()> {
             kafka_client,
             topology,
             group_incidents,
+            serving,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 bail!("--speed must be a positive number");
@@ -537,6 +573,7 @@ fn main() -> Result<()> {
                 topology,
                 group_incidents,
                 watch: None,
+                serving: serving.into(),
             };
             let report = match commands::run(&opts) {
                 Ok(r) => r,
@@ -666,6 +703,7 @@ fn main() -> Result<()> {
             checkpoint_dir,
             checkpoint_every,
             topology,
+            serving,
         } => {
             let opts = fleetwatch::bench::BenchOptions {
                 customers,
@@ -682,6 +720,7 @@ fn main() -> Result<()> {
                 checkpoint_dir,
                 checkpoint_every,
                 topology,
+                serving: serving.into(),
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);

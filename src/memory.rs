@@ -31,15 +31,18 @@ pub const CACHE_BYTES: usize = 16 << 30;
 const PAGE: usize = 4096;
 const HUGE: usize = 2 << 20;
 
-/// Cached blocks: (mapping base, mapping length), unused entries have length 0.
+/// Cached blocks: (mapping base, mapping length, when it was cached), unused entries have length 0.
 struct Cache {
-    blocks: [(usize, usize); CACHE_SLOTS],
+    blocks: [(usize, usize, u64); CACHE_SLOTS],
     bytes: usize,
+    /// Blocks cached so far (the age of an entry).
+    clock: u64,
 }
 
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
-    blocks: [(0, 0); CACHE_SLOTS],
+    blocks: [(0, 0, 0); CACHE_SLOTS],
     bytes: 0,
+    clock: 0,
 });
 
 /// The global allocator of the `fleetwatch` binary.
@@ -67,35 +70,73 @@ unsafe fn capacity(ptr: *mut u8) -> usize {
     unsafe { (ptr.sub(PAGE) as *const usize).read() - PAGE }
 }
 
-/// The smallest cached mapping that holds `need` bytes (header included) and is at most about twice that.
-fn take_cached(need: usize) -> Option<(usize, usize)> {
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let mut best: Option<usize> = None;
-    for (i, &(_, l)) in cache.blocks.iter().enumerate() {
-        if l >= need && l <= 2 * need + HUGE && best.is_none_or(|b| l < cache.blocks[b].1) {
-            best = Some(i);
+impl Cache {
+    /// The smallest cached mapping that holds `need` bytes (header included) and is at most about twice
+    /// that.
+    fn take(&mut self, need: usize) -> Option<(usize, usize)> {
+        let mut best: Option<usize> = None;
+        for (i, &(_, l, _)) in self.blocks.iter().enumerate() {
+            if l >= need && l <= 2 * need + HUGE && best.is_none_or(|b| l < self.blocks[b].1) {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        let (base, len, _) = self.blocks[i];
+        self.blocks[i] = (0, 0, 0);
+        self.bytes -= len;
+        Some((base, len))
+    }
+
+    /// Caches a freed block. A full cache makes room by evicting its oldest blocks (the sizes a program
+    /// allocates now are those it freed last: a block cached long ago and never taken — a buffer's growth
+    /// during warm-up — is the one not to keep). The evicted blocks go to `evicted`, for the caller to
+    /// unmap outside the lock; `false` if the block itself does not fit.
+    fn put(
+        &mut self,
+        base: usize,
+        len: usize,
+        evicted: &mut [(usize, usize); CACHE_SLOTS],
+    ) -> bool {
+        if len > CACHE_BYTES {
+            return false;
+        }
+        let mut n = 0;
+        loop {
+            let free = self.blocks.iter().position(|&(_, l, _)| l == 0);
+            if let Some(i) = free.filter(|_| self.bytes + len <= CACHE_BYTES) {
+                self.clock += 1;
+                self.blocks[i] = (base, len, self.clock);
+                self.bytes += len;
+                return true;
+            }
+            let Some(oldest) = self
+                .blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.1 != 0)
+                .min_by_key(|(_, b)| b.2)
+                .map(|(i, _)| i)
+            else {
+                return false;
+            };
+            let (b, l, _) = self.blocks[oldest];
+            self.blocks[oldest] = (0, 0, 0);
+            self.bytes -= l;
+            evicted[n] = (b, l);
+            n += 1;
         }
     }
-    let i = best?;
-    let block = cache.blocks[i];
-    cache.blocks[i] = (0, 0);
-    cache.bytes -= block.1;
-    Some(block)
 }
 
-fn put_cached(base: usize, len: usize) -> bool {
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.bytes + len > CACHE_BYTES {
-        return false;
-    }
-    match cache.blocks.iter().position(|&(_, l)| l == 0) {
-        Some(i) => {
-            cache.blocks[i] = (base, len);
-            cache.bytes += len;
-            true
-        }
-        None => false,
-    }
+fn take_cached(need: usize) -> Option<(usize, usize)> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).take(need)
+}
+
+fn put_cached(base: usize, len: usize, evicted: &mut [(usize, usize); CACHE_SLOTS]) -> bool {
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .put(base, len, evicted)
 }
 
 /// # Safety
@@ -142,9 +183,14 @@ unsafe fn free_large(ptr: *mut u8) {
     // SAFETY: the header page precedes the block; its first word is the mapping length.
     let base = unsafe { ptr.sub(PAGE) };
     let len = unsafe { (base as *const usize).read() };
-    if !put_cached(base as usize, len) {
+    let mut evicted = [(0usize, 0usize); CACHE_SLOTS];
+    if !put_cached(base as usize, len, &mut evicted) {
         // SAFETY: unmapping our own mapping, which nothing references any more.
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
+    }
+    for (b, l) in evicted.into_iter().filter(|(_, l)| *l != 0) {
+        // SAFETY: an evicted cached block: our own mapping, referenced by nothing.
+        unsafe { libc::munmap(b as *mut libc::c_void, l) };
     }
 }
 
@@ -250,6 +296,35 @@ pub fn tune_system_allocator() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_cache_keeps_the_blocks_freed_last() {
+        let mut c = Cache {
+            blocks: [(0, 0, 0); CACHE_SLOTS],
+            bytes: 0,
+            clock: 0,
+        };
+        let mut evicted = [(0, 0); CACHE_SLOTS];
+        // Sixteen small blocks of warm-up growth fill the cache...
+        for i in 0..CACHE_SLOTS {
+            assert!(c.put(0x1000 * (i + 1), 64 << 20, &mut evicted));
+        }
+        assert!(evicted.iter().all(|e| e.1 == 0));
+        // ...the epoch's gigabyte block still gets in, evicting the oldest small one,
+        assert!(c.put(0xBEEF000, 1 << 30, &mut evicted));
+        assert_eq!(evicted[0], (0x1000, 64 << 20));
+        assert_eq!(evicted[1], (0, 0));
+        // and the next epoch's request of about that size takes it.
+        assert_eq!(c.take((1 << 30) - (10 << 20)), Some((0xBEEF000, 1 << 30)));
+        // A block over the byte budget evicts as many as it needs.
+        let mut evicted = [(0, 0); CACHE_SLOTS];
+        assert!(c.put(0xF000000, CACHE_BYTES - (200 << 20), &mut evicted));
+        assert_eq!(evicted.iter().filter(|e| e.1 != 0).count(), 12);
+        assert!(c.bytes <= CACHE_BYTES);
+        assert!(!c.put(1, CACHE_BYTES + 1, &mut evicted));
+        // A request far smaller than a cached block does not take it (at most about twice the request).
+        assert_eq!(c.take(1 << 20), None);
+    }
 
     #[test]
     fn glibc_accepts_the_allocator_settings() {

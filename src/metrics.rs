@@ -81,6 +81,10 @@ pub struct Metrics {
     checkpoint_failures: Counter,
     checkpoint_bytes: Gauge,
     checkpoint_seconds: Gauge<f64, AtomicU64>,
+    predictions_files: Counter,
+    predictions_rows: Counter,
+    predictions_failures: Counter,
+    predictions_seconds: Gauge<f64, AtomicU64>,
     rss: Gauge,
 }
 
@@ -122,6 +126,10 @@ impl Metrics {
             checkpoint_failures: Counter::default(),
             checkpoint_bytes: Gauge::default(),
             checkpoint_seconds: Gauge::default(),
+            predictions_files: Counter::default(),
+            predictions_rows: Counter::default(),
+            predictions_failures: Counter::default(),
+            predictions_seconds: Gauge::default(),
             rss: Gauge::default(),
         };
         r.register(
@@ -198,6 +206,26 @@ impl Metrics {
             "checkpoint_manifest_seconds",
             "Last completed checkpoint: seconds from its epoch's durable output to its manifest",
             m.checkpoint_seconds.clone(),
+        );
+        r.register(
+            "prediction_files",
+            "Parquet files of every prediction written (--predictions)",
+            m.predictions_files.clone(),
+        );
+        r.register(
+            "prediction_rows",
+            "Rows in the Parquet files of every prediction written (--predictions)",
+            m.predictions_rows.clone(),
+        );
+        r.register(
+            "prediction_failures",
+            "Parquet files of every prediction that could not be written (--predictions)",
+            m.predictions_failures.clone(),
+        );
+        r.register(
+            "prediction_file_seconds",
+            "Seconds the last Parquet file of every prediction took to write (--predictions)",
+            m.predictions_seconds.clone(),
         );
         r.register(
             "resident_memory_bytes",
@@ -277,6 +305,18 @@ impl Metrics {
                 partition,
             })
             .clone()
+    }
+
+    /// A worker wrote its Parquet file of an epoch's predictions: `rows` rows in `seconds`.
+    pub fn predictions_written(&self, rows: u64, seconds: f64) {
+        self.predictions_files.inc();
+        self.predictions_rows.inc_by(rows);
+        self.predictions_seconds.set(seconds);
+    }
+
+    /// A Parquet file of predictions could not be written.
+    pub fn predictions_failed(&self) {
+        self.predictions_failures.inc();
     }
 
     /// A checkpoint completed (`bytes`, manifest `seconds` after the epoch was durable), or failed.
