@@ -1274,3 +1274,156 @@ fn a_broker_that_requires_sasl_is_reached_through_properties_and_a_secret_file()
     let err = failing_run(&args, Duration::from_secs(60));
     assert!(err.contains("no.such.property"), "{err}");
 }
+
+/// Writes a self-signed certificate for 127.0.0.1 and its key into `dir` (the openssl command line).
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (./scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_broker_reached_over_tls_is_read_and_written_with_the_ssl_properties() {
+    // Tansu 0.6 speaks plaintext only: TLS is terminated in front of it by socat (OpenSSL), and the broker
+    // advertises the TLS port, so every connection a client makes — bootstrap and broker — is TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "broker");
+    let (other_ca, _) = self_signed(dir.path(), "other");
+    let bin = std::env::var_os("FLEETWATCH_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("tansu"));
+    let (plain, tls) = (common::free_port(), common::free_port());
+    let _broker = Killed(
+        Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+            ])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the broker starts (FLEETWATCH_TANSU)"),
+    );
+    wait_listening(plain, "the broker");
+    let _tls = Killed(
+        Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{plain}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat runs (./scripts/test installs it)"),
+    );
+    wait_listening(tls, "the TLS endpoint");
+
+    let input = common::generate(
+        &dir.path().join("fleet"),
+        40,
+        300,
+        23,
+        &["--partitions", "2", "--anomaly-rate", "3"],
+    );
+    let ca = format!("ssl.ca.location={}", cert.display());
+    let ssl = [
+        "--kafka-property",
+        "security.protocol=SSL",
+        "--kafka-property",
+        &ca,
+    ];
+    let topic = |t: &str| format!("kafka://127.0.0.1:{tls}/{t}");
+    let mut args = vec!["produce", "--from", input.to_str().unwrap()];
+    let to = topic("tele");
+    args.extend(["--to", &to]);
+    args.extend(ssl);
+    common::fleetwatch(&args);
+    let (ref_out, _) = file_run(&input, dir.path(), "file", &[]);
+
+    // Kafka in over TLS, the changes to a file: the same changes as the file run.
+    let out = dir.path().join("tls.jsonl");
+    let from = topic("tele");
+    let mut args = vec!["run", "--input", &from, "--output", out.to_str().unwrap()];
+    args.extend(["--workers", "2", "--reproducible", "--until-idle", "3"]);
+    args.extend(ssl);
+    common::fleetwatch(&args);
+    let want = Output::from_file(&ref_out);
+    assert!(want.changes.values().map(Vec::len).sum::<usize>() > 3);
+    assert_eq!(Output::from_file(&out).changes, want.changes);
+
+    // Without the TLS settings, and with a certificate authority that did not sign the broker's, the run
+    // stops with the client's refusal instead of waiting.
+    let out2 = dir.path().join("refused.jsonl");
+    let base = [
+        "run",
+        "--input",
+        &from,
+        "--output",
+        out2.to_str().unwrap(),
+        "--until-idle",
+        "3",
+    ];
+    let err = failing_run(&base, Duration::from_secs(90));
+    assert!(err.contains("cannot reach the brokers"), "{err}");
+    let wrong = format!("ssl.ca.location={}", other_ca.display());
+    let mut args = base.to_vec();
+    args.extend([
+        "--kafka-property",
+        "security.protocol=SSL",
+        "--kafka-property",
+        &wrong,
+    ]);
+    let err = failing_run(&args, Duration::from_secs(90));
+    assert!(err.contains("cannot reach the brokers"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
