@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `GET path` on 127.0.0.1:port: (status line, body), or `None` if nothing listens yet.
@@ -58,15 +57,11 @@ fn a_scrape_of_a_running_pipeline_agrees_with_its_summaries() {
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     // 300 epochs of 5 minutes at 9,000× event time: about 10 s, long enough to scrape it running.
-    let mut child = Command::new(common::bin())
-        .args(["run", "--input", input.to_str().unwrap(), "--output"])
-        .arg(&out)
-        .args(["--workers", "2", "--reproducible", "--speed", "9000"])
-        .args(["--metrics", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_run(
+        &input,
+        &out,
+        &["--workers", "2", "--speed", "9000", "--metrics", &addr],
+    );
     let started = Instant::now();
     let mut scrapes = Vec::new();
     let mut other_paths_checked = false;
@@ -91,15 +86,7 @@ fn a_scrape_of_a_running_pipeline_agrees_with_its_summaries() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
+    common::wait_success(child);
     assert!(
         scrapes.len() >= 3,
         "only {} scrapes while running",

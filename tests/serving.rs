@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -100,30 +99,6 @@ fn reported(input: &Path) -> BTreeMap<(String, i64, String), Vec<f64>> {
     m
 }
 
-fn spawn_run(input: &Path, out: &Path, extra: &[&str]) -> Child {
-    Command::new(common::bin())
-        .args(["run", "--input", input.to_str().unwrap(), "--output"])
-        .arg(out)
-        .args(["--reproducible"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(mut child: Child) {
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
-}
-
 #[test]
 fn live_queries_of_a_running_pipeline_agree_with_its_output_and_its_input() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +117,7 @@ fn live_queries_of_a_running_pipeline_agree_with_its_output_and_its_input() {
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     // 300 epochs at 9,000× event time: about 10 s of queries.
-    let child = spawn_run(
+    let child = common::spawn_run(
         &input,
         &out,
         &[
@@ -210,7 +185,7 @@ fn live_queries_of_a_running_pipeline_agree_with_its_output_and_its_input() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    finish(child.take().unwrap());
+    common::wait_success(child.take().unwrap());
     assert!(errors_checked, "no answer while the run was running");
     assert!(answers.len() >= 20, "only {} answers", answers.len());
 
@@ -302,7 +277,7 @@ fn anomalies_page_through_with_a_cursor_and_filter_by_kind_and_level() {
     let out = dir.path().join("out.jsonl");
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_run(
+    let mut child = common::spawn_run(
         &input,
         &out,
         &["--speed", "6000", "--serve", &format!("127.0.0.1:{port}")],
@@ -383,7 +358,7 @@ fn in_a_cluster_any_process_answers_for_any_customer_by_redirecting_to_its_owner
         .unwrap();
     let children: Vec<Child> = (0..2)
         .map(|p| {
-            spawn_run(
+            common::spawn_run(
                 &input,
                 &dir.path().join(format!("out-{p}.jsonl")),
                 &[
@@ -435,7 +410,7 @@ fn in_a_cluster_any_process_answers_for_any_customer_by_redirecting_to_its_owner
         break;
     }
     for c in children {
-        finish(c);
+        common::wait_success(c);
     }
     assert_eq!(answered, 80);
     // Each process owns about half of the customers and redirects the others.

@@ -59,6 +59,35 @@ pub fn run(input: &Path, out: &Path, extra: &[&str]) -> String {
     fleetwatch(&args)
 }
 
+/// Starts `fleetwatch run --input <input> --output <out> --reproducible` followed by `extra` as a child
+/// process (stderr kept for [`wait_success`]), for tests that talk to a run while it runs.
+pub fn spawn_run(input: &Path, out: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .args([
+            "run",
+            "--input",
+            input.to_str().expect("utf-8 temp path"),
+            "--output",
+        ])
+        .arg(out)
+        .arg("--reproducible")
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the fleetwatch binary runs")
+}
+
+/// Waits for a child of [`spawn_run`]; panics with its stderr unless it succeeded.
+pub fn wait_success(mut child: Child) {
+    let status = child.wait().expect("the run can be waited for");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "the run failed: {status}\n{err}");
+}
+
 /// The last line of a run's output (its `end` record), parsed.
 pub fn end_record(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out).expect("the run wrote its output");
