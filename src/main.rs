@@ -534,18 +534,7 @@ fn main() -> Result<()> {
             if let Some(addr) = &metrics {
                 // In a cluster every process serves its own metrics: process i on the given port + i, so
                 // the processes `launch` starts on one host do not collide.
-                let addr = match process {
-                    Some(i) if i > 0 => {
-                        let (host, port) = addr
-                            .rsplit_once(':')
-                            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                            .context("--metrics must be HOST:PORT")?;
-                        let port = u16::try_from(usize::from(port) + i)
-                            .context("--metrics port + process index is beyond 65535")?;
-                        format!("{host}:{port}")
-                    }
-                    _ => addr.clone(),
-                };
+                let addr = commands::offset_port(addr, process.unwrap_or(0), "--metrics")?;
                 fleetwatch::metrics::serve(&addr)?;
             }
             // SIGTERM / SIGINT: stop after the open epoch (with a checkpoint); a second one exits at once.

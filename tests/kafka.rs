@@ -118,14 +118,7 @@ impl Broker {
             .unwrap_or_else(|e| {
                 panic!("cannot start the broker {bin:?} ({e}); set FLEETWATCH_TANSU or run ./scripts/test")
             });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the broker did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "the broker");
         Broker {
             child,
             port,

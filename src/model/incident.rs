@@ -95,19 +95,14 @@ pub struct IncidentParams {
     /// (1/72).
     pub mean_gain: f32,
     pub var_gain: f32,
-    /// The element learns only while its score is below this (and no incident is open).
-    pub learn_below: f32,
     /// After a congestion incident clears, a move of its features the other way within this many epochs is
     /// its recovery, not a new incident.
     pub recovery_epochs: u64,
     /// A congestion move at this fraction of the bar that raises no incident (the members' models adapting
     /// to it as it lasts) also has a recovery window: its way back is not a new incident either.
     pub faint_at: f32,
-    pub clear_ratio: f32,
-    pub clear_epochs: u8,
-    pub critical_ratio: f32,
-    /// An incident open this long no longer stops the element from learning.
-    pub relearn_after: u64,
+    /// Hysteresis and learning (shared with regions).
+    pub rules: Rules,
 }
 
 impl Default for IncidentParams {
@@ -122,13 +117,15 @@ impl Default for IncidentParams {
             min_gain: 1.0 / 288.0,
             mean_gain: 1.0 / 36.0,
             var_gain: 1.0 / 72.0,
-            learn_below: 0.65,
             recovery_epochs: 36,
             faint_at: 0.75,
-            clear_ratio: 0.5,
-            clear_epochs: 3,
-            critical_ratio: 2.0,
-            relearn_after: 288,
+            rules: Rules {
+                critical_ratio: 2.0,
+                clear_ratio: 0.5,
+                clear_epochs: 3,
+                learn_below: 0.65,
+                relearn_after: 288,
+            },
         }
     }
 }
@@ -455,7 +452,7 @@ impl ElementState {
         // Hysteresis.
         let before = self.open;
         let moved_incident =
-            p.rules()
+            p.rules
                 .step(&mut self.open, &mut self.clear_run, e, score, kind, warm);
         if let Some((Transition::Cleared, o)) = moved_incident
             && o.kind == IncidentKind::Congestion
@@ -484,7 +481,7 @@ impl ElementState {
         }
 
         // Learning.
-        if p.rules().learns(before, self.open, e, score, warm) {
+        if p.rules.learns(before, self.open, e, score, warm) {
             let first = 1.0 / (self.epochs as f32 + 1.0);
             let g = first.max(p.min_gain);
             let (g_mean, g_var) = (first.max(p.mean_gain), first.max(p.var_gain));
@@ -538,13 +535,17 @@ impl ElementState {
 
 /// The incident rules elements and regions share: hysteresis like a customer's alert, and when a warm one
 /// may learn.
-#[derive(Debug, Clone, Copy)]
-struct Rules {
-    critical_ratio: f32,
-    clear_ratio: f32,
-    clear_epochs: u8,
-    learn_below: f32,
-    relearn_after: u64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// An open incident is critical at this score.
+    pub critical_ratio: f32,
+    /// It clears after `clear_epochs` epochs in a row below this score.
+    pub clear_ratio: f32,
+    pub clear_epochs: u8,
+    /// It learns only while its score is below this (and no incident is open).
+    pub learn_below: f32,
+    /// An incident open this long no longer stops it from learning.
+    pub relearn_after: u64,
 }
 
 impl Rules {
@@ -619,30 +620,6 @@ impl Rules {
     }
 }
 
-impl IncidentParams {
-    fn rules(&self) -> Rules {
-        Rules {
-            critical_ratio: self.critical_ratio,
-            clear_ratio: self.clear_ratio,
-            clear_epochs: self.clear_epochs,
-            learn_below: self.learn_below,
-            relearn_after: self.relearn_after,
-        }
-    }
-}
-
-impl RegionParams {
-    fn rules(&self) -> Rules {
-        Rules {
-            critical_ratio: self.critical_ratio,
-            clear_ratio: self.clear_ratio,
-            clear_epochs: self.clear_epochs,
-            learn_below: self.learn_below,
-            relearn_after: self.relearn_after,
-        }
-    }
-}
-
 /// What a region sees of one of its elements' epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElementView {
@@ -665,11 +642,8 @@ pub struct RegionParams {
     pub min_elements: u32,
     pub warm_epochs: u32,
     pub min_gain: f32,
-    pub learn_below: f32,
-    pub clear_ratio: f32,
-    pub clear_epochs: u8,
-    pub critical_ratio: f32,
-    pub relearn_after: u64,
+    /// Hysteresis and learning (an element's, by default).
+    pub rules: Rules,
     /// After a congestion incident clears, congestion within this many epochs is its way back.
     pub recovery_epochs: u64,
 }
@@ -683,11 +657,7 @@ impl Default for RegionParams {
             min_elements: 3,
             warm_epochs: e.warm_epochs,
             min_gain: e.min_gain,
-            learn_below: e.learn_below,
-            clear_ratio: e.clear_ratio,
-            clear_epochs: e.clear_epochs,
-            critical_ratio: e.critical_ratio,
-            relearn_after: e.relearn_after,
+            rules: e.rules,
             recovery_epochs: e.recovery_epochs,
         }
     }
@@ -788,14 +758,14 @@ impl RegionState {
         let warm = self.epochs >= p.warm_epochs;
         let before = self.open;
         let moved_incident =
-            p.rules()
+            p.rules
                 .step(&mut self.open, &mut self.clear_run, e, score, kind, warm);
         if let Some((Transition::Cleared, o)) = moved_incident
             && o.kind == IncidentKind::Congestion
         {
             self.recovery_until = Some(e + p.recovery_epochs);
         }
-        if n > 0 && p.rules().learns(before, self.open, e, score, warm) {
+        if n > 0 && p.rules.learns(before, self.open, e, score, warm) {
             let g = (1.0 / (self.epochs as f32 + 1.0)).max(p.min_gain);
             self.p_affected += g * (x as f32 / n as f32 - self.p_affected);
         }

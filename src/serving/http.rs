@@ -289,7 +289,7 @@ async fn customer(
                 fused.add(f as u16, view.score[k]);
             }
             json!({
-                "feature": s.features.get(f).map(String::as_str).unwrap_or("?"),
+                "feature": feature_name(s, f as u16),
                 "epoch": stored_epoch(scored),
                 "observed": view.observed[k],
                 "expected": view.expected[k],

@@ -84,25 +84,6 @@ impl EpochView {
         self
     }
 
-    fn with_capacity(epoch: u64, features: usize, customers: usize) -> EpochView {
-        let series = customers * features;
-        EpochView {
-            epoch,
-            features,
-            customers: Vec::with_capacity(customers),
-            last_seen: Vec::with_capacity(customers),
-            customer_alert: Vec::with_capacity(customers),
-            silence: Vec::with_capacity(customers),
-            scored_at: Vec::with_capacity(series),
-            observed: Vec::with_capacity(series),
-            expected: Vec::with_capacity(series),
-            lower: Vec::with_capacity(series),
-            upper: Vec::with_capacity(series),
-            score: Vec::with_capacity(series),
-            alert: Vec::with_capacity(series),
-        }
-    }
-
     /// The customer's index (binary search; customers are in id order).
     pub fn find(&self, customer: &CustomerId) -> Option<usize> {
         self.customers.binary_search(customer).ok()
@@ -190,7 +171,7 @@ impl ViewBuilder {
         let customers = prev.as_ref().map_or(hint, |p| p.len().max(hint));
         let cur = match reuse {
             Some(v) => v.reset(epoch, features, customers),
-            None => EpochView::with_capacity(epoch, features, customers),
+            None => EpochView::default().reset(epoch, features, customers),
         };
         ViewBuilder {
             carry,
