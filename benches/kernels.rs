@@ -59,7 +59,7 @@ fn model(c: &mut Criterion) {
         })
         .collect();
     let priors = vec![FeaturePrior::NONE; spec.features.len()];
-    let mut slots = vec![[0u8; SLOT_BYTES]; spec.features.len() + 1];
+    let mut slots = vec![[0u8; SLOT_BYTES]; ModelConfig::from_spec(&spec).slots()];
     let mut epoch = (base.ts / 300) as u64;
     let step = |epoch: &mut u64, slots: &mut [fleetwatch::state::Slot]| {
         *epoch += 1;
@@ -149,5 +149,44 @@ fn predictions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(kernels, parse, model, routing, predictions);
+/// The global model's inference for one customer (20 features): the leave-one-out network over its
+/// normalised residuals, then each feature's evidence against its own calibration. `numpy` does the same
+/// network over a batch in `scripts/global_model_numpy.py` (BENCHMARKS.md: the two side by side).
+fn global_model(c: &mut Criterion) {
+    use fleetwatch::model::global::GlobalModel;
+    let spec = fleetwatch::spec::Spec::embedded();
+    let g = spec
+        .global
+        .clone()
+        .expect("the embedded spec has a global model");
+    let alert = fleetwatch::model::alert::AlertParams::from_spec(&spec.alerting, 300);
+    let f = spec.features.len();
+    let mut rng = fleetwatch::rng::Rng::new(1, 2);
+    let customers: Vec<Vec<Option<f32>>> = (0..1024)
+        .map(|_| (0..f).map(|_| Some(rng.normal() as f32)).collect())
+        .collect();
+    let mut state = vec![[0u8; fleetwatch::state::SLOT_BYTES]; GlobalModel::slots_for(f)];
+    let learn = vec![true; f];
+    let mut out = vec![None; f];
+    let mut group = c.benchmark_group("global_model");
+    group.throughput(Throughput::Elements(customers.len() as u64));
+    group.bench_function("customer_20_features", |b| {
+        b.iter(|| {
+            for (i, z) in customers.iter().enumerate() {
+                g.assess(
+                    &alert,
+                    black_box(z),
+                    1_793_577_600 + i as i64 * 300,
+                    &mut state,
+                    (&learn, &learn),
+                    &mut out,
+                );
+            }
+            black_box(&out);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(kernels, parse, model, routing, predictions, global_model);
 criterion_main!(kernels);

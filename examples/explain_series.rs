@@ -44,7 +44,8 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let id = CustomerId::parse(customer.as_bytes(), b"")?;
     let mut parser = LogParser::new(&spec);
-    let mut slots = vec![[0u8; fleetwatch::state::SLOT_BYTES]; spec.features.len() + 1];
+    let mut slots =
+        vec![[0u8; fleetwatch::state::SLOT_BYTES]; ModelConfig::from_spec(&spec).slots()];
     let priors = vec![FeaturePrior::NONE; spec.features.len()];
     for log in customer_logs(path, customer, id, &mut parser)? {
         let epoch = (log.ts / spec.epoch.length_seconds as i64) as u64;

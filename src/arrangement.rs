@@ -41,7 +41,7 @@ use crate::model::customer::{
 };
 use crate::model::incident::{ACTIVE_EPOCHS, ElementPartial};
 use crate::record::{DeadLetter, LogN, RejectCode, Rejection};
-use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot, blocks_for};
+use crate::state::{BLOCK_SLOTS, Block, SLOT_BYTES, Slot};
 use crate::topology::{Membership, Placement};
 
 /// The trace type of the series-state arrangement.
@@ -218,13 +218,13 @@ impl Restored {
         worker: usize,
         peers: usize,
         features: usize,
+        blocks: usize,
     ) -> Result<Restored, RestoreError> {
         let err = |message: String| RestoreError {
             dir: loaded.dir.display().to_string(),
             message,
         };
         let epoch = loaded.manifest.epoch;
-        let blocks = blocks_for(features);
         let rec = record_bytes(blocks);
         let id_bytes = CustomerId::WIRE_BYTES;
         // (customer, part, offset of its blocks)
@@ -397,7 +397,7 @@ pub fn series_model<'scope, const N: usize>(
         let mut spare: Vec<Vec<LogN<N>>> = Vec::new();
         let mut cohort_stash: BTreeMap<u64, Vec<CohortDelta>> = BTreeMap::new();
         let mut acc = CohortAccumulator::new(config.features);
-        let blocks = blocks_for(config.features);
+        let blocks = config.blocks();
         let mut worker = EpochWorker::new(config.clone(), Arc::clone(&detector), blocks);
         let mut membership = with_topology.then(|| Membership::new(config.features));
         let mut topo_stash: BTreeMap<u64, Vec<TopologyDiff>> = BTreeMap::new();
@@ -976,7 +976,7 @@ impl EpochWorker {
             step_customer(
                 &ctx,
                 customer,
-                &mut self.slots[..=f_count],
+                &mut self.slots[..self.config.slots()],
                 customer_logs,
                 &mut out,
             );

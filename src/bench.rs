@@ -40,6 +40,9 @@ pub struct BenchOptions {
     /// Measure home-wifi's alerting before 2026-12-06 instead of today's: the fast shift statistic on, the
     /// memory of recent point evidence and the shift/variance calibration (whose bytes it takes) off.
     pub fast_shift: bool,
+    /// Without the embedded spec's global model (`[global_model]`): the per-series model alone, for the
+    /// model's cost side by side.
+    pub without_global_model: bool,
     /// Write checkpoints there (and resume from the last complete one found there: a restore
     /// measurement), every `checkpoint_every` epochs.
     pub checkpoint_dir: Option<PathBuf>,
@@ -110,8 +113,13 @@ pub fn peak_rss_bytes() -> u64 {
 /// The embedded home Wi-Fi spec cut to its first `features` features.
 pub fn spec_with_features(features: usize) -> Spec {
     let mut spec = Spec::embedded();
-    spec.features
-        .truncate(features.clamp(1, spec.features.len()));
+    let keep = features.clamp(1, spec.features.len());
+    if keep < spec.features.len() {
+        // The global model is trained for the whole feature list.
+        spec.global_model = None;
+        spec.global = None;
+    }
+    spec.features.truncate(keep);
     if spec.feature_index(&spec.alerting.reboot_feature).is_none() {
         spec.alerting.reboot_feature.clear();
     }
@@ -162,6 +170,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         .map_err(io(format!("reading {}", input.display())))?
         .len();
     let mut spec = spec_with_features(opts.features);
+    if opts.without_global_model {
+        spec.global_model = None;
+        spec.global = None;
+    }
     if opts.fast_shift {
         for (key, value) in [
             ("fast_cusum_h", 5.375),

@@ -214,6 +214,7 @@ fn run_width<const N: usize>(
         epoch_seconds: cfg.spec.epoch.length_seconds,
         inputs: cfg.inputs.names(),
         topology: cfg.topology.is_some(),
+        global_model: cfg.spec.global.is_some(),
     };
     let loaded: Option<Arc<Loaded>> = match &cfg.checkpoint {
         Some(ck) => crate::checkpoint::load_latest(&ck.dir, &identity)?.map(Arc::new),
@@ -403,7 +404,16 @@ fn run_width<const N: usize>(
                     snaps: Rc::clone(&snaps),
                 });
                 let restored = loaded.as_ref().and_then(|l| {
-                    match Restored::take(l, index, peers, cfg.spec.features.len()) {
+                    match Restored::take(
+                        l,
+                        index,
+                        peers,
+                        cfg.spec.features.len(),
+                        crate::state::blocks_for(
+                            cfg.spec.features.len(),
+                            cfg.spec.global.is_some(),
+                        ),
+                    ) {
                         Ok(r) => Some(r),
                         Err(e) => {
                             record_error(&errors, e.to_string());

@@ -76,6 +76,12 @@ pub struct GenerateConfig {
     /// coarse firmware; see [`Habits`]). Off reproduces the fleets of the generator before them, byte for
     /// byte (their random stream is separate).
     pub normal_behaviours: bool,
+    /// Features that move together (a router's link quality: signal, SNR and PHY rates; its load:
+    /// throughput, channel utilisation, CPU and latency) and labelled relationship breaks (one of them moves
+    /// 5–7.5 noise scales for 1–3 epochs while the rest of its group does not: inside its own band, not
+    /// what the others imply). Off reproduces the fleets of the generator before them, byte for byte (their
+    /// random stream is separate).
+    pub relationships: bool,
 }
 
 impl Default for GenerateConfig {
@@ -98,6 +104,7 @@ impl Default for GenerateConfig {
             threads: 0,
             features: 20,
             normal_behaviours: true,
+            relationships: true,
         }
     }
 }
@@ -448,6 +455,8 @@ pub enum InjectedKind {
     StuckValue,
     Dropout,
     Outage,
+    /// One feature of a coupled group moves while the group does not ([`Coupling`]).
+    RelationshipBreak,
 }
 
 impl InjectedKind {
@@ -460,6 +469,7 @@ impl InjectedKind {
             InjectedKind::StuckValue => "stuck_value",
             InjectedKind::Dropout => "dropout",
             InjectedKind::Outage => "outage",
+            InjectedKind::RelationshipBreak => "relationship",
         }
     }
 }
@@ -551,6 +561,76 @@ struct CustomerState {
     anomalies: Vec<Anomaly>,
     element: usize,
     habits: Habits,
+    coupling: Coupling,
+}
+
+/// The coupled features: (feature, group, sign of its loading). Group 0 is the link's quality (a better
+/// link: stronger signal, higher SNR and PHY rates), group 1 the household's load (more traffic: more
+/// throughput, a busier channel and CPU, a longer queue).
+const COUPLED: [(usize, usize, f32); 9] = [
+    (fx::RSSI, 0, 1.0),
+    (fx::SNR, 0, 1.0),
+    (fx::PHY_TX, 0, 1.0),
+    (fx::PHY_RX, 0, 1.0),
+    (fx::THROUGHPUT_DOWN, 1, 1.0),
+    (fx::THROUGHPUT_UP, 1, 1.0),
+    (fx::CHANNEL_UTIL, 1, 1.0),
+    (fx::CPU, 1, 1.0),
+    (fx::WAN_LATENCY, 1, 1.0),
+];
+
+/// Features that move together ([`COUPLED`]): each group has a per-customer AR(1) factor `F_g` (φ = 0.3,
+/// unit variance), and a coupled series' noise is `√(1 − ρ_g²)·own + ρ_g·σ·sign·F_g` — the same marginal
+/// scale as without, a share ρ_g² ∈ [0.75, 0.95] of it in common with its group (a router's SNR is its
+/// signal over its noise floor, its PHY rate follows its SNR; its traffic loads its channel and CPU). Drawn
+/// from its own random stream; inert (ρ = 0) when the fleet has no relationships.
+struct Coupling {
+    rng: Rng,
+    factor: [f32; 2],
+    rho: [f32; 2],
+}
+
+impl Coupling {
+    fn draw(cfg: &GenerateConfig, i: usize) -> Coupling {
+        let mut c = Coupling {
+            rng: Rng::new(cfg.seed, (i as u64 + 1) | (2 << 48)),
+            factor: [0.0; 2],
+            rho: [0.0; 2],
+        };
+        if cfg.relationships {
+            for r in c.rho.iter_mut() {
+                *r = c.rng.range(0.75, 0.95).sqrt() as f32;
+            }
+            for f in c.factor.iter_mut() {
+                *f = c.rng.normal() as f32;
+            }
+        }
+        c
+    }
+
+    fn advance(&mut self) {
+        if self.rho == [0.0; 2] {
+            return;
+        }
+        let phi = 0.3f64;
+        for f in self.factor.iter_mut() {
+            *f = (phi * *f as f64 + (1.0 - phi * phi).sqrt() * self.rng.normal()) as f32;
+        }
+    }
+
+    /// Feature `k`'s (own-noise share, common term in noise units).
+    fn of(&self, k: usize) -> (f64, f64) {
+        match COUPLED.iter().find(|(f, _, _)| *f == k) {
+            Some(&(_, g, sign)) if self.rho[g] > 0.0 => {
+                let r = self.rho[g] as f64;
+                (
+                    (1.0 - r * r).sqrt(),
+                    r * sign as f64 * self.factor[g] as f64,
+                )
+            }
+            _ => (1.0, 0.0),
+        }
+    }
 }
 
 /// The index of a feature of [`FEATURES`] by name, at compile time (a name not in the set does not compile).
@@ -1002,7 +1082,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
                 let l = 6 + rng.below(18) as usize;
                 (l, l, 0.0)
             }
-            InjectedKind::Outage => (0, 0, 0.0),
+            InjectedKind::Outage | InjectedKind::RelationshipBreak => (0, 0, 0.0),
         };
         // The initial fleet has a clean history first; joiners may show anomalies from their third epoch.
         // Anomalies of one series must not overlap (their labels would be ambiguous).
@@ -1064,6 +1144,64 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             anomalies.push(a);
         }
     }
+    let mut coupling = Coupling::draw(cfg, i);
+    if cfg.relationships {
+        let candidates: Vec<usize> = COUPLED
+            .iter()
+            .map(|(k, _, _)| *k)
+            .filter(|k| *k < cfg.features)
+            .collect();
+        let n = poisson(&mut coupling.rng, 0.2 * cfg.anomaly_rate * days);
+        let earliest = if join == 0 {
+            cfg.history_epochs
+        } else {
+            join + 2
+        };
+        for _ in 0..n {
+            let rng = &mut coupling.rng;
+            let (feature, len, magnitude, at) = (
+                candidates.get(rng.below(candidates.len().max(1) as u64) as usize),
+                1 + rng.below(3) as usize,
+                rng.range(5.0, 7.5),
+                rng.f64(),
+            );
+            let down = rng.chance(0.5);
+            let Some(&feature) = feature else { break };
+            if active < 24 || earliest + len + 2 >= cfg.epochs {
+                break;
+            }
+            let start = earliest + (at * (cfg.epochs - earliest - len - 1) as f64) as usize;
+            // Away from a physical bound the move would run into.
+            let p = params[feature].wide();
+            let reach = magnitude * p.noise;
+            let mut sign = if down { -1.0 } else { 1.0 };
+            if let Some((lo, hi)) = FEATURES[feature].shape.bounds() {
+                if sign < 0.0 && p.level - p.daily.abs() - reach < lo {
+                    sign = 1.0;
+                }
+                if sign > 0.0 && p.level + p.daily.abs() + reach > hi {
+                    sign = -1.0;
+                }
+            }
+            let a = Anomaly {
+                feature: Some(feature),
+                kind: InjectedKind::RelationshipBreak,
+                start,
+                len,
+                effect_len: len,
+                magnitude: sign * magnitude,
+                observed: false,
+            };
+            let clash = anomalies.iter().any(|b: &Anomaly| {
+                b.feature == a.feature
+                    && a.start < b.start + b.len.max(b.effect_len.min(cfg.epochs)) + 24
+                    && b.start < a.start + a.len.max(a.effect_len.min(cfg.epochs)) + 24
+            });
+            if !clash {
+                anomalies.push(a);
+            }
+        }
+    }
     CustomerState {
         id,
         partition,
@@ -1082,6 +1220,7 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         element: (i / 50).min(elements.saturating_sub(1)),
         rng,
         habits,
+        coupling,
     }
 }
 
@@ -1156,6 +1295,7 @@ fn step(
     }
     // The router keeps running (and counting uptime) whether or not its log arrives; so do its habits.
     c.habits.advance();
+    c.coupling.advance();
     let rebooted = reboot_draw < c.reboot_rate;
     if rebooted {
         c.uptime = c.rng.range(20.0, 120.0).floor();
@@ -1210,16 +1350,22 @@ fn step(
             mean = away_effect(k, mean);
         }
         mean += c.habits.mean_shift(k) * p.noise;
+
         if congestion > 0.0
             && let Some((_, sign)) = CONGESTED.iter().find(|(f, _)| *f == k)
         {
             mean += sign * congestion * c.habits.scale(k, &p);
         }
-        // Heavy-tailed AR(1) noise.
+        // Heavy-tailed AR(1) noise, its share of the variance when the feature is coupled to others.
+        let (own, common) = c.coupling.of(k);
         let innovation = c.rng.student_t(p.df) * p.noise;
         let ar_state = p.ar * c.ar_state[k] as f64 + (1.0 - p.ar * p.ar).sqrt() * innovation;
         c.ar_state[k] = ar_state as f32;
-        let mut noise = ar_state + c.habits.wander(k) * p.noise;
+        let mut noise = if common == 0.0 && own == 1.0 {
+            ar_state
+        } else {
+            own * ar_state + common * p.noise
+        } + c.habits.wander(k) * p.noise;
         let mut value_override = None;
         let mut spike: Option<(usize, f64)> = None;
         for (i, a) in c.anomalies.iter_mut().enumerate() {
@@ -1255,6 +1401,11 @@ fn step(
                 }
                 InjectedKind::Dropout => value_override = Some(f64::NAN),
                 InjectedKind::Outage => {}
+                // The feature moves, its group does not: inside its own band, not what the others imply.
+                InjectedKind::RelationshipBreak => {
+                    a.observed = true;
+                    mean += a.magnitude * p.noise;
+                }
             }
         }
         // The spike, if there is one, with the mean it leaves out (no other anomaly shares a spike's feature
@@ -1593,8 +1744,10 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> std::io::Result<Generat
     let mut labels: Vec<(i64, String, String, &'static str, i64, i64)> = Vec::new();
     for c in parts_c.iter().flatten() {
         for a in &c.anomalies {
-            if a.kind == InjectedKind::Spike
-                && (!a.observed || corrupted.contains(&(c.id.to_string(), a.start)))
+            if matches!(
+                a.kind,
+                InjectedKind::Spike | InjectedKind::RelationshipBreak
+            ) && (!a.observed || corrupted.contains(&(c.id.to_string(), a.start)))
             {
                 continue;
             }

@@ -65,4 +65,5 @@ pub mod state;
 pub mod stop;
 pub mod timefmt;
 pub mod topology;
+pub mod train;
 pub mod watch;

@@ -111,6 +111,33 @@ enum Command {
         #[command(flatten)]
         kafka_client: KafkaClientArgs,
     },
+    /// Train the global model (one network shared by the fleet, personalised per series) on recorded
+    /// topics or CSV exports; writes its weights (safetensors) and prints a JSON report of the losses.
+    Train {
+        /// Recorded-topic files or CSV exports.
+        #[arg(long = "input", required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// The dataflow spec (default: the embedded home Wi-Fi spec): its features and per-series model.
+        #[arg(long)]
+        dataflow: Option<PathBuf>,
+        /// The weights file to write (e.g. models/home-wifi.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Customer-epochs to sample (a tenth of the customers are held out for validation).
+        #[arg(long, default_value_t = 300_000)]
+        samples: usize,
+        /// Passes over the training samples.
+        #[arg(long, default_value_t = 12)]
+        passes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Hidden units (shared by every feature's output).
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Write a synthetic fleet with labelled anomalies (telemetry.jsonl, labels.jsonl, topology.csv).
     Generate {
         #[arg(long)]
@@ -148,6 +175,10 @@ enum Command {
         /// periods, bursts, coarse firmware): the fleets of the generator before them, byte for byte.
         #[arg(long)]
         without_normal_behaviours: bool,
+        /// Leave out coupled features and their labelled relationship breaks (the fleets of the generator
+        /// before them).
+        #[arg(long)]
+        without_relationships: bool,
         /// Expected element outages (every member silent) per network element per day.
         #[arg(long, default_value_t = 1.0 / 14.0)]
         outage_rate: f64,
@@ -186,6 +217,9 @@ enum Command {
         /// shift/variance calibration (whose bytes it takes) off — the side-by-side cost of the two.
         #[arg(long)]
         fast_shift: bool,
+        /// Without the embedded spec's global model: the per-series model alone (its cost side by side).
+        #[arg(long)]
+        without_global_model: bool,
         /// Write checkpoints into this directory (and resume from the last complete one there: run twice
         /// to measure a restore).
         #[arg(long)]
@@ -611,6 +645,36 @@ fn main() -> Result<()> {
                 report.wall_seconds
             );
         }
+        Command::Train {
+            inputs,
+            dataflow,
+            out,
+            samples,
+            passes,
+            seed,
+            hidden,
+            report,
+        } => {
+            let spec = match &dataflow {
+                Some(p) => fleetwatch::spec::Spec::load_without_model(p)?,
+                None => fleetwatch::spec::Spec::parse_without_model(
+                    fleetwatch::spec::EMBEDDED_HOME_WIFI,
+                    "embedded home-wifi.toml",
+                )?,
+            };
+            let mut opts = fleetwatch::train::TrainOptions::new(inputs, spec, out);
+            opts.samples = samples;
+            opts.passes = passes;
+            opts.seed = seed;
+            opts.hidden = hidden;
+            let r = fleetwatch::train::train(&opts)?;
+            let text = serde_json::to_string_pretty(&r)?;
+            if let Some(p) = report {
+                std::fs::write(&p, format!("{text}\n"))
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            println!("{text}");
+        }
         Command::Generate {
             customers,
             epochs,
@@ -625,6 +689,7 @@ fn main() -> Result<()> {
             history_epochs,
             features,
             without_normal_behaviours,
+            without_relationships,
             outage_rate,
             congestion_rate,
             region_fault_rate,
@@ -647,6 +712,7 @@ fn main() -> Result<()> {
                 history_epochs,
                 features,
                 normal_behaviours: !without_normal_behaviours,
+                relationships: !without_relationships,
                 outage_rate,
                 congestion_rate,
                 region_fault_rate,
@@ -689,6 +755,7 @@ fn main() -> Result<()> {
             input,
             dir,
             fast_shift,
+            without_global_model,
             checkpoint_dir,
             checkpoint_every,
             topology,
@@ -706,6 +773,7 @@ fn main() -> Result<()> {
                 generator: std::env::current_exe().ok(),
                 keep: false,
                 fast_shift,
+                without_global_model,
                 checkpoint_dir,
                 checkpoint_every,
                 topology,

@@ -136,6 +136,13 @@ fn explain_feature(out: &mut String, c: &Change, e: &Evidence) {
                 "the feature stopped reporting while the customer reports".to_string()
             }
             AnomalyKind::Silent => "no log from the customer".to_string(),
+            AnomalyKind::Relationship => format!(
+                "{} {side} what the customer's other features imply for it ({}, the fleet model's \
+                 expectation): {:.2}× the way to that band's edge, while inside this series' own band",
+                fmt3(o),
+                fmt3(x),
+                fraction.abs()
+            ),
         }
     };
     out.push_str(",\"why\":");

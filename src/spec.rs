@@ -33,6 +33,11 @@ pub enum SpecError {
     },
     #[error("spec {path}: {message}")]
     Invalid { path: String, message: String },
+    #[error("spec {path}: {error}")]
+    GlobalModel {
+        path: String,
+        error: Box<crate::model::global::GlobalModelError>,
+    },
 }
 
 /// What to do with a record carrying a feature the spec does not list.
@@ -109,6 +114,36 @@ fn default_min_ts() -> i64 {
 fn default_max_ts() -> i64 {
     4_102_444_800 // 2100-01-01
 }
+
+/// The global model (`[global_model]`, `model::global`): one network shared by the fleet whose residual,
+/// calibrated per series, is each feature's `relationship` evidence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalModelSpec {
+    /// The weights (`fleetwatch train --out`), relative to the spec's folder; the embedded spec's are built in.
+    pub weights: String,
+    /// Off: the weights are neither loaded nor used (the per-series model alone).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The relationship evidence's bar is `margin` × the series' own threshold on its residual (1: the same
+    /// design rate as its point evidence).
+    #[serde(default = "default_global_margin")]
+    pub margin: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_global_margin() -> f64 {
+    1.0
+}
+
+/// Global model weights built into the binary, by the file name a spec gives (for the embedded specs).
+pub const EMBEDDED_WEIGHTS: &[(&str, &[u8])] = &[(
+    "home-wifi.safetensors",
+    include_bytes!("../dataflows/home-wifi.safetensors"),
+)];
 
 /// Checkpoints (used when a run is given `--checkpoint-dir`).
 #[derive(Debug, Clone, Deserialize)]
@@ -409,7 +444,12 @@ pub struct Spec {
     pub kafka: KafkaSpec,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    #[serde(default)]
+    pub global_model: Option<GlobalModelSpec>,
     pub features: Vec<FeatureSpec>,
+    /// The global model's loaded weights (`[global_model]`, when enabled and loaded).
+    #[serde(skip)]
+    pub global: Option<std::sync::Arc<crate::model::global::GlobalModel>>,
 }
 
 /// The spec that ships inside the binary: the home Wi-Fi router fleet of `dataflows/home-wifi.toml`.
@@ -419,17 +459,63 @@ pub const EMBEDDED_HOME_WIFI: &str = include_str!("../dataflows/home-wifi.toml")
 pub const EMBEDDED_NAB: &str = include_str!("../dataflows/nab.toml");
 
 impl Spec {
-    /// Reads and validates a spec file.
+    /// Reads and validates a spec file, and loads the global model's weights it names (beside it).
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let mut spec = Spec::load_without_model(path)?;
+        spec.load_global_model(path.parent(), &path.display().to_string())?;
+        Ok(spec)
+    }
+
+    /// Reads and validates a spec file without loading the global model's weights (`train` makes them).
+    pub fn load_without_model(path: &Path) -> Result<Spec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Spec::parse(&text, &path.display().to_string())
+        Spec::parse_without_model(&text, &path.display().to_string())
     }
 
-    /// Parses and validates spec text; `origin` names it in errors.
+    /// Parses and validates spec text; `origin` names it in errors. A global model's weights are looked up
+    /// among the built-in ones, then relative to the current directory.
     pub fn parse(text: &str, origin: &str) -> Result<Spec, SpecError> {
+        let mut spec = Spec::parse_without_model(text, origin)?;
+        spec.load_global_model(None, origin)?;
+        Ok(spec)
+    }
+
+    /// Loads the `[global_model]` weights (when enabled), checked against the feature list: the file
+    /// relative to `dir` (the spec's folder; the current directory without one), or when that does not exist
+    /// (or no folder is given) and the name is one of the built-in weights, those.
+    pub fn load_global_model(&mut self, dir: Option<&Path>, origin: &str) -> Result<(), SpecError> {
+        use crate::model::global::GlobalModel;
+        self.global = None;
+        let Some(g) = self.global_model.as_ref().filter(|g| g.enabled) else {
+            return Ok(());
+        };
+        let names: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
+        let margin = g.margin as f32;
+        let builtin = EMBEDDED_WEIGHTS
+            .iter()
+            .find(|(n, _)| *n == g.weights)
+            .map(|(_, b)| *b);
+        let path = dir.unwrap_or(Path::new("")).join(&g.weights);
+        // A copy of an embedded spec elsewhere keeps its built-in weights; a file beside it comes first.
+        let loaded = match builtin {
+            Some(bytes) if dir.is_none() || !path.exists() => {
+                GlobalModel::from_bytes(bytes, &g.weights, &names, margin)
+            }
+            _ => GlobalModel::load(&path, &names, margin),
+        }
+        .map_err(|error| SpecError::GlobalModel {
+            path: origin.to_string(),
+            error: Box::new(error),
+        })?;
+        self.global = Some(std::sync::Arc::new(loaded));
+        Ok(())
+    }
+
+    /// Parses and validates spec text without loading the global model's weights.
+    pub fn parse_without_model(text: &str, origin: &str) -> Result<Spec, SpecError> {
         let spec: Spec = toml::from_str(text).map_err(|source| SpecError::Parse {
             path: origin.to_string(),
             source: Box::new(source),
@@ -460,6 +546,11 @@ impl Spec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(g) = &self.global_model
+            && !(g.margin > 0.0 && g.margin.is_finite())
+        {
+            return Err("global_model.margin must be a positive number".into());
+        }
         if self.checkpoint.every == 0 {
             return Err("checkpoint.every must be at least 1".into());
         }

@@ -174,9 +174,21 @@ impl Block {
     }
 }
 
-/// Blocks per customer for `features` series plus the meta slot.
-pub fn blocks_for(features: usize) -> usize {
-    (features + 1).div_ceil(BLOCK_SLOTS)
+/// Slots per customer: `features` series, the meta slot, and with the global model its per-series
+/// calibration (`model::global`, 4 bytes a series).
+pub fn slots_for(features: usize, global: bool) -> usize {
+    features
+        + 1
+        + if global {
+            crate::model::global::GlobalModel::slots_for(features)
+        } else {
+            0
+        }
+}
+
+/// Blocks per customer (see [`slots_for`]).
+pub fn blocks_for(features: usize, global: bool) -> usize {
+    slots_for(features, global).div_ceil(BLOCK_SLOTS)
 }
 
 /// Little-endian fields in a byte buffer (a slot, a detector's state), so the byte layout is the same on every
@@ -497,9 +509,13 @@ mod tests {
         b.set_slot(5, &s);
         assert_eq!(b.slot(5), s);
         assert_eq!(b.slot(4), [0u8; SLOT_BYTES]);
-        assert_eq!(blocks_for(20), 3);
-        assert_eq!(blocks_for(7), 1);
-        assert_eq!(blocks_for(8), 2);
+        assert_eq!(blocks_for(20, false), 3);
+        assert_eq!(blocks_for(7, false), 1);
+        assert_eq!(blocks_for(8, false), 2);
+        // the global model's 120 bytes for 20 series fill the third block's 3 free slots
+        assert_eq!(slots_for(20, true), 24);
+        assert_eq!(blocks_for(20, true), 3);
+        assert_eq!(blocks_for(7, true), 2);
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn eval(out: &std::path::Path, fleet: &std::path::Path) -> serde_json::Value {
 
 /// 600 customers under 12 elements, 4 days: every element has an outage or a congestion every day or so
 /// after the first day and a half (the members' own models, and then the elements' view of them, need that
-/// to mature: a deployment starts from its history).
+/// to mature: a deployment starts from its history). Without the coupled features: on this fleet with them
+/// the congestion evidence raises 7 false incidents instead of 0 (signal, SNR and PHY rates, or throughput
+/// and CPU, of an element's members add up as if they were independent features; QUALITY.md, "The global
+/// model") — a known fault of the incident model, not what this test is about.
 fn element_fault_fleet(fleet: &Path) -> std::path::PathBuf {
     common::generate(
         fleet,
@@ -31,6 +34,7 @@ fn element_fault_fleet(fleet: &Path) -> std::path::PathBuf {
         1152,
         21,
         &[
+            "--without-relationships",
             "--outage-rate",
             "0.4",
             "--congestion-rate",

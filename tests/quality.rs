@@ -36,9 +36,12 @@ fn fleet_of_2000_customers_over_3_days_meets_the_floor() {
         "the fleet carries thousands of labelled anomalies"
     );
     assert!(p >= 0.85, "precision {p}");
-    assert!(rc >= 0.55, "recall {rc}");
+    // (0.613 before the fleet had relationship breaks, which the per-series model cannot see: 0.555 with them
+    // and the global model, 0.542 without it)
+    assert!(rc >= 0.52, "recall {rc}");
     assert!(fa <= 2.5, "false alerts per 1,000 series-days {fa}");
-    // Every kind is detected to a degree, each against its own floor (measured: spike 0.57, level shift 0.39,
+    // Every kind is detected to a degree, each against its own floor (measured: relationship 0.07 — 0.01
+    // without the global model; spike 0.57, level shift 0.39,
     // drift 0.44, variance burst 0.12, stuck value 0.87, dropout 0.99, outage 1.0).
     let floors = [
         ("spike", 0.5),
@@ -48,6 +51,7 @@ fn fleet_of_2000_customers_over_3_days_meets_the_floor() {
         ("stuck_value", 0.8),
         ("dropout", 0.95),
         ("outage", 0.95),
+        ("relationship", 0.04),
     ];
     let kinds = r["by_kind"].as_object().unwrap();
     assert_eq!(kinds.len(), floors.len(), "{:?}", kinds.keys());

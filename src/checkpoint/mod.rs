@@ -226,6 +226,9 @@ pub struct RunIdentity {
     /// Whether the run had a topology (`--topology`): its checkpoints hold the elements' state.
     #[serde(default)]
     pub topology: bool,
+    /// Whether the run had the global model on: its series' calibration is part of the state.
+    #[serde(default)]
+    pub global_model: bool,
 }
 
 /// `MANIFEST.json`.
@@ -607,6 +610,15 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
             with(run.topology)
         )));
     }
+    if m.run.global_model != run.global_model {
+        let with = |g: bool| if g { "with" } else { "without" };
+        return Err(mismatch(format!(
+            "it was taken by a run {} the global model, this run is {} it (its per-series calibration is \
+             part of the state)",
+            with(m.run.global_model),
+            with(run.global_model)
+        )));
+    }
     if m.run.inputs.len() != run.inputs.len() {
         return Err(mismatch(format!(
             "it read {} inputs ({}), this run has {}",
@@ -649,7 +661,8 @@ fn load(path: &Path, run: &RunIdentity) -> Result<Loaded, CheckpointError> {
                 let rec = record_bytes(header.blocks as usize);
                 if header.epoch != m.epoch
                     || header.features as usize != run.features.len()
-                    || header.blocks as usize != crate::state::blocks_for(run.features.len())
+                    || header.blocks as usize
+                        != crate::state::blocks_for(run.features.len(), run.global_model)
                     || p.body.len() as u64 != header.customers * rec as u64
                 {
                     return Err(corrupt(format!(

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alert::{self, AlertParams, Memory, ScoreQuantile, Transition};
 use super::cohort::CohortAccumulator;
+use super::global::Relationship;
 use super::header::{self, OpenAlert, SeriesSlot, Severity};
 use super::{
     AnomalyKind, Assessment, AtBound, DETECTOR_BYTES, Detector, FeaturePrior, Observation,
@@ -73,6 +74,9 @@ pub struct ModelConfig {
     pub calibrate_on_anomalies: bool,
     /// Spec `alerting.customer_alerts`: raise customer-level alerts from the fused feature scores.
     pub customer_alerts: bool,
+    /// The global model (spec `[global_model]`, loaded): its per-series calibration lives in the slots after
+    /// the meta slot.
+    pub global: Option<std::sync::Arc<super::global::GlobalModel>>,
 }
 
 impl ModelConfig {
@@ -105,6 +109,7 @@ impl ModelConfig {
             first_day_margin: spec.alerting.first_day_margin as f32,
             calibrate_on_anomalies: spec.alerting.calibrate_on_anomalies,
             customer_alerts: spec.alerting.customer_alerts,
+            global: spec.global.clone(),
             memory_codes_per_epoch: if spec.alerting.memory_half_life_hours > 0.0 {
                 2048.0 * spec.epoch.length_seconds as f64
                     / (spec.alerting.memory_half_life_hours * 3600.0)
@@ -112,6 +117,16 @@ impl ModelConfig {
                 0.0
             },
         }
+    }
+
+    /// Slots per customer: its series, the meta slot, the global model's calibration.
+    pub fn slots(&self) -> usize {
+        crate::state::slots_for(self.features, self.global.is_some())
+    }
+
+    /// Blocks per customer in the series-state arrangement.
+    pub fn blocks(&self) -> usize {
+        crate::state::blocks_for(self.features, self.global.is_some())
     }
 
     /// What an explanation shows for feature `f`: the prediction and its band, clamped into the feature's
@@ -245,6 +260,11 @@ pub struct StepOut {
     /// caller drains it after each customer.
     pub deviate: bool,
     pub deviations: Vec<(u16, f32)>,
+    /// When set, each stepped customer's normalised residuals `z_f = (x − p)/σ` of the features the global
+    /// model knows go to `samples` (feature, z): what `fleetwatch train` learns from (`model::global`). The
+    /// caller drains it after each customer.
+    pub sample: bool,
+    pub samples: Vec<(u16, f32)>,
 }
 
 /// The customer's meta slot.
@@ -311,8 +331,9 @@ pub struct StepContext<'a> {
     pub epoch: u64,
 }
 
-/// Runs one customer's epoch. `slots` holds `features + 1` slots (the last is the meta slot) and is updated
-/// in place. `logs` must be sorted by `(ts, pos)`.
+/// Runs one customer's epoch. `slots` holds [`ModelConfig::slots`] slots (the series, the meta slot, then
+/// the global model's calibration when it is on) and is updated in place. `logs` must be sorted by
+/// `(ts, pos)`.
 pub fn step_customer<const N: usize>(
     ctx: &StepContext<'_>,
     customer: CustomerId,
@@ -514,6 +535,48 @@ fn step_reported<const N: usize>(
         }
     }
 
+    // The global model: what the customer's features imply about each other, against each series' own
+    // calibration of it (model::global). Known: scored this epoch, not censored, past the first epochs.
+    let mut related: [Option<Relationship>; N] = [None; N];
+    if cfg.global.is_some() || out.sample {
+        let mut z: [Option<f32>; N] = [None; N];
+        let mut learn = [false; N];
+        let mut mature = [false; N];
+        let mut known = 0;
+        for f in 0..f_count {
+            if let Some((a, ..)) = best[f]
+                && !a.censored
+                && a.sigma > 0.0
+                && series[f].seen >= cfg.calibrate_after
+            {
+                let zf = (a.observed - a.expected) / a.sigma;
+                z[f] = Some(zf);
+                learn[f] = true;
+                mature[f] = series[f].seen == u8::MAX;
+                known += 1;
+                if out.sample {
+                    out.samples.push((f as u16, zf));
+                }
+            }
+        }
+        // (a caller that passes only the series and the meta slot runs without it)
+        if let Some(g) = cfg.global.as_deref()
+            && known >= 2
+            && let Some(state) = slots
+                .get_mut(f_count + 1..)
+                .filter(|s| s.len() >= super::global::GlobalModel::slots_for(f_count))
+        {
+            g.assess(
+                &cfg.alert,
+                &z[..f_count],
+                max_ts,
+                state,
+                (&learn[..f_count], &mature[..f_count]),
+                &mut related[..f_count],
+            );
+        }
+    }
+
     let in_grace = meta.reboot != 0 && e + 1 - meta.reboot as u64 <= cfg.reboot_grace as u64;
     let first_evidence = out.evidence.len();
     let mut fused = CustomerScore::default();
@@ -544,7 +607,25 @@ fn step_reported<const N: usize>(
                     customer_score: 0.0,
                     top: [TopFeature::NONE; 3],
                 };
-                (score, kind, Some(ev), unremembered)
+                match (related[f], cfg.global.as_deref()) {
+                    // A mature series inside its own band whose value the customer's other features do
+                    // not imply: the relationship evidence, with the global model's expectation and band.
+                    (Some(r), Some(g))
+                        if unremembered < 1.0 && r.evidence > score && s.seen == u8::MAX =>
+                    {
+                        let expected = a.expected + r.expected_z * a.sigma;
+                        let half = r.bar * g.net.residual_scale[f] * a.sigma;
+                        let ev = Evidence {
+                            score: r.evidence,
+                            expected,
+                            lower: expected - half,
+                            upper: expected + half,
+                            ..ev
+                        };
+                        (r.evidence, AnomalyKind::Relationship, Some(ev), r.evidence)
+                    }
+                    _ => (score, kind, Some(ev), unremembered),
+                }
             } else if s.miss_run >= cfg.dropout_logs && s.seen >= cfg.warm_for_dropout {
                 let (p, sigma) = ctx.detector.predict(&s.detector, max_ts, cfg.transforms[f]);
                 let bar = cfg.alert.bar(s.q);

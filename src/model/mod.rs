@@ -11,6 +11,8 @@
 //!   a new series its prior until its own model is warm.
 //! * [`customer`] — one customer's epoch: dedupe, reboot detection, every feature's detector, dropout and
 //!   silence, alert transitions, cohort contributions.
+//! * [`global`] — the global model: one network shared by the fleet says what a customer's features imply
+//!   about each other; its residual, calibrated per series, is the `relationship` evidence.
 //! * [`incident`] — a network element's epoch against its own learned normal: outages, many members
 //!   alerting, congestion (members moving together, each a little).
 
@@ -18,6 +20,7 @@ pub mod alert;
 pub mod cohort;
 pub mod customer;
 pub mod ewma;
+pub mod global;
 pub mod header;
 pub mod incident;
 pub mod registry;
@@ -57,10 +60,13 @@ pub enum AnomalyKind {
     Silent,
     /// A value outside everything the series ever showed, by more than a tolerance of that range.
     OutOfRange,
+    /// The feature no longer fits the customer's other features (the global model, [`global`]): each may
+    /// be inside its own band.
+    Relationship,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 7] = [
+    pub const ALL: [AnomalyKind; 8] = [
         AnomalyKind::Spike,
         AnomalyKind::LevelShift,
         AnomalyKind::VarianceBurst,
@@ -68,6 +74,7 @@ impl AnomalyKind {
         AnomalyKind::Dropout,
         AnomalyKind::Silent,
         AnomalyKind::OutOfRange,
+        AnomalyKind::Relationship,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +86,7 @@ impl AnomalyKind {
             AnomalyKind::Dropout => "dropout",
             AnomalyKind::Silent => "silent",
             AnomalyKind::OutOfRange => "out_of_range",
+            AnomalyKind::Relationship => "relationship",
         }
     }
 
