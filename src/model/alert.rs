@@ -440,6 +440,18 @@ impl AlertParams {
         }
     }
 
+    /// One side of [`AlertParams::bar`]: the threshold above the prediction (`upward`) or below it, without
+    /// computing the other side and the tail factor.
+    #[inline]
+    pub fn threshold_on(&self, q: Quantiles, upward: bool) -> f32 {
+        let q = q.or_initial();
+        if upward == (q.up >= q.dn) {
+            self.threshold_of_codes(q.up.max(q.dn), q.lo)
+        } else {
+            self.threshold_of_codes(((q.up as u32 + q.dn as u32) / 2) as u16, q.lo)
+        }
+    }
+
     /// The spec's alerting parameters for epochs of `epoch_seconds`: the threshold's design rate per
     /// observation is `threshold_false_alarms_per_1000_series_days` spread over a day's epochs.
     pub fn from_spec(a: &AlertSpec, epoch_seconds: u64) -> Self {

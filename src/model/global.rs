@@ -316,7 +316,7 @@ impl GlobalModel {
             }
             let q = Self::quantiles(state, f);
             let u = (x[f] - zh[f]) / self.net.residual_scale[f];
-            let bar = self.margin * alert.bar(q).threshold(u > 0.0);
+            let bar = self.margin * alert.threshold_on(q, u > 0.0);
             if learn[f] {
                 Self::set_quantiles(state, f, alert.update_quantiles(q, u, mature[f]));
             }
@@ -612,6 +612,15 @@ mod tests {
         let (r0, r1) = (out[0].unwrap(), out[1].unwrap());
         // a fresh series' bar is the spec's Gaussian threshold on both sides
         let t = alert.bar(Quantiles::INITIAL);
+        let skewed = Quantiles {
+            up: 36_000,
+            dn: 35_000,
+            lo: 33_000,
+        };
+        for q in [Quantiles::INITIAL, skewed] {
+            assert_eq!(alert.threshold_on(q, true), alert.bar(q).up);
+            assert_eq!(alert.threshold_on(q, false), alert.bar(q).down);
+        }
         assert_eq!(r0.bar, t.down);
         assert_eq!(r1.bar, t.up);
         assert!((r0.evidence - 1.0 / t.down).abs() < 1e-6);
