@@ -116,8 +116,7 @@ pub fn spec_with_features(features: usize) -> Spec {
     let keep = features.clamp(1, spec.features.len());
     if keep < spec.features.len() {
         // The global model is trained for the whole feature list.
-        spec.global_model = None;
-        spec.global = None;
+        spec.drop_global_model();
     }
     spec.features.truncate(keep);
     if spec.feature_index(&spec.alerting.reboot_feature).is_none() {
@@ -171,8 +170,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         .len();
     let mut spec = spec_with_features(opts.features);
     if opts.without_global_model {
-        spec.global_model = None;
-        spec.global = None;
+        spec.drop_global_model();
     }
     if opts.fast_shift {
         for (key, value) in [

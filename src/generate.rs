@@ -1043,6 +1043,12 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
     let mut anomalies = Vec::new();
     let n = poisson(&mut rng, cfg.anomaly_rate * days);
     let active = cfg.epochs.saturating_sub(join);
+    // The initial fleet has a clean history first; joiners may show anomalies from their third epoch.
+    let earliest = if join == 0 {
+        cfg.history_epochs
+    } else {
+        join + 2
+    };
     for _ in 0..n {
         if active < 24 {
             break;
@@ -1084,13 +1090,6 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             }
             InjectedKind::Outage | InjectedKind::RelationshipBreak => (0, 0, 0.0),
         };
-        // The initial fleet has a clean history first; joiners may show anomalies from their third epoch.
-        // Anomalies of one series must not overlap (their labels would be ambiguous).
-        let earliest = if join == 0 {
-            cfg.history_epochs
-        } else {
-            join + 2
-        };
         if earliest + len + 2 >= cfg.epochs {
             continue;
         }
@@ -1104,12 +1103,10 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
         // Shifts and drifts move away from a physical bound they would otherwise run into (a percentage
         // pushed below zero just sits at zero: that is not the anomaly being labelled).
-        if let Some((lo, hi)) = FEATURES[feature].shape.bounds()
-            && matches!(
-                kind,
-                InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike
-            )
-        {
+        if matches!(
+            kind,
+            InjectedKind::LevelShift | InjectedKind::Drift | InjectedKind::Spike
+        ) {
             let p = params[feature].wide();
             let reach = magnitude
                 * if kind == InjectedKind::Spike {
@@ -1117,32 +1114,21 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
                 } else {
                     habits.scale(feature, &p)
                 };
-            let low = p.level - p.daily.abs() - reach;
-            let high = p.level + p.daily.abs() + reach;
-            if sign < 0.0 && low < lo {
-                sign = 1.0;
-            }
-            if sign > 0.0 && high > hi {
-                sign = -1.0;
-            }
+            sign = away_from_bounds(feature, &p, reach, sign);
         }
-        let a = Anomaly {
-            feature: Some(feature),
-            kind,
-            start,
-            len,
-            effect_len,
-            magnitude: sign * magnitude,
-            observed: false,
-        };
-        let clash = anomalies.iter().any(|b: &Anomaly| {
-            b.feature == a.feature
-                && a.start < b.start + b.len.max(b.effect_len.min(cfg.epochs)) + 24
-                && b.start < a.start + a.len.max(a.effect_len.min(cfg.epochs)) + 24
-        });
-        if !clash {
-            anomalies.push(a);
-        }
+        push_unless_clash(
+            &mut anomalies,
+            Anomaly {
+                feature: Some(feature),
+                kind,
+                start,
+                len,
+                effect_len,
+                magnitude: sign * magnitude,
+                observed: false,
+            },
+            cfg.epochs,
+        );
     }
     let mut coupling = Coupling::draw(cfg, i);
     if cfg.relationships {
@@ -1152,11 +1138,6 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
             .filter(|k| *k < cfg.features)
             .collect();
         let n = poisson(&mut coupling.rng, 0.2 * cfg.anomaly_rate * days);
-        let earliest = if join == 0 {
-            cfg.history_epochs
-        } else {
-            join + 2
-        };
         for _ in 0..n {
             let rng = &mut coupling.rng;
             let (feature, len, magnitude, at) = (
@@ -1171,35 +1152,26 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
                 break;
             }
             let start = earliest + (at * (cfg.epochs - earliest - len - 1) as f64) as usize;
-            // Away from a physical bound the move would run into.
             let p = params[feature].wide();
-            let reach = magnitude * p.noise;
-            let mut sign = if down { -1.0 } else { 1.0 };
-            if let Some((lo, hi)) = FEATURES[feature].shape.bounds() {
-                if sign < 0.0 && p.level - p.daily.abs() - reach < lo {
-                    sign = 1.0;
-                }
-                if sign > 0.0 && p.level + p.daily.abs() + reach > hi {
-                    sign = -1.0;
-                }
-            }
-            let a = Anomaly {
-                feature: Some(feature),
-                kind: InjectedKind::RelationshipBreak,
-                start,
-                len,
-                effect_len: len,
-                magnitude: sign * magnitude,
-                observed: false,
-            };
-            let clash = anomalies.iter().any(|b: &Anomaly| {
-                b.feature == a.feature
-                    && a.start < b.start + b.len.max(b.effect_len.min(cfg.epochs)) + 24
-                    && b.start < a.start + a.len.max(a.effect_len.min(cfg.epochs)) + 24
-            });
-            if !clash {
-                anomalies.push(a);
-            }
+            let sign = away_from_bounds(
+                feature,
+                &p,
+                magnitude * p.noise,
+                if down { -1.0 } else { 1.0 },
+            );
+            push_unless_clash(
+                &mut anomalies,
+                Anomaly {
+                    feature: Some(feature),
+                    kind: InjectedKind::RelationshipBreak,
+                    start,
+                    len,
+                    effect_len: len,
+                    magnitude: sign * magnitude,
+                    observed: false,
+                },
+                cfg.epochs,
+            );
         }
     }
     CustomerState {
@@ -1221,6 +1193,33 @@ fn new_customer(cfg: &GenerateConfig, i: usize, elements: usize) -> CustomerStat
         rng,
         habits,
         coupling,
+    }
+}
+
+/// The direction `sign` of a move of `reach` from feature `k`'s level (and its daily swing), turned away
+/// from a physical bound of the feature it would otherwise run into.
+fn away_from_bounds(k: usize, p: &SeriesParams, reach: f64, mut sign: f64) -> f64 {
+    if let Some((lo, hi)) = FEATURES[k].shape.bounds() {
+        if sign < 0.0 && p.level - p.daily.abs() - reach < lo {
+            sign = 1.0;
+        }
+        if sign > 0.0 && p.level + p.daily.abs() + reach > hi {
+            sign = -1.0;
+        }
+    }
+    sign
+}
+
+/// Adds `a` unless it comes within 24 epochs of an anomaly of the same series (their labels would be
+/// ambiguous).
+fn push_unless_clash(anomalies: &mut Vec<Anomaly>, a: Anomaly, epochs: usize) {
+    let clash = anomalies.iter().any(|b| {
+        b.feature == a.feature
+            && a.start < b.start + b.len.max(b.effect_len.min(epochs)) + 24
+            && b.start < a.start + a.len.max(a.effect_len.min(epochs)) + 24
+    });
+    if !clash {
+        anomalies.push(a);
     }
 }
 

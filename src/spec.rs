@@ -514,6 +514,12 @@ impl Spec {
         Ok(())
     }
 
+    /// The per-series model alone: no `[global_model]` and no weights.
+    pub fn drop_global_model(&mut self) {
+        self.global_model = None;
+        self.global = None;
+    }
+
     /// Parses and validates spec text without loading the global model's weights.
     pub fn parse_without_model(text: &str, origin: &str) -> Result<Spec, SpecError> {
         let spec: Spec = toml::from_str(text).map_err(|source| SpecError::Parse {

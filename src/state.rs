@@ -175,7 +175,7 @@ impl Block {
 }
 
 /// Slots per customer: `features` series, the meta slot, and with the global model its per-series
-/// calibration (`model::global`, 4 bytes a series).
+/// calibration (`model::global`, 6 bytes a series).
 pub fn slots_for(features: usize, global: bool) -> usize {
     features
         + 1

@@ -21,7 +21,7 @@
 //! the same weights file, byte for byte (tested).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -287,11 +287,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::checkpoint::part::write_file_durably(path, bytes).map_err(err)
 }
 
 /// Training and validation samples, and (logs, customers, candidates) read.

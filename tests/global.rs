@@ -7,13 +7,18 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-/// The embedded home Wi-Fi spec with its `[global_model]` pointing at `weights` (or switched off).
-fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(concat!(
+/// The home Wi-Fi spec's text (dataflows/home-wifi.toml, the embedded one).
+fn home_wifi() -> String {
+    std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/dataflows/home-wifi.toml"
     ))
-    .unwrap();
+    .unwrap()
+}
+
+/// The embedded home Wi-Fi spec with its `[global_model]` pointing at `weights` (or switched off).
+fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
+    let text = home_wifi();
     let text = match weights {
         Some(w) => text.replace(
             "weights = \"home-wifi.safetensors\"",
@@ -143,11 +148,7 @@ fn weights_for_another_feature_list_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::generate(&dir.path().join("fleet"), 5, 20, 1, &["--features", "4"]);
     // The home Wi-Fi weights (20 features) named by a 4-feature spec.
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dataflows/home-wifi.toml"
-    ))
-    .unwrap();
+    let text = home_wifi();
     let cut = text.find("[[features]]").unwrap();
     let mut spec = text[..cut].replace(
         "weights = \"home-wifi.safetensors\"",

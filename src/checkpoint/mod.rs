@@ -407,19 +407,10 @@ fn write_manifest(
         source: std::io::Error::other(e.to_string()),
     })?;
     let path = d.join(MANIFEST);
-    let tmp = d.join(format!("{MANIFEST}.tmp"));
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| CheckpointError::Io { path: p, source }
-    };
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&text).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    part::sync_dir(&d)?;
+    part::write_file_durably(&path, &text).map_err(|source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(bytes)
 }
 

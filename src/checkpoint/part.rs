@@ -68,6 +68,21 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Writes a small file whole and durably: a temporary name beside it, sync, rename, directory sync (the
+/// checkpoint manifest, a trained model's weights).
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_name(path);
+    let f = File::create(&tmp)?;
+    f.write_all_at(bytes, 0)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Syncs a directory, so that a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     File::open(dir)

@@ -59,6 +59,7 @@
 use super::AnomalyKind;
 use super::header::{OpenAlert, Severity};
 use crate::spec::AlertSpec;
+use crate::state::le;
 
 /// Initial estimates of the side and body quantiles (those of N(0,1) and |N(0,1)|).
 pub const Q0_HI: f32 = 2.24;
@@ -101,6 +102,25 @@ impl Quantiles {
         dn: C0_HI,
         lo: C0_LO,
     };
+
+    /// The three codes stored little-endian at `b[at..at + 6]` (up, dn, lo): a series header's layout, and
+    /// the global model's per-series calibration.
+    #[inline(always)]
+    pub fn read_le(b: &[u8], at: usize) -> Quantiles {
+        Quantiles {
+            up: le::u16(b, at),
+            dn: le::u16(b, at + 2),
+            lo: le::u16(b, at + 4),
+        }
+    }
+
+    /// Stores the three codes as [`Quantiles::read_le`] reads them.
+    #[inline(always)]
+    pub fn write_le(self, b: &mut [u8], at: usize) {
+        le::set_u16(b, at, self.up);
+        le::set_u16(b, at + 2, self.dn);
+        le::set_u16(b, at + 4, self.lo);
+    }
 
     /// The code of a quantile value (for tests and tools).
     pub fn code(q: f32) -> u16 {

@@ -43,7 +43,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::alert::{AlertParams, Quantiles};
-use crate::state::{SLOT_BYTES, Slot, le};
+use crate::record::MAX_FEATURES;
+use crate::state::{SLOT_BYTES, Slot};
 
 /// The weights file format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 2;
@@ -55,8 +56,6 @@ pub const TIME_INPUTS: usize = 4;
 pub const Z_CLIP: f32 = 6.0;
 /// The largest hidden layer the inference kernel holds on its stack.
 pub const MAX_HIDDEN: usize = 128;
-/// Features a spec may have (`record::MAX_FEATURES`).
-pub const MAX_FEATURES: usize = 64;
 const MAX_INPUTS: usize = 2 * MAX_FEATURES + TIME_INPUTS;
 /// Bytes of per-series state: the residual's quantiles `q_up`, `q_dn`, `q_lo` (log-codes).
 pub const SERIES_BYTES: usize = 6;
@@ -272,22 +271,19 @@ impl GlobalModel {
         (features * SERIES_BYTES).div_ceil(SLOT_BYTES)
     }
 
+    /// Series `f`'s slot and offset in the customer's global slots (6 divides 48: none straddles two).
+    fn place(f: usize) -> (usize, usize) {
+        (f * SERIES_BYTES / SLOT_BYTES, f * SERIES_BYTES % SLOT_BYTES)
+    }
+
     fn quantiles(state: &[Slot], f: usize) -> Quantiles {
-        let (slot, at) = (f * SERIES_BYTES / SLOT_BYTES, f * SERIES_BYTES % SLOT_BYTES);
-        let s = &state[slot];
-        Quantiles {
-            up: le::u16(s, at),
-            dn: le::u16(s, at + 2),
-            lo: le::u16(s, at + 4),
-        }
+        let (slot, at) = Self::place(f);
+        Quantiles::read_le(&state[slot], at)
     }
 
     fn set_quantiles(state: &mut [Slot], f: usize, q: Quantiles) {
-        let (slot, at) = (f * SERIES_BYTES / SLOT_BYTES, f * SERIES_BYTES % SLOT_BYTES);
-        let s = &mut state[slot];
-        le::set_u16(s, at, q.up);
-        le::set_u16(s, at + 2, q.dn);
-        le::set_u16(s, at + 4, q.lo);
+        let (slot, at) = Self::place(f);
+        q.write_le(&mut state[slot], at);
     }
 
     /// Runs the network over one customer's `z` (`None`: unknown) at `ts`, then scores each known

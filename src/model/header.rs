@@ -123,11 +123,7 @@ impl SeriesSlot {
         detector.copy_from_slice(&slot[HEADER_BYTES..SLOT_BYTES]);
         SeriesSlot {
             last_epoch: le::u16(slot, 0),
-            q: Quantiles {
-                up: le::u16(slot, 2),
-                dn: le::u16(slot, 4),
-                lo: le::u16(slot, 6),
-            },
+            q: Quantiles::read_le(slot, 2),
             seen: slot[8],
             alert: decode_alert(slot[9] & 0x3F),
             maturity: slot[9] >> 6,
@@ -142,9 +138,7 @@ impl SeriesSlot {
     pub fn encode(&self) -> Slot {
         let mut slot = [0u8; SLOT_BYTES];
         le::set_u16(&mut slot, 0, self.last_epoch);
-        le::set_u16(&mut slot, 2, self.q.up);
-        le::set_u16(&mut slot, 4, self.q.dn);
-        le::set_u16(&mut slot, 6, self.q.lo);
+        self.q.write_le(&mut slot, 2);
         slot[8] = self.seen;
         slot[9] = encode_alert(self.alert) | (self.maturity.min(3) << 6);
         slot[10] = self.clear_run;
