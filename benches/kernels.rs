@@ -154,11 +154,11 @@ fn predictions(c: &mut Criterion) {
 /// network over a batch in `scripts/global_model_numpy.py` (BENCHMARKS.md: the two side by side).
 fn global_model(c: &mut Criterion) {
     use fleetwatch::model::global::GlobalModel;
-    let spec = fleetwatch::spec::Spec::embedded();
-    let g = spec
-        .global
-        .clone()
-        .expect("the embedded spec has a global model");
+    // The embedded spec ships its global model off: switched on here with its built-in weights.
+    let mut spec = fleetwatch::spec::Spec::embedded();
+    spec.enable_global_model(None, "embedded")
+        .expect("the embedded spec's built-in weights load");
+    let g = spec.global.clone().expect("switched on above");
     let alert = fleetwatch::model::alert::AlertParams::from_spec(&spec.alerting, 300);
     let f = spec.features.len();
     let mut rng = fleetwatch::rng::Rng::new(1, 2);

@@ -128,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         group_incidents: false,
         watch: None,
         serving: Default::default(),
+        shadow: None,
     };
     let run = commands::run_with(&opts, &registry)?;
     let eval = commands::eval(&dir.join("labels.jsonl"), &opts.output)?;

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         group_incidents: false,
         watch: None,
         serving: Default::default(),
+        shadow: None,
     };
     let run = commands::run(&opts)?;
     println!(

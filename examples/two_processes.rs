@@ -29,6 +29,7 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         group_incidents: false,
         watch: None,
         serving: Default::default(),
+        shadow: None,
     }
 }
 

@@ -40,9 +40,12 @@ pub struct BenchOptions {
     /// Measure home-wifi's alerting before 2026-12-06 instead of today's: the fast shift statistic on, the
     /// memory of recent point evidence and the shift/variance calibration (whose bytes it takes) off.
     pub fast_shift: bool,
-    /// Without the embedded spec's global model (`[global_model]`): the per-series model alone, for the
-    /// model's cost side by side.
-    pub without_global_model: bool,
+    /// With the embedded spec's global model switched on (`[global_model]`, off by default): the model's
+    /// cost side by side with the per-series model alone.
+    pub global_model: bool,
+    /// Run the spec without its global model as a shadow variant beside it (its output in `dir`): with
+    /// `global_model`, the model's A/B in one dataflow.
+    pub shadow: bool,
     /// Write checkpoints there (and resume from the last complete one found there: a restore
     /// measurement), every `checkpoint_every` epochs.
     pub checkpoint_dir: Option<PathBuf>,
@@ -169,8 +172,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         .map_err(io(format!("reading {}", input.display())))?
         .len();
     let mut spec = spec_with_features(opts.features);
-    if opts.without_global_model {
-        spec.drop_global_model();
+    if opts.global_model && spec.global_model.is_none() {
+        return Err(CommandError::Usage(
+            "--global-model needs all 20 features (its weights are trained for the whole list)"
+                .into(),
+        ));
+    }
+    if opts.global_model {
+        spec.enable_global_model(None, "the embedded home-wifi spec")?;
     }
     if opts.fast_shift {
         for (key, value) in [
@@ -188,6 +197,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
     let detector = Registry::builtin()
         .build(&spec.detector.name, &spec.detector.params)
         .map_err(CommandError::Usage)?;
+    let shadow = opts.shadow.then(|| {
+        let mut s = spec.clone();
+        s.drop_global_model();
+        (s, Arc::clone(&detector))
+    });
     let size = Arc::new(StateSize::default());
     let publish = crate::commands::start_serving(&opts.serving, &spec, None, opts.workers.max(1))?;
     let cfg = RunConfig {
@@ -220,6 +234,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         group_incidents: false,
         watch: None,
         publish,
+        shadow: shadow.map(|(spec, detector)| crate::dataflow::Shadow {
+            spec,
+            detector,
+            output: dir.join("shadow.jsonl"),
+        }),
     };
     let run = crate::dataflow::run(cfg, timely::Config::process(opts.workers.max(1)), 0)?;
     let peak = peak_rss_bytes();

@@ -88,6 +88,17 @@ pub struct RunOptions {
     pub watch: Option<Arc<crate::watch::Watch>>,
     /// The live query API and the Parquet files of every prediction ([`crate::serving`]).
     pub serving: ServingOptions,
+    /// A shadow variant on the same records ([`crate::dataflow::Shadow`]).
+    pub shadow: Option<ShadowOptions>,
+}
+
+/// `run --shadow SPEC --shadow-output FILE`.
+#[derive(Debug, Clone)]
+pub struct ShadowOptions {
+    /// The shadow's spec (its weights, if any, beside it).
+    pub dataflow: PathBuf,
+    /// Where its changes and summaries go (a file: JSON lines, like `--output`'s).
+    pub output: PathBuf,
 }
 
 /// `run --serve ADDR [--serve-token-file F] --predictions DIR [--predictions-every N]`.
@@ -441,6 +452,40 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         }
         None => None,
     };
+    let shadow = match &opts.shadow {
+        Some(sh) => {
+            if opts.checkpoint_dir.is_some() {
+                return Err(CommandError::Usage(
+                    "--shadow cannot be combined with --checkpoint-dir (a shadow variant is not \
+                     checkpointed: run the A/B on a replay, or without checkpoints)"
+                        .into(),
+                ));
+            }
+            if sh.output == opts.output || opts.dead_letter.as_ref() == Some(&sh.output) {
+                return Err(CommandError::Usage(
+                    "--shadow-output must be another file than --output and --dead-letter".into(),
+                ));
+            }
+            let shadow_spec = Spec::load(&sh.dataflow)?;
+            spec.check_shadow(&shadow_spec).map_err(|m| {
+                CommandError::Usage(format!("--shadow {}: {m}", sh.dataflow.display()))
+            })?;
+            let detector = registry
+                .build(&shadow_spec.detector.name, &shadow_spec.detector.params)
+                .map_err(|m| {
+                    CommandError::Usage(format!(
+                        "[detector] in the shadow spec {}: {m}",
+                        sh.dataflow.display()
+                    ))
+                })?;
+            Some(crate::dataflow::Shadow {
+                spec: shadow_spec,
+                detector,
+                output: sh.output.clone(),
+            })
+        }
+        None => None,
+    };
     let cfg = RunConfig {
         inputs,
         outputs,
@@ -463,6 +508,7 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         group_incidents: opts.group_incidents,
         watch: opts.watch.clone(),
         publish,
+        shadow,
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
 }
@@ -581,6 +627,10 @@ pub struct DemoReport {
     pub run: RunReport,
     pub eval: EvalReport,
     pub changes: Vec<String>,
+    /// The shadow variant: the embedded spec as it is (the global model off), its figures, and the two
+    /// runs' alerts compared.
+    pub shadow_eval: EvalReport,
+    pub compare: crate::compare::CompareReport,
 }
 
 /// `fleetwatch demo`: generates a small fleet, runs the embedded spec on two workers, and evaluates.
@@ -598,8 +648,27 @@ pub fn demo(
         ..Default::default()
     };
     generate(&gen_cfg, dir)?;
+    // The embedded spec with its global model switched on runs; the embedded spec as it is (the model off
+    // by default) runs beside it as a shadow variant, on the same records in the same dataflow.
+    let write = |name: &str, text: String| -> Result<PathBuf, CommandError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| CommandError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })?;
+        Ok(path)
+    };
+    let embedded = crate::spec::EMBEDDED_HOME_WIFI;
+    let with_model = embedded.replacen("\nenabled = false\n", "\nenabled = true\n", 1);
+    if with_model == embedded {
+        return Err(CommandError::Usage(
+            "the embedded spec's [global_model] is not `enabled = false` as demo expects".into(),
+        ));
+    }
+    let with_model = write("home-wifi-global-model.toml", with_model)?;
+    let without = write("home-wifi.toml", embedded.to_string())?;
     let opts = RunOptions {
-        dataflow: None,
+        dataflow: Some(with_model),
         inputs: vec![dir.join("telemetry.jsonl")],
         output: dir.join("changes.jsonl"),
         dead_letter: Some(dir.join("dead-letters.jsonl")),
@@ -614,9 +683,16 @@ pub fn demo(
         group_incidents: false,
         watch: None,
         serving: Default::default(),
+        shadow: Some(ShadowOptions {
+            dataflow: without,
+            output: dir.join("changes-without-global-model.jsonl"),
+        }),
     };
     let run = run(&opts)?;
+    let shadow_output = dir.join("changes-without-global-model.jsonl");
+    let shadow_eval = eval(&dir.join("labels.jsonl"), &shadow_output)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;
+    let compare = crate::compare::compare_files(&opts.output, &shadow_output)?;
     let text = std::fs::read_to_string(&opts.output).map_err(|source| CommandError::Io {
         context: format!("reading {}", opts.output.display()),
         source,
@@ -631,6 +707,8 @@ pub fn demo(
         run,
         eval,
         changes,
+        shadow_eval,
+        compare,
     })
 }
 
@@ -746,6 +824,7 @@ pub fn replay_watching(
         group_incidents: settings.group_incidents,
         watch: Some(Arc::clone(&watch)),
         serving: Default::default(),
+        shadow: None,
     };
     if opts.inputs.iter().any(|p| kafka_address(p).is_some()) {
         return Err(CommandError::Usage(

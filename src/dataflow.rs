@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use differential_dataflow::AsCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Exchange as _;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
@@ -144,6 +145,20 @@ pub struct RunConfig {
     /// `--serve` and `--predictions`: the epoch views the series model publishes, and the open alerts the
     /// sink keeps for queries ([`crate::serving`]).
     pub publish: crate::serving::Publish,
+    /// `--shadow`: a second spec's model on the same records, its changes to its own file.
+    pub shadow: Option<Shadow>,
+}
+
+/// A shadow variant (`run --shadow SPEC --shadow-output FILE`): a second series model (another spec's
+/// parameters, detector or global model) in the same dataflow, fed by the same source and the same exchange
+/// by customer, with its own cohort loop, arrangement of open anomalies and sink. Its output has the same
+/// lines as the run's (changes, summaries, end) and no dead letters (the run writes those). The spec must
+/// pass [`Spec::check_shadow`]; a shadow has no checkpoints, incidents, serving or metrics of its own.
+#[derive(Clone)]
+pub struct Shadow {
+    pub spec: Spec,
+    pub detector: Arc<dyn Detector>,
+    pub output: PathBuf,
 }
 
 /// Totals of a run, as seen by the worker that wrote the output.
@@ -170,6 +185,8 @@ pub struct RunReport {
     pub epoch_ids: Vec<u64>,
     /// A graceful stop: the epoch the run ended after (a checkpoint there, with `--checkpoint-dir`).
     pub stopped_after: Option<u64>,
+    /// The shadow variant's totals (`--shadow`), as its sink counted them.
+    pub shadow: Option<Box<RunReport>>,
 }
 
 type Shared<T> = Arc<Mutex<Option<T>>>;
@@ -268,6 +285,26 @@ fn run_width<const N: usize>(
             *g = Some(opened);
         }
     }
+    let shadow_output: Shared<(Box<dyn Output>, Option<u64>)> = Arc::new(Mutex::new(None));
+    if let Some(sh) = &cfg.shadow {
+        if let Err(m) = cfg.spec.check_shadow(&sh.spec) {
+            return Err(RunError::Worker(format!(
+                "the shadow spec {}: {m}",
+                sh.spec.name
+            )));
+        }
+        if cfg.checkpoint.is_some() {
+            return Err(RunError::Worker(
+                "a shadow variant is not checkpointed: run it without --checkpoint-dir".into(),
+            ));
+        }
+        if process == 0
+            && let Ok(mut g) = shadow_output.lock()
+        {
+            *g = Some((Box::new(FileOutput::create(&sh.output, None)?), None));
+        }
+    }
+    let shadow_report: Shared<RunReport> = Arc::new(Mutex::new(None));
     // Every recorded-topic input is read once per process and shared by its workers.
     let local_workers = match &timely.communication {
         timely::CommunicationConfig::Thread => 1,
@@ -314,11 +351,13 @@ fn run_width<const N: usize>(
     let loaded = Arc::new(Mutex::new((loaded, local_workers)));
     let started = Instant::now();
     let cfg_stop = Arc::clone(&cfg.stop);
+    let cfg_shadow = cfg.shadow.is_some();
     {
         let pending = Arc::clone(&pending);
         let to_coordinator = to_coordinator.clone();
         let errors = Arc::clone(&errors);
         let report = Arc::clone(&report);
+        let shadow_report = Arc::clone(&shadow_report);
         let (builders, others) =
             crate::cluster::communication(&timely.communication, cfg.connect_timeout)?;
         let worker_config = timely.worker.clone();
@@ -394,6 +433,14 @@ fn run_width<const N: usize>(
                 } else {
                     None
                 };
+                let shadow_sink = ShadowSink {
+                    output: if index == 0 {
+                        shadow_output.lock().ok().and_then(|mut g| g.take())
+                    } else {
+                        None
+                    },
+                    report: Arc::clone(&shadow_report),
+                };
                 let probe = ProbeHandle::new();
                 let snaps: Rc<RefCell<SourceSnaps>> = Rc::default();
                 let ckpt = cfg.checkpoint.as_ref().map(|ck| ModelCheckpoint {
@@ -452,6 +499,7 @@ fn run_width<const N: usize>(
                         Arc::clone(&report),
                         started,
                         Rc::clone(&agree),
+                        shadow_sink,
                         Checkpoints {
                             model: ckpt,
                             restored,
@@ -553,7 +601,24 @@ fn run_width<const N: usize>(
         r.stopped_after = cfg_stop.epoch();
     }
     r.checkpoints = checkpoints;
+    if cfg_shadow {
+        r.shadow = shadow_report
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .map(|mut s| {
+                s.writer = process == 0;
+                s.wall_seconds = r.wall_seconds;
+                Box::new(s)
+            });
+    }
     Ok(r)
+}
+
+/// The shadow variant's sink: its output (process 0's first worker) and where it leaves its totals.
+struct ShadowSink {
+    output: Option<(Box<dyn Output>, Option<u64>)>,
+    report: Shared<RunReport>,
 }
 
 /// A worker's part in checkpoints, as `build` wires it.
@@ -580,6 +645,7 @@ fn build<'scope, const N: usize>(
     report: Shared<RunReport>,
     started: Instant,
     agree: Rc<RefCell<Agreement>>,
+    shadow_sink: ShadowSink,
     ck: Checkpoints,
 ) {
     let acked = ProbeHandle::new();
@@ -601,6 +667,13 @@ fn build<'scope, const N: usize>(
         },
         Arc::clone(&errors),
     );
+    // With a shadow, the logs cross to their customer's worker once, here, and both models' own exchanges
+    // find every log already in place (nothing more leaves the worker).
+    let logs = if cfg.shadow.is_some() {
+        logs.exchange(|l: &LogN<N>| crate::keys::customer_route(&l.customer))
+    } else {
+        logs
+    };
     let (cohort_handle, cohort_cycle) = scope.feedback::<Vec<CohortDelta>>(1);
     // The topology as a differential collection: worker 0 introduces every placement at time 0.
     let topology = cfg.topology.as_ref().map(|t| {
@@ -627,7 +700,7 @@ fn build<'scope, const N: usize>(
         )
     });
     let model = series_model(
-        logs,
+        logs.clone(),
         cohort_cycle,
         topology.as_ref().map(|t| t.0.clone()),
         ModelConfig::from_spec(&cfg.spec),
@@ -648,7 +721,7 @@ fn build<'scope, const N: usize>(
     let changes = open
         .clone()
         .as_collection(|k: &CustomerId, v: &OpenAnomaly| (*k, *v));
-    let mut dead = src_dead.concat(model.dead);
+    let mut dead = src_dead.clone().concat(model.dead);
     // Incidents: the members' open anomalies per element (an incremental join with the topology), and the
     // model's per-element sums, stepped per element.
     let incidents = topology.map(|(topo, topo_dead, member_counts)| {
@@ -681,6 +754,52 @@ fn build<'scope, const N: usize>(
     let mut inputs = cfg.inputs.names();
     if let Some(t) = &cfg.topology {
         inputs.push(t.path.clone());
+    }
+    if let Some(sh) = &cfg.shadow {
+        let (handle, cycle) = scope.feedback::<Vec<CohortDelta>>(1);
+        let shadow = series_model(
+            logs,
+            cycle,
+            None,
+            ModelConfig::from_spec(&sh.spec),
+            Arc::clone(&sh.detector),
+            ModelRun {
+                stop: Some(Arc::clone(&cfg.stop)),
+                ..ModelRun::default()
+            },
+        );
+        shadow.cohort.broadcast().connect_loop(handle);
+        // The source reads ahead of the slower of the two models.
+        let counts = shadow.counts.probe_with(probe);
+        let changes = shadow
+            .anomalies
+            .as_collection()
+            .arrange_by_key()
+            .as_collection(|k: &CustomerId, v: &OpenAnomaly| (*k, *v));
+        let format = OutputFormat {
+            model: sh.detector.name().to_string(),
+            ..format.clone()
+        };
+        sink(
+            changes.inner,
+            shadow.evidence,
+            counts,
+            src_counts.clone(),
+            src_dead.concat(shadow.dead),
+            None,
+            SinkState::new(
+                format,
+                inputs.clone(),
+                shadow_sink.output,
+                Arc::clone(&errors),
+                shadow_sink.report,
+                started,
+            )
+            .with_stop(Arc::clone(&cfg.stop))
+            .without_metrics(),
+        )
+        // Kafka commits wait for the shadow's output too.
+        .probe_with(&acked);
     }
     sink(
         changes.inner,
@@ -903,6 +1022,16 @@ fn source_operator<'scope, const N: usize>(
             };
             ship!(src, held, stop_at, shipped);
             let f_now = src.frontier();
+            // The floor again, after this activation's reads: the step loop may propose it before the source
+            // runs again, and a proposal below what was just read would let the frontier pass the stop
+            // epoch before its snapshot is taken.
+            {
+                let mut a = ctl.agree.borrow_mut();
+                a.raise_floor(f_now.filter(|f| *f != u64::MAX).unwrap_or(0));
+                if let Some(m) = shipped {
+                    a.raise_floor(m);
+                }
+            }
             if let (Some((ck, snaps, _)), Some(c_next)) = (&ctl.checkpoint, ckpt_next.as_mut())
                 && let Some(cuts) = src.cuts()
             {
@@ -956,6 +1085,9 @@ fn source_operator<'scope, const N: usize>(
             match f_now {
                 None => {
                     ship!(src, held, stop_at, shipped);
+                    if let Some(m) = shipped {
+                        ctl.agree.borrow_mut().raise_floor(m);
+                    }
                     caps = None;
                 }
                 Some(f) => {
@@ -1024,6 +1156,8 @@ pub struct SinkState {
     grouped_elements: std::collections::BTreeSet<crate::topology::ElementId>,
     /// `--serve`: the open alerts as of each closed epoch, for `GET /anomalies`.
     serving: Option<Arc<crate::serving::Serving>>,
+    /// Report each epoch to the process's metrics (not a shadow's sink).
+    metrics: bool,
 }
 
 impl SinkState {
@@ -1069,7 +1203,15 @@ impl SinkState {
             open_regions: Default::default(),
             grouped_elements: Default::default(),
             serving: None,
+            metrics: true,
         }
+    }
+
+    /// A shadow variant's sink: no metrics and no progress line (the run's sink reports those).
+    fn without_metrics(mut self) -> Self {
+        self.metrics = false;
+        self.progress = false;
+        self
     }
 
     /// `--serve`: keep the open alerts for queries.
@@ -1350,14 +1492,16 @@ impl SinkState {
         let now = Instant::now();
         let wall = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        crate::metrics::global().epoch_closed(
-            e,
-            e as i64 * self.format.epoch_len,
-            wall,
-            &summary,
-            &changes,
-            &b.dead,
-        );
+        if self.metrics {
+            crate::metrics::global().epoch_closed(
+                e,
+                e as i64 * self.format.epoch_len,
+                wall,
+                &summary,
+                &changes,
+                &b.dead,
+            );
+        }
         if let Some(s) = &self.serving {
             s.epoch_closed(e, &changes);
         }

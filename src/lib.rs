@@ -20,6 +20,7 @@
 //!   (`run --predictions DIR`), both from the epoch view the series model builds.
 //! * [`stop`] — graceful stop on SIGTERM / SIGINT after an epoch every worker agrees on.
 //! * [`generate`] — the synthetic fleet with labelled anomalies; [`eval`] — scoring alerts against labels;
+//!   [`compare`] — two runs' alerts side by side (a run and its shadow variant, `run --shadow`);
 //!   [`incidenteval`] — scoring incidents against the generator's element and region faults.
 //! * [`incidents`] — the incident operator (members' alerts joined with the topology, per-element sums, routed by
 //!   region: elements, then their region; its checkpoint part).
@@ -35,6 +36,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cluster;
 pub mod commands;
+pub mod compare;
 pub mod dataflow;
 pub mod epoch;
 pub mod eval;

@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant (run's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Generate a small fleet, run the embedded home Wi-Fi spec on it, print the anomaly changes and how
@@ -106,6 +108,15 @@ enum Command {
         /// With --topology: write an element's incident instead of the member alerts raised under it.
         #[arg(long, requires = "topology")]
         group_incidents: bool,
+        /// A shadow variant: this spec's model (other parameters, other weights, the global model off) runs
+        /// on the same records in the same dataflow (one read, one exchange) and writes its changes to
+        /// --shadow-output; compare the two with `fleetwatch compare`. Same features, [input] and [epoch]
+        /// as the run's spec; not with --checkpoint-dir.
+        #[arg(long, value_name = "SPEC", requires = "shadow_output")]
+        shadow: Option<PathBuf>,
+        /// Where the shadow's changes and summaries go (a file, JSON lines).
+        #[arg(long, value_name = "FILE", requires = "shadow")]
+        shadow_output: Option<PathBuf>,
         #[command(flatten)]
         serving: ServingArgs,
         #[command(flatten)]
@@ -217,9 +228,14 @@ enum Command {
         /// shift/variance calibration (whose bytes it takes) off — the side-by-side cost of the two.
         #[arg(long)]
         fast_shift: bool,
-        /// Without the embedded spec's global model: the per-series model alone (its cost side by side).
+        /// With the embedded spec's global model switched on (off by default): its cost, side by side with
+        /// a run without it.
         #[arg(long)]
-        without_global_model: bool,
+        global_model: bool,
+        /// Run the spec without its global model as a shadow variant beside it (`run --shadow`): the cost
+        /// of a shadow (with --global-model, the model's A/B in one dataflow).
+        #[arg(long)]
+        shadow: bool,
         /// Write checkpoints into this directory (and resume from the last complete one there: run twice
         /// to measure a restore).
         #[arg(long)]
@@ -232,6 +248,26 @@ enum Command {
         topology: Option<PathBuf>,
         #[command(flatten)]
         serving: ServingArgs,
+    },
+    /// Compare two runs' alerts over the same records (a run and its shadow variant): alerts in both, only
+    /// in A, only in B, per kind and per feature; with labels, each run's eval figures beside them.
+    Compare {
+        /// A run's output (e.g. `run --output`).
+        a: PathBuf,
+        /// Another run's output (e.g. `run --shadow-output`).
+        b: PathBuf,
+        /// The generator's labels: each run's event scores (`eval --labels`).
+        #[arg(long, conflicts_with = "points")]
+        labels: Option<PathBuf>,
+        /// Customer-level point labels, CSV `customer_id,ts,label`: each run's point scores (`eval --points`).
+        #[arg(long)]
+        points: Option<PathBuf>,
+        /// With --points: the runs' input CSV export (the robust z-score baseline, where data ends).
+        #[arg(long, requires = "points")]
+        telemetry: Option<PathBuf>,
+        /// Print a Markdown table instead of JSON.
+        #[arg(long)]
+        markdown: bool,
     },
     /// Score an output against labels (event-level precision, recall, F1, delay, false-alert rate), or run
     /// and score the Numenta Anomaly Benchmark (`--nab DIR --out OUT`).
@@ -530,8 +566,26 @@ fn main() -> Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 r.eval.false_alerts_per_1000_series_days
             );
+            let c = &r.compare.total;
+            let rel = r.compare.by_kind.get("relationship");
             println!(
-                "files: {0}/changes.jsonl, {0}/dead-letters.jsonl, {0}/labels.jsonl",
+                "the global model (on in this run) against the spec's default (off), run beside it as a \
+                 shadow: {} alerts with the model, {} without, {} only with it ({} of kind relationship), \
+                 {} only without; recall {:.3} vs {:.3}, {:.2} vs {:.2} false alerts per 1,000 series-days",
+                c.a,
+                c.b,
+                c.only_a,
+                rel.map_or(0, |k| k.only_a),
+                c.only_b,
+                r.eval.recall,
+                r.shadow_eval.recall,
+                r.eval.false_alerts_per_1000_series_days,
+                r.shadow_eval.false_alerts_per_1000_series_days
+            );
+            println!(
+                "files: {0}/changes.jsonl, {0}/changes-without-global-model.jsonl, {0}/dead-letters.jsonl, \
+                 {0}/labels.jsonl (fleetwatch compare {0}/changes.jsonl \
+                 {0}/changes-without-global-model.jsonl --labels {0}/labels.jsonl --markdown)",
                 r.dir.display()
             );
         }
@@ -555,6 +609,8 @@ fn main() -> Result<()> {
             kafka_client,
             topology,
             group_incidents,
+            shadow,
+            shadow_output,
             serving,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
@@ -597,6 +653,9 @@ fn main() -> Result<()> {
                 group_incidents,
                 watch: None,
                 serving: serving.into(),
+                shadow: shadow
+                    .zip(shadow_output)
+                    .map(|(dataflow, output)| commands::ShadowOptions { dataflow, output }),
             };
             let report = match commands::run(&opts) {
                 Ok(r) => r,
@@ -644,6 +703,12 @@ fn main() -> Result<()> {
                 report.changes,
                 report.wall_seconds
             );
+            if let Some(s) = &report.shadow {
+                eprintln!(
+                    "shadow: {} series scored, {} changes (fleetwatch compare OUTPUT SHADOW_OUTPUT)",
+                    s.series_scored, s.changes
+                );
+            }
         }
         Command::Train {
             inputs,
@@ -755,7 +820,8 @@ fn main() -> Result<()> {
             input,
             dir,
             fast_shift,
-            without_global_model,
+            global_model,
+            shadow,
             checkpoint_dir,
             checkpoint_every,
             topology,
@@ -773,7 +839,8 @@ fn main() -> Result<()> {
                 generator: std::env::current_exe().ok(),
                 keep: false,
                 fast_shift,
-                without_global_model,
+                global_model,
+                shadow,
                 checkpoint_dir,
                 checkpoint_every,
                 topology,
@@ -781,6 +848,41 @@ fn main() -> Result<()> {
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Compare {
+            a,
+            b,
+            labels,
+            points,
+            telemetry,
+            markdown,
+        } => {
+            let mut r = fleetwatch::compare::compare_files(&a, &b)?;
+            if r.epochs_a != r.epochs_b {
+                tracing::warn!(
+                    "the outputs closed {} and {} epochs: were they run on the same records?",
+                    r.epochs_a,
+                    r.epochs_b
+                );
+            }
+            if let Some(l) = &labels {
+                r.eval_a = Some(serde_json::to_value(commands::eval(l, &a)?)?);
+                r.eval_b = Some(serde_json::to_value(commands::eval(l, &b)?)?);
+            }
+            if let Some(p) = &points {
+                let one = |x: &PathBuf| {
+                    commands::eval_points(x, Some(p), telemetry.as_deref(), 288)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|v| Ok(serde_json::to_value(v)?))
+                };
+                r.eval_a = Some(one(&a)?);
+                r.eval_b = Some(one(&b)?);
+            }
+            if markdown {
+                print!("{}", fleetwatch::compare::markdown(&r));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
         }
         Command::Eval {
             labels,

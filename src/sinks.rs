@@ -167,6 +167,7 @@ fn fmt3(v: f32) -> String {
 }
 
 /// Formats the change lines and summary of one epoch.
+#[derive(Clone)]
 pub struct OutputFormat {
     pub features: Vec<String>,
     pub model: String,

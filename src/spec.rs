@@ -74,7 +74,7 @@ pub enum Transform {
     Rate,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     /// Customer ids must start with this (empty: any id of the allowed characters).
@@ -208,7 +208,7 @@ fn default_epoch_timeout() -> f64 {
     60.0
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochSpec {
     #[serde(default = "default_epoch_len")]
@@ -514,6 +514,58 @@ impl Spec {
         Ok(())
     }
 
+    /// Whether `shadow` can run as a shadow variant of this spec (`run --shadow`): it reads the records this
+    /// spec's source has parsed and epoched, so the features (names and order), `[input]` and `[epoch]`
+    /// must be the same; everything the model does with them (detector, alerting, transforms, bounds, the
+    /// global model) may differ. The error names the first difference.
+    pub fn check_shadow(&self, shadow: &Spec) -> Result<(), String> {
+        let names = |s: &Spec| {
+            s.features
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        };
+        if names(self) != names(shadow) {
+            return Err(format!(
+                "its features [{}] differ from the run's [{}] (a shadow scores the same records: same \
+                 names, same order)",
+                names(shadow).join(", "),
+                names(self).join(", ")
+            ));
+        }
+        if self.input != shadow.input {
+            return Err(
+                "its [input] table differs from the run's (the run's source reads for both)".into(),
+            );
+        }
+        if self.epoch != shadow.epoch {
+            return Err(
+                "its [epoch] table differs from the run's (the run's source cuts the epochs for both)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Switches the spec's `[global_model]` on and loads its weights (from `dir`, or built in for the
+    /// embedded specs); `origin` names the spec in errors. An error if the spec has no `[global_model]`.
+    pub fn enable_global_model(
+        &mut self,
+        dir: Option<&Path>,
+        origin: &str,
+    ) -> Result<(), SpecError> {
+        match self.global_model.as_mut() {
+            Some(g) => g.enabled = true,
+            None => {
+                return Err(SpecError::Invalid {
+                    path: origin.to_string(),
+                    message: "it has no [global_model] to switch on".into(),
+                });
+            }
+        }
+        self.load_global_model(dir, origin)
+    }
+
     /// The per-series model alone: no `[global_model]` and no weights.
     pub fn drop_global_model(&mut self) {
         self.global_model = None;
@@ -723,6 +775,42 @@ mod tests {
         assert_eq!(n.features.len(), 1);
         assert_eq!(n.detector.name, s.detector.name);
         assert_eq!(n.alerting.clear_epochs, 96);
+    }
+
+    #[test]
+    fn the_embedded_global_model_ships_off_and_switches_on() {
+        let mut s = Spec::embedded();
+        assert!(s.global_model.is_some() && s.global.is_none());
+        s.enable_global_model(None, "embedded").unwrap();
+        let g = s.global.as_ref().unwrap();
+        assert_eq!(g.net.features, 20);
+        let mut nab = Spec::embedded_nab();
+        assert!(matches!(
+            nab.enable_global_model(None, "nab"),
+            Err(SpecError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn a_shadow_needs_the_same_features_input_and_epochs() {
+        let s = Spec::embedded();
+        let mut other = s.clone();
+        other.alerting.clear_epochs += 1;
+        other.drop_global_model();
+        assert_eq!(s.check_shadow(&other), Ok(()));
+        let mut renamed = s.clone();
+        renamed.features[3].name = "x".into();
+        assert!(s.check_shadow(&renamed).unwrap_err().contains("features"));
+        let mut fewer = s.clone();
+        fewer.features.pop();
+        assert!(s.check_shadow(&fewer).is_err());
+        let mut epochs = s.clone();
+        epochs.epoch.allowed_lateness_seconds += 1;
+        assert!(s.check_shadow(&epochs).unwrap_err().contains("[epoch]"));
+        let mut input = s.clone();
+        input.input.customer_id_prefix.push_str("x-");
+        assert!(s.check_shadow(&input).unwrap_err().contains("[input]"));
+        assert!(s.check_shadow(&Spec::embedded_nab()).is_err());
     }
 
     #[test]

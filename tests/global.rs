@@ -16,18 +16,22 @@ fn home_wifi() -> String {
     .unwrap()
 }
 
-/// The embedded home Wi-Fi spec with its `[global_model]` pointing at `weights` (or switched off).
-fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
+/// The home Wi-Fi spec's text with its global model switched on (it ships off: QUALITY.md, "The global
+/// model on real telemetry").
+fn home_wifi_with_model() -> String {
     let text = home_wifi();
+    assert!(text.contains("\nenabled = false\n"));
+    text.replacen("\nenabled = false\n", "\nenabled = true\n", 1)
+}
+
+/// The embedded home Wi-Fi spec with its `[global_model]` on and pointing at `weights` (or as it ships: off).
+fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
     let text = match weights {
-        Some(w) => text.replace(
+        Some(w) => home_wifi_with_model().replace(
             "weights = \"home-wifi.safetensors\"",
             &format!("weights = {:?}", w.to_str().unwrap()),
         ),
-        None => text.replace(
-            "weights = \"home-wifi.safetensors\"",
-            "weights = \"home-wifi.safetensors\"\nenabled = false",
-        ),
+        None => home_wifi(),
     };
     let path = dir.join(if weights.is_some() {
         "with.toml"
@@ -119,8 +123,16 @@ fn relationship_alerts_are_byte_identical_for_any_layout() {
         8,
         &["--anomaly-rate", "4.0"],
     );
+    // The embedded spec with its built-in weights switched on (a copy elsewhere keeps them).
+    let spec = dir.path().join("with-model.toml");
+    std::fs::write(&spec, home_wifi_with_model()).unwrap();
+    let spec = spec.to_str().unwrap();
     let one = dir.path().join("w1.jsonl");
-    common::run(&input, &one, &["--workers", "1", "--reproducible"]);
+    common::run(
+        &input,
+        &one,
+        &["--dataflow", spec, "--workers", "1", "--reproducible"],
+    );
     let reference = std::fs::read(&one).unwrap();
     let text = String::from_utf8_lossy(&reference);
     assert!(
@@ -136,7 +148,11 @@ fn relationship_alerts_are_byte_identical_for_any_layout() {
         "{why}"
     );
     let three = dir.path().join("w3.jsonl");
-    common::run(&input, &three, &["--workers", "3", "--reproducible"]);
+    common::run(
+        &input,
+        &three,
+        &["--dataflow", spec, "--workers", "3", "--reproducible"],
+    );
     assert!(
         std::fs::read(&three).unwrap() == reference,
         "--workers 3 differs from --workers 1"
@@ -148,7 +164,7 @@ fn weights_for_another_feature_list_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::generate(&dir.path().join("fleet"), 5, 20, 1, &["--features", "4"]);
     // The home Wi-Fi weights (20 features) named by a 4-feature spec.
-    let text = home_wifi();
+    let text = home_wifi_with_model();
     let cut = text.find("[[features]]").unwrap();
     let mut spec = text[..cut].replace(
         "weights = \"home-wifi.safetensors\"",
