@@ -667,6 +667,7 @@ pub fn demo(
     }
     let with_model = write("home-wifi-global-model.toml", with_model)?;
     let without = write("home-wifi.toml", embedded.to_string())?;
+    let shadow_output = dir.join("changes-without-global-model.jsonl");
     let opts = RunOptions {
         dataflow: Some(with_model),
         inputs: vec![dir.join("telemetry.jsonl")],
@@ -685,11 +686,10 @@ pub fn demo(
         serving: Default::default(),
         shadow: Some(ShadowOptions {
             dataflow: without,
-            output: dir.join("changes-without-global-model.jsonl"),
+            output: shadow_output.clone(),
         }),
     };
     let run = run(&opts)?;
-    let shadow_output = dir.join("changes-without-global-model.jsonl");
     let shadow_eval = eval(&dir.join("labels.jsonl"), &shadow_output)?;
     let eval = eval(&dir.join("labels.jsonl"), &opts.output)?;
     let compare = crate::compare::compare_files(&opts.output, &shadow_output)?;

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 /// A reproducible run (no wall-clock fields) with the given layout arguments.
 fn run(input: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
     let mut args = vec!["--reproducible"];
@@ -51,27 +49,16 @@ fn byte_identical_for_1_2_4_workers_and_2_processes() {
     // Two processes of one worker each, connected over loopback by a cluster file.
     let cluster = common::two_process_cluster(dir.path());
     let out = dir.path().join("p2.jsonl");
-    let spawn = |i: &str| {
-        Command::new(common::bin())
-            .args([
-                "run",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--reproducible",
-                "--cluster",
-                cluster.to_str().unwrap(),
-                "--process",
-                i,
-            ])
-            .spawn()
-            .unwrap()
-    };
-    let mut p0 = spawn("0");
-    let mut p1 = spawn("1");
-    assert!(p0.wait().unwrap().success());
-    assert!(p1.wait().unwrap().success());
+    common::run_two_processes(
+        &cluster,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--reproducible",
+        ],
+    );
     assert!(
         std::fs::read(&out).unwrap() == reference,
         "2 processes x 1 worker differ from 1 worker"

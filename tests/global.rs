@@ -7,19 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-/// The home Wi-Fi spec's text (dataflows/home-wifi.toml, the embedded one).
-fn home_wifi() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dataflows/home-wifi.toml"
-    ))
-    .unwrap()
-}
-
 /// The home Wi-Fi spec's text with its global model switched on (it ships off: QUALITY.md, "The global
 /// model on real telemetry").
 fn home_wifi_with_model() -> String {
-    let text = home_wifi();
+    let text = common::home_wifi();
     assert!(text.contains("\nenabled = false\n"));
     text.replacen("\nenabled = false\n", "\nenabled = true\n", 1)
 }
@@ -31,7 +22,7 @@ fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
             "weights = \"home-wifi.safetensors\"",
             &format!("weights = {:?}", w.to_str().unwrap()),
         ),
-        None => home_wifi(),
+        None => common::home_wifi(),
     };
     let path = dir.join(if weights.is_some() {
         "with.toml"

@@ -98,29 +98,18 @@ fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() 
     );
     let cluster = common::two_process_cluster(dir.path());
     let p2 = dir.path().join("p2.jsonl");
-    let spawn = |i: &str| {
-        Command::new(common::bin())
-            .args([
-                "run",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                p2.to_str().unwrap(),
-                "--reproducible",
-                "--topology",
-                topo,
-                "--cluster",
-                cluster.to_str().unwrap(),
-                "--process",
-                i,
-            ])
-            .spawn()
-            .unwrap()
-    };
-    let mut a = spawn("0");
-    let mut b = spawn("1");
-    assert!(a.wait().unwrap().success());
-    assert!(b.wait().unwrap().success());
+    common::run_two_processes(
+        &cluster,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            p2.to_str().unwrap(),
+            "--reproducible",
+            "--topology",
+            topo,
+        ],
+    );
     assert!(
         std::fs::read(&p2).unwrap() == reference,
         "2 processes differ from 1 worker"

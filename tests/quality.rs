@@ -19,18 +19,7 @@ fn fleet_of_2000_customers_over_3_days_meets_the_floor() {
     let input = common::generate(&fleet, 2000, 864, 5, &[]);
     let out = dir.path().join("changes.jsonl");
     // The spec as it ships (the global model off), with the global model on beside it as a shadow variant.
-    let home = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dataflows/home-wifi.toml"
-    ))
-    .unwrap();
-    assert!(home.contains("\nenabled = false\n"));
-    let with_model = dir.path().join("with-model.toml");
-    std::fs::write(
-        &with_model,
-        home.replacen("\nenabled = false\n", "\nenabled = true\n", 1),
-    )
-    .unwrap();
+    let with_model = common::home_wifi_with_model(dir.path());
     let shadow = dir.path().join("with-model.jsonl");
     common::run(
         &input,

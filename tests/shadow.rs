@@ -5,25 +5,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The home Wi-Fi spec with its global model switched on (it ships off), written into `dir`.
-fn spec_with_model(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dataflows/home-wifi.toml"
-    ))
-    .unwrap();
-    assert!(text.contains("\nenabled = false\n"));
-    let path = dir.join("with-model.toml");
-    std::fs::write(
-        &path,
-        text.replacen("\nenabled = false\n", "\nenabled = true\n", 1),
-    )
-    .unwrap();
-    path
-}
 
 #[test]
 fn a_shadow_writes_what_its_spec_alone_would_for_any_layout() {
@@ -31,7 +14,7 @@ fn a_shadow_writes_what_its_spec_alone_would_for_any_layout() {
     let fleet = dir.path().join("fleet");
     // Two days after a day of history, many labelled anomalies: relationship breaks among them.
     let input = common::generate(&fleet, 240, 864, 8, &["--anomaly-rate", "4.0"]);
-    let with_model = spec_with_model(dir.path());
+    let with_model = common::home_wifi_with_model(dir.path());
     let with_model = with_model.to_str().unwrap();
 
     // Each spec alone.
@@ -82,30 +65,20 @@ fn a_shadow_writes_what_its_spec_alone_would_for_any_layout() {
         dir.path().join("p2.jsonl"),
         dir.path().join("p2-shadow.jsonl"),
     );
-    let spawn = |i: &str| {
-        Command::new(common::bin())
-            .args([
-                "run",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out2.to_str().unwrap(),
-                "--shadow",
-                with_model,
-                "--shadow-output",
-                shadow2.to_str().unwrap(),
-                "--reproducible",
-                "--cluster",
-                cluster.to_str().unwrap(),
-                "--process",
-                i,
-            ])
-            .spawn()
-            .unwrap()
-    };
-    let (mut p0, mut p1) = (spawn("0"), spawn("1"));
-    assert!(p0.wait().unwrap().success());
-    assert!(p1.wait().unwrap().success());
+    common::run_two_processes(
+        &cluster,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out2.to_str().unwrap(),
+            "--shadow",
+            with_model,
+            "--shadow-output",
+            shadow2.to_str().unwrap(),
+            "--reproducible",
+        ],
+    );
     assert!(
         std::fs::read(&out2).unwrap() == alone_bytes,
         "2 processes: the run's output"
@@ -206,18 +179,11 @@ fn a_shadow_the_run_cannot_feed_is_refused() {
         "{e}"
     );
     // Other epochs: the run's source cuts them for both.
-    let home = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dataflows/home-wifi.toml"
-    ))
-    .unwrap();
-    assert!(home.contains("length_seconds = 300"));
-    let other_epochs = dir.path().join("ten-minutes.toml");
-    std::fs::write(
-        &other_epochs,
-        home.replacen("length_seconds = 300", "length_seconds = 600", 1),
-    )
-    .unwrap();
+    let other_epochs = common::home_wifi_variant(
+        &dir.path().join("ten-minutes.toml"),
+        "length_seconds = 300",
+        "length_seconds = 600",
+    );
     let e = try_run(&[
         "--shadow",
         other_epochs.to_str().unwrap(),

@@ -162,3 +162,54 @@ pub fn wait_for_checkpoint(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// dataflows/home-wifi.toml (the embedded spec's text).
+pub fn home_wifi() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dataflows/home-wifi.toml"
+    ))
+    .expect("dataflows/home-wifi.toml")
+}
+
+/// home-wifi.toml with its first `from` replaced by `to`, written to `path` (which it returns); panics if the
+/// spec no longer says `from` (the test would measure something else).
+pub fn home_wifi_variant(path: &Path, from: &str, to: &str) -> PathBuf {
+    let text = home_wifi();
+    assert!(text.contains(from), "home-wifi.toml no longer has {from:?}");
+    std::fs::write(path, text.replacen(from, to, 1)).expect("spec variant");
+    path.to_path_buf()
+}
+
+/// home-wifi.toml with its global model switched on (it ships off), written to `dir/with-model.toml`.
+pub fn home_wifi_with_model(dir: &Path) -> PathBuf {
+    home_wifi_variant(
+        &dir.join("with-model.toml"),
+        "\nenabled = false\n",
+        "\nenabled = true\n",
+    )
+}
+
+/// `fleetwatch run <args> --cluster <cluster> --process i` for both processes of a two-process cluster
+/// (`two_process_cluster`), at once; panics unless both succeed.
+pub fn run_two_processes(cluster: &Path, args: &[&str]) {
+    let spawn = |i: &str| {
+        Command::new(bin())
+            .arg("run")
+            .args(args)
+            .args([
+                "--cluster",
+                cluster.to_str().expect("utf-8 path"),
+                "--process",
+                i,
+            ])
+            .spawn()
+            .expect("the fleetwatch binary starts")
+    };
+    let (mut p0, mut p1) = (spawn("0"), spawn("1"));
+    let (s0, s1) = (p0.wait(), p1.wait());
+    assert!(
+        s0.as_ref().is_ok_and(|s| s.success()) && s1.as_ref().is_ok_and(|s| s.success()),
+        "two processes of run {args:?}: {s0:?}, {s1:?}"
+    );
+}
