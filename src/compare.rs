@@ -108,7 +108,8 @@ pub struct CompareReport {
 #[derive(Default)]
 struct Tally {
     counts: Counts,
-    differences: Vec<i64>,
+    /// B's raise epoch minus A's, per alert in both.
+    differences: Vec<f64>,
 }
 
 /// Compares two runs' alerts (see the module documentation).
@@ -145,7 +146,7 @@ pub fn compare(a: &RunOutput, b: &RunOutput) -> CompareReport {
                 Some(j) => {
                     t.counts.both += 1;
                     t.differences
-                        .push(alerts_b[j].start as i64 - x.start as i64);
+                        .push(alerts_b[j].start as f64 - x.start as f64);
                 }
                 None => t.counts.only_a += 1,
             }
@@ -164,7 +165,7 @@ pub fn compare(a: &RunOutput, b: &RunOutput) -> CompareReport {
         }
     }
     let finish = |mut t: Tally| {
-        t.counts.median_start_difference = median(&mut t.differences);
+        t.counts.median_start_difference = crate::eval::median(t.differences);
         t.counts
     };
     CompareReport {
@@ -177,19 +178,6 @@ pub fn compare(a: &RunOutput, b: &RunOutput) -> CompareReport {
         by_feature: features.into_iter().map(|(k, t)| (k, finish(t))).collect(),
         ..CompareReport::default()
     }
-}
-
-fn median(v: &mut [i64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_unstable();
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2] as f64
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
-    })
 }
 
 /// Reads both outputs and compares them.

@@ -969,10 +969,7 @@ fn source_operator<'scope, const N: usize>(
             // A graceful stop: the floor this worker would propose; no reading while the workers decide.
             {
                 let mut a = ctl.agree.borrow_mut();
-                a.raise_floor(front.filter(|f| *f != u64::MAX).unwrap_or(0));
-                if let Some(m) = shipped {
-                    a.raise_floor(m);
-                }
+                a.raise_floor_to(front, shipped);
                 if a.holding() {
                     activator.activate_after(Duration::from_millis(1));
                     return;
@@ -1025,13 +1022,7 @@ fn source_operator<'scope, const N: usize>(
             // The floor again, after this activation's reads: the step loop may propose it before the source
             // runs again, and a proposal below what was just read would let the frontier pass the stop
             // epoch before its snapshot is taken.
-            {
-                let mut a = ctl.agree.borrow_mut();
-                a.raise_floor(f_now.filter(|f| *f != u64::MAX).unwrap_or(0));
-                if let Some(m) = shipped {
-                    a.raise_floor(m);
-                }
-            }
+            ctl.agree.borrow_mut().raise_floor_to(f_now, shipped);
             if let (Some((ck, snaps, _)), Some(c_next)) = (&ctl.checkpoint, ckpt_next.as_mut())
                 && let Some(cuts) = src.cuts()
             {
@@ -1085,9 +1076,7 @@ fn source_operator<'scope, const N: usize>(
             match f_now {
                 None => {
                     ship!(src, held, stop_at, shipped);
-                    if let Some(m) = shipped {
-                        ctl.agree.borrow_mut().raise_floor(m);
-                    }
+                    ctl.agree.borrow_mut().raise_floor_to(None, shipped);
                     caps = None;
                 }
                 Some(f) => {

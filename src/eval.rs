@@ -199,7 +199,8 @@ pub fn read_alerts(path: &Path) -> Result<(Vec<Raised>, i64, u64), EvalError> {
     Ok((raised, epoch_len, series_epochs))
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::EvalError;
+use crate::eval::{EvalError, median};
 
 /// One element-level fault, as the generator writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -151,19 +151,6 @@ fn per_1000_days(n: u64, days: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// Scores a run's output (`alerts`) against element faults (and region faults, when given), with the

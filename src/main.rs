@@ -288,7 +288,7 @@ enum Command {
         #[arg(long, requires = "alerts")]
         telemetry: Option<PathBuf>,
         /// The baseline's trailing window, in values of each series.
-        #[arg(long, default_value_t = 288)]
+        #[arg(long, default_value_t = fleetwatch::pointeval::BASELINE_WINDOW)]
         baseline_window: usize,
         /// NAB's root folder (holding data/, labels/, config/): run the model over its 58 series and score
         /// them with NAB's rules; prints {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}.
@@ -871,9 +871,14 @@ fn main() -> Result<()> {
             }
             if let Some(p) = &points {
                 let one = |x: &PathBuf| {
-                    commands::eval_points(x, Some(p), telemetry.as_deref(), 288)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|v| Ok(serde_json::to_value(v)?))
+                    commands::eval_points(
+                        x,
+                        Some(p),
+                        telemetry.as_deref(),
+                        fleetwatch::pointeval::BASELINE_WINDOW,
+                    )
+                    .map_err(anyhow::Error::from)
+                    .and_then(|v| Ok(serde_json::to_value(v)?))
                 };
                 r.eval_a = Some(one(&a)?);
                 r.eval_b = Some(one(&b)?);

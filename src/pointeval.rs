@@ -281,6 +281,9 @@ pub struct BaselineScores {
 /// The quiet points after which a flagged point counts as a new raise for the baseline (the alerts'
 /// default `clear_epochs`).
 pub const BASELINE_CLEAR_POINTS: usize = 3;
+/// The robust z-score baseline's trailing window by default, in values of each series (a day of 5-minute
+/// epochs): `eval --baseline-window` and `compare --points`.
+pub const BASELINE_WINDOW: usize = 288;
 
 /// Normal raises of a per-point flagging (see `BaselineScores::raises_normal`).
 fn normal_raises(points: &Points, flagged: &dyn Fn(&str, usize) -> bool) -> u64 {

@@ -102,6 +102,15 @@ impl Agreement {
         self.floor = Some(self.floor.map_or(e, |f| f.max(e)));
     }
 
+    /// Raises the floor to what the source has reached: its frontier (`u64::MAX`, done, counts as 0: it
+    /// can ship nothing more) and the latest epoch it shipped at.
+    pub fn raise_floor_to(&mut self, frontier: Option<u64>, shipped: Option<u64>) {
+        self.raise_floor(frontier.filter(|f| *f != u64::MAX).unwrap_or(0));
+        if let Some(m) = shipped {
+            self.raise_floor(m);
+        }
+    }
+
     /// Whether this worker should propose now: a stop is wanted (`requested`, or another worker proposed)
     /// and it has not proposed yet.
     pub fn should_propose(&self, requested: bool) -> bool {
@@ -176,6 +185,20 @@ pub fn signals_received() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floor_covers_the_frontier_and_what_was_shipped() {
+        let mut a = Agreement::default();
+        a.raise_floor_to(Some(5), None);
+        assert_eq!(a.floor, Some(5));
+        // A done source (frontier u64::MAX) still counts what it shipped; the floor never goes down.
+        a.raise_floor_to(Some(u64::MAX), Some(7));
+        assert_eq!(a.floor, Some(7));
+        a.raise_floor_to(Some(6), Some(3));
+        assert_eq!(a.floor, Some(7));
+        a.raise_floor_to(None, Some(9));
+        assert_eq!(a.floor, Some(9));
+    }
 
     #[test]
     fn the_stop_epoch_is_the_largest_proposal_once_all_are_heard() {
