@@ -69,6 +69,8 @@ pub struct ModelConfig {
     /// How far the memory of point evidence decays per epoch, in log-code steps (2048 per halving; spec
     /// `alerting.memory_half_life_hours`); unused when the memory is off.
     pub memory_codes_per_epoch: f64,
+    /// `memory_codes_per_epoch` rounded: the decay over one epoch, the usual gap (see [`ModelConfig::memory_codes`]).
+    pub memory_codes_one_epoch: u32,
     /// Spec `alerting.calibrate_on_anomalies`: the surprise quantiles also learn from points beyond the
     /// threshold and during open alerts.
     pub calibrate_on_anomalies: bool,
@@ -86,6 +88,12 @@ impl ModelConfig {
             .into_iter()
             .chain((0..spec.features.len()).filter(|f| Some(*f) != reboot_feature))
             .collect();
+        let memory_codes_per_epoch = if spec.alerting.memory_half_life_hours > 0.0 {
+            2048.0 * spec.epoch.length_seconds as f64
+                / (spec.alerting.memory_half_life_hours * 3600.0)
+        } else {
+            0.0
+        };
         ModelConfig {
             features: spec.features.len(),
             order,
@@ -110,13 +118,21 @@ impl ModelConfig {
             calibrate_on_anomalies: spec.alerting.calibrate_on_anomalies,
             customer_alerts: spec.alerting.customer_alerts,
             global: spec.global.clone(),
-            memory_codes_per_epoch: if spec.alerting.memory_half_life_hours > 0.0 {
-                2048.0 * spec.epoch.length_seconds as f64
-                    / (spec.alerting.memory_half_life_hours * 3600.0)
-            } else {
-                0.0
-            },
+            memory_codes_per_epoch,
+            memory_codes_one_epoch: memory_codes_per_epoch.round() as u32,
         }
+    }
+
+    /// The log-codes a memory decays by over `gap` epochs since its last update (at least 1; one epoch's
+    /// from a field, the rest multiplied out).
+    #[inline]
+    pub fn memory_codes(&self, gap: u64) -> u32 {
+        let codes = if gap <= 1 {
+            self.memory_codes_one_epoch
+        } else {
+            (self.memory_codes_per_epoch * gap as f64).round() as u32
+        };
+        codes.max(1)
     }
 
     /// Slots per customer: its series, the meta slot, the global model's calibration.
@@ -221,6 +237,11 @@ impl CustomerScore {
         if score >= 0.5 {
             let c = score.min(4.0);
             self.sum_sq += c * c;
+        }
+        // Most features of most epochs are no higher than the third of a full top three: nothing moves.
+        let third = self.top[2];
+        if third.feature != CUSTOMER_FEATURE && score <= third.score {
+            return;
         }
         // insertion into the top three (ties keep the earlier feature first)
         let Some(pos) = self
@@ -489,21 +510,25 @@ fn step_reported<const N: usize>(
                 );
                 // A young series (cold start on a cohort prior) needs up to twice the evidence, one that
                 // started without a prior a little more until it has seen a whole day.
-                let unseen_quarters = (header::MATURE - s.maturity.min(header::MATURE)) as f32;
-                let young = 2.0 - s.seen as f32 / 255.0
-                    + cfg.first_day_margin * unseen_quarters / header::MATURE as f32;
-                let score = score / young;
+                // (A mature series' factor is exactly 1: its divisions are skipped.)
+                let (score, young_point) = if s.seen == u8::MAX && s.maturity >= header::MATURE {
+                    (score, point)
+                } else {
+                    let unseen_quarters = (header::MATURE - s.maturity.min(header::MATURE)) as f32;
+                    let young = 2.0 - s.seen as f32 / 255.0
+                        + cfg.first_day_margin * unseen_quarters / header::MATURE as f32;
+                    (score / young, point / young)
+                };
                 // What the customer alert fuses: the same score without the series' memory of its recent
                 // point evidence (the customer alert keeps its own memory, of the customer's episodes).
-                let unremembered = score.max(point / young);
+                let unremembered = score.max(young_point);
                 // The shift and variance evidence's own history: G learns from every observation but the
                 // censored ones (they say nothing of the series' residuals) and the very first ones.
                 if remembers && !a.censored && s.seen >= cfg.calibrate_after {
-                    let codes = (cfg.memory_codes_per_epoch * gap.max(1) as f64).round() as u32;
                     le::set_u16(
                         &mut s.detector,
                         DETECTOR_BYTES - 4,
-                        m.update(point, codes.max(1)).0,
+                        m.update(point, cfg.memory_codes(gap as u64)).0,
                     );
                 }
                 if calibrated && !a.censored && s.seen >= cfg.calibrate_after {
@@ -749,8 +774,9 @@ fn customer_alert(
     let m = Memory(meta.memory);
     let score = c / cfg.alert.memory_divisor(m);
     if cfg.alert.memory_margin > 0.0 {
-        let codes = (cfg.memory_codes_per_epoch * gap.max(1) as f64).round() as u32;
-        meta.memory = m.update(if c >= 1.0 { c } else { 0.0 }, codes.max(1)).0;
+        meta.memory = m
+            .update(if c >= 1.0 { c } else { 0.0 }, cfg.memory_codes(gap))
+            .0;
     }
     let before = meta.alert;
     let (after, run, transition) =
@@ -938,6 +964,38 @@ fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The top three are the three highest positive scores, ties in the order they were added: a
+        /// stable sort of everything added, whatever the shortcut skips.
+        #[test]
+        fn customer_top_three_is_the_stable_top_of_all_scores(
+            scores in proptest::collection::vec(
+                proptest::prop_oneof![0.0f32..5.0, proptest::sample::select(vec![0.0f32, 0.5, 1.0, 2.0, -1.0])],
+                0..40,
+            )
+        ) {
+            let mut c = CustomerScore::default();
+            for (f, &s) in scores.iter().enumerate() {
+                c.add(f as u16, s);
+            }
+            let mut want: Vec<(u16, f32)> = scores
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s > 0.0)
+                .map(|(f, &s)| (f as u16, s))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let got: Vec<(u16, f32)> = c
+                .top
+                .iter()
+                .filter(|t| t.feature != CUSTOMER_FEATURE)
+                .map(|t| (t.feature, t.score))
+                .collect();
+            want.truncate(3);
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn customer_score_fuses_by_hand() {
