@@ -7,18 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-/// The home Wi-Fi spec's text with its global model switched on (it ships off: QUALITY.md, "The global
-/// model on real telemetry").
-fn home_wifi_with_model() -> String {
-    let text = common::home_wifi();
-    assert!(text.contains("\nenabled = false\n"));
-    text.replacen("\nenabled = false\n", "\nenabled = true\n", 1)
-}
-
 /// The embedded home Wi-Fi spec with its `[global_model]` on and pointing at `weights` (or as it ships: off).
 fn spec_with(dir: &Path, weights: Option<&Path>) -> std::path::PathBuf {
     let text = match weights {
-        Some(w) => home_wifi_with_model().replace(
+        Some(w) => common::home_wifi_with_model_text().replace(
             "weights = \"home-wifi.safetensors\"",
             &format!("weights = {:?}", w.to_str().unwrap()),
         ),
@@ -115,8 +107,7 @@ fn relationship_alerts_are_byte_identical_for_any_layout() {
         &["--anomaly-rate", "4.0"],
     );
     // The embedded spec with its built-in weights switched on (a copy elsewhere keeps them).
-    let spec = dir.path().join("with-model.toml");
-    std::fs::write(&spec, home_wifi_with_model()).unwrap();
+    let spec = common::home_wifi_with_model(dir.path());
     let spec = spec.to_str().unwrap();
     let one = dir.path().join("w1.jsonl");
     common::run(
@@ -155,7 +146,7 @@ fn weights_for_another_feature_list_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::generate(&dir.path().join("fleet"), 5, 20, 1, &["--features", "4"]);
     // The home Wi-Fi weights (20 features) named by a 4-feature spec.
-    let text = home_wifi_with_model();
+    let text = common::home_wifi_with_model_text();
     let cut = text.find("[[features]]").unwrap();
     let mut spec = text[..cut].replace(
         "weights = \"home-wifi.safetensors\"",

@@ -172,22 +172,31 @@ pub fn home_wifi() -> String {
     .expect("dataflows/home-wifi.toml")
 }
 
-/// home-wifi.toml with its first `from` replaced by `to`, written to `path` (which it returns); panics if the
-/// spec no longer says `from` (the test would measure something else).
-pub fn home_wifi_variant(path: &Path, from: &str, to: &str) -> PathBuf {
+/// home-wifi.toml's text with its first `from` replaced by `to`; panics if the spec no longer says `from`
+/// (the test would measure something else).
+pub fn home_wifi_replacing(from: &str, to: &str) -> String {
     let text = home_wifi();
     assert!(text.contains(from), "home-wifi.toml no longer has {from:?}");
-    std::fs::write(path, text.replacen(from, to, 1)).expect("spec variant");
+    text.replacen(from, to, 1)
+}
+
+/// [`home_wifi_replacing`] written to `path` (which it returns).
+pub fn home_wifi_variant(path: &Path, from: &str, to: &str) -> PathBuf {
+    std::fs::write(path, home_wifi_replacing(from, to)).expect("spec variant");
     path.to_path_buf()
 }
 
-/// home-wifi.toml with its global model switched on (it ships off), written to `dir/with-model.toml`.
+/// home-wifi.toml's text with its global model switched on (it ships off: QUALITY.md, "The global model on
+/// real telemetry").
+pub fn home_wifi_with_model_text() -> String {
+    home_wifi_replacing("\nenabled = false\n", "\nenabled = true\n")
+}
+
+/// [`home_wifi_with_model_text`] written to `dir/with-model.toml` (which it returns).
 pub fn home_wifi_with_model(dir: &Path) -> PathBuf {
-    home_wifi_variant(
-        &dir.join("with-model.toml"),
-        "\nenabled = false\n",
-        "\nenabled = true\n",
-    )
+    let path = dir.join("with-model.toml");
+    std::fs::write(&path, home_wifi_with_model_text()).expect("spec with the global model");
+    path
 }
 
 /// `fleetwatch run <args> --cluster <cluster> --process i` for both processes of a two-process cluster
