@@ -125,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         checkpoint_every: None,
         signals: false,
         topology: None,
+        topology_changes: None,
         group_incidents: false,
         watch: None,
         serving: Default::default(),

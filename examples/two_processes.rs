@@ -26,6 +26,7 @@ fn options(dir: &std::path::Path, output: &str, layout: Layout) -> RunOptions {
         checkpoint_every: None,
         signals: false,
         topology: None,
+        topology_changes: None,
         group_incidents: false,
         watch: None,
         serving: Default::default(),

@@ -82,6 +82,9 @@ pub struct RunOptions {
     pub signals: bool,
     /// The fleet's topology (CSV `customer,element,region`): network-element incidents ([`crate::topology`]).
     pub topology: Option<PathBuf>,
+    /// Changes to the topology while the run goes on: a file of change lines or `kafka://HOST:PORT/TOPIC`
+    /// ([`crate::topology`], "Changes").
+    pub topology_changes: Option<String>,
     /// With a topology: write an element's incident instead of the member alerts raised under it.
     pub group_incidents: bool,
     /// Keep every scored observation of these customers (`fleetwatch plot`, [`crate::watch`]).
@@ -421,12 +424,12 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
             "--checkpoint-every must be at least 1".into(),
         ));
     }
-    if opts.group_incidents && opts.topology.is_none() {
+    if opts.group_incidents && opts.topology.is_none() && opts.topology_changes.is_none() {
         return Err(CommandError::Usage(
-            "--group-incidents needs --topology".into(),
+            "--group-incidents needs --topology or --topology-changes".into(),
         ));
     }
-    let topology = match &opts.topology {
+    let mut topology = match &opts.topology {
         Some(path) => {
             let t =
                 crate::topology::read_topology(path, inputs.names().len() as u32).map_err(|e| {
@@ -448,10 +451,16 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
                     t.dead.len()
                 )));
             }
-            Some(Arc::new(t))
+            Some(t)
         }
         None => None,
     };
+    if let Some(source) = &opts.topology_changes {
+        let input = inputs.names().len() as u32 + u32::from(topology.is_some());
+        let feed = topology_changes(source, input, &spec, &opts.kafka)?;
+        topology.get_or_insert_with(Default::default).changes = Some(feed);
+    }
+    let topology = topology.map(Arc::new);
     let shadow = match &opts.shadow {
         Some(sh) => {
             if opts.checkpoint_dir.is_some() {
@@ -511,6 +520,49 @@ pub fn run_with(opts: &RunOptions, registry: &Registry) -> Result<RunReport, Com
         shadow,
     };
     Ok(crate::dataflow::run(cfg, timely, process)?)
+}
+
+/// Opens `--topology-changes`: a file of change lines, or (feature `kafka`) a Kafka topic.
+fn topology_changes(
+    source: &str,
+    input: u32,
+    spec: &Spec,
+    kafka: &KafkaRunOptions,
+) -> Result<crate::topology::ChangeFeedSpec, CommandError> {
+    if source.starts_with("kafka://") {
+        #[cfg(feature = "kafka")]
+        {
+            let mut address = crate::kafka::KafkaAddress::parse(source)
+                .map_err(|e| CommandError::Usage(format!("--topology-changes: {e}")))?;
+            address
+                .topic()
+                .map_err(|e| CommandError::Usage(format!("--topology-changes: {e}")))?;
+            let properties = crate::kafka_properties::KafkaProperties::resolve(
+                &spec.kafka.properties,
+                &spec.kafka.secret_files,
+                &kafka.properties,
+                &kafka.secret_files,
+            )
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+            address.brokers = address.brokers.with_properties(properties);
+            return Ok(crate::topology::ChangeFeedSpec::Kafka { address, input });
+        }
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = (input, spec, kafka);
+            return Err(CommandError::Usage(
+                "--topology-changes kafka://…: this build has no Kafka support (build with --features kafka)"
+                    .into(),
+            ));
+        }
+    }
+    let path = std::path::Path::new(source);
+    let feed = crate::topology::read_changes(path, input).map_err(|e| CommandError::Io {
+        context: "--topology-changes".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    tracing::info!("topology changes {source} read");
+    Ok(feed)
 }
 
 /// `fleetwatch generate`.
@@ -681,6 +733,7 @@ pub fn demo(
         checkpoint_every: None,
         signals: false,
         topology: None,
+        topology_changes: None,
         group_incidents: false,
         watch: None,
         serving: Default::default(),
@@ -821,6 +874,7 @@ pub fn replay_watching(
         checkpoint_every: None,
         signals: false,
         topology: settings.topology.clone(),
+        topology_changes: None,
         group_incidents: settings.group_incidents,
         watch: Some(Arc::clone(&watch)),
         serving: Default::default(),

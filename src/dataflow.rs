@@ -31,12 +31,12 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{
-    Capability, Concat, ConnectLoop, Feedback, Input, Inspect, Probe, ToStream,
+    Capability, Concat, ConnectLoop, Feedback, Input, Inspect, Probe,
 };
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::arrangement::{
-    ModelCheckpoint, ModelCounts, ModelRun, PendingWrites, Restored, TopologyDiff, series_model,
+    ModelCheckpoint, ModelCounts, ModelRun, PendingWrites, Restored, series_model,
 };
 use crate::checkpoint::{
     CheckpointError, Checkpointing, Completed, Coordinator, Loaded, RunIdentity, SinkCheckpoint,
@@ -191,7 +191,7 @@ pub struct RunReport {
 
 type Shared<T> = Arc<Mutex<Option<T>>>;
 
-fn record_error(slot: &Shared<String>, msg: String) {
+pub(crate) fn record_error(slot: &Shared<String>, msg: String) {
     tracing::error!("{msg}");
     if let Ok(mut g) = slot.lock()
         && g.is_none()
@@ -675,29 +675,18 @@ fn build<'scope, const N: usize>(
         logs
     };
     let (cohort_handle, cohort_cycle) = scope.feedback::<Vec<CohortDelta>>(1);
-    // The topology as a differential collection: worker 0 introduces every placement at time 0.
+    // The topology as a differential collection: worker 0 introduces every placement at time 0 and each
+    // change at its epoch, once the sources have closed it (`topology_feed.rs`).
     let topology = cfg.topology.as_ref().map(|t| {
-        let mine: Vec<TopologyDiff> = if scope.index() == 0 {
-            t.placements.iter().map(|p| (*p, 0u64, 1isize)).collect()
-        } else {
-            Vec::new()
-        };
-        let dead: Vec<DeadLetter> = if scope.index() == 0 {
-            t.dead.clone()
-        } else {
-            Vec::new()
-        };
-        // The incident operator needs only how many members each element has.
-        let counts = if scope.index() == 0 {
-            crate::incidents::member_counts(&t.placements)
-        } else {
-            Vec::new()
-        };
-        (
-            mine.to_stream(scope),
-            dead.to_stream(scope),
-            counts.to_stream(scope),
-        )
+        let f = crate::topology_feed::topology_feed(
+            scope,
+            Arc::clone(t),
+            cfg.spec.epoch.length_seconds,
+            src_counts.clone(),
+            ck.resume.as_ref().map(|r| r.0),
+            Arc::clone(&errors),
+        );
+        (f.placements, f.dead, f.members)
     });
     let model = series_model(
         logs.clone(),
@@ -753,7 +742,12 @@ fn build<'scope, const N: usize>(
     };
     let mut inputs = cfg.inputs.names();
     if let Some(t) = &cfg.topology {
-        inputs.push(t.path.clone());
+        if !t.path.is_empty() {
+            inputs.push(t.path.clone());
+        }
+        if let Some(c) = &t.changes {
+            inputs.push(c.name());
+        }
     }
     if let Some(sh) = &cfg.shadow {
         let (handle, cycle) = scope.feedback::<Vec<CohortDelta>>(1);
@@ -1409,7 +1403,7 @@ impl SinkState {
                 self.open_regions.remove(&r.region);
             }
         }
-        b.incidents.sort_by_key(|i| i.element);
+        b.incidents.sort_by_key(|i| (i.element, i.region));
         let mut incidents = Vec::with_capacity(b.incidents.len());
         for i in std::mem::take(&mut b.incidents) {
             let under = (self.open_regions.contains(&i.region) || cleared_now.contains(&i.region))

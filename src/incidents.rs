@@ -4,7 +4,7 @@
 //!  topology collection ──arrange by customer──┐
 //!  open anomalies (arranged by customer) ──────┴─ join_core ─▶ ((element, region), (member, its anomaly)) ─┐
 //!  SeriesModel ── per-element sums of each worker ──────────────────────────────────────────────────────────┤
-//!  topology's member counts per element ─────────────────────────────────────────────────────────────────────┤
+//!  topology feed's member counts per element (at time 0, then as customers move) ────────────────────────────┤
 //!                                                               exchange by region                           ▼
 //!                                              Incidents: per epoch, per element in id order,
 //!                                              model::incident::ElementState::step, then per region
@@ -16,6 +16,9 @@
 //!
 //! Everything is routed by region, so a region's elements are stepped on one worker and the region right
 //! after them, without another exchange (a region of 20 elements, 1,000 customers, is a small unit of work).
+//! An element is kept as (element, region): one whose members all moved to another region is another element
+//! there (its state would otherwise sit on the old region's worker under one layout and not another); an
+//! element left without members, open alerts or an open incident is dropped.
 //!
 //! The join is incremental: only the members' alert *changes* and topology changes flow through it, never
 //! the fleet. The per-element sums are integers, so every layout sums the same; every element of the
@@ -136,14 +139,14 @@ struct SnapshotRef<'a> {
 impl<'a> SnapshotRef<'a> {
     fn new(
         epoch: u64,
-        books: &'a BTreeMap<ElementId, ElementBook>,
+        books: &'a BTreeMap<ElementKey, ElementBook>,
         regions: &'a BTreeMap<ElementId, RegionState>,
     ) -> Self {
         SnapshotRef {
             epoch,
             elements: books
                 .iter()
-                .filter_map(|(e, b)| Some((e, b.region.as_ref().unwrap_or(e), b.state.as_ref()?)))
+                .filter_map(|((e, r), b)| Some((e, r, b.state.as_ref()?)))
                 .collect(),
             regions: regions.iter().collect(),
         }
@@ -154,7 +157,7 @@ impl<'a> SnapshotRef<'a> {
 fn write_part(
     ck: &IncidentCheckpoint,
     c: u64,
-    books: &BTreeMap<ElementId, ElementBook>,
+    books: &BTreeMap<ElementKey, ElementBook>,
     regions: &BTreeMap<ElementId, RegionState>,
 ) {
     let snap = SnapshotRef::new(c, books, regions);
@@ -183,10 +186,14 @@ pub struct IncidentStreams<'scope> {
     pub annotations: Stream<'scope, u64, Vec<Annotation>>,
 }
 
+/// An element as the operator keeps it: (element, region). An element whose members are all placed in
+/// another region is another element there (its learned normal starts again): its state lives on the
+/// region's worker, and which worker that is must not decide what it remembers.
+type ElementKey = (ElementId, ElementId);
+
 /// Per element: the members' open anomalies (accumulated differences) and the member count.
 #[derive(Default)]
 struct ElementBook {
-    region: Option<ElementId>,
     members: isize,
     open: BTreeMap<(CustomerId, OpenAnomaly), isize>,
     state: Option<ElementState>,
@@ -271,17 +278,17 @@ pub fn incidents<'scope>(
             "ElementSums",
             |cap, _info| {
                 let mut cap = Some(cap);
-                let mut pending: BTreeMap<u64, HashMap<ElementId, ElementPartial>> =
+                let mut pending: BTreeMap<u64, HashMap<ElementKey, ElementPartial>> =
                     BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|c, data| {
                         let Some(&t) = c.least() else { return };
                         let at = pending.entry(t).or_default();
                         for p in data.drain(..) {
-                            match at.get_mut(&p.element) {
+                            match at.get_mut(&(p.element, p.region)) {
                                 Some(s) => s.add(&p),
                                 None => {
-                                    at.insert(p.element, p);
+                                    at.insert((p.element, p.region), p);
                                 }
                             }
                         }
@@ -297,7 +304,7 @@ pub fn incidents<'scope>(
                             .unwrap_or_default()
                             .into_values()
                             .collect();
-                        v.sort_by_key(|p| p.element);
+                        v.sort_by_key(|p| (p.element, p.region));
                         output.session(&held.delayed(&t)).give_container(&mut v);
                     }
                     match bound {
@@ -362,9 +369,9 @@ pub fn incidents<'scope>(
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
-        let mut books: BTreeMap<ElementId, ElementBook> = BTreeMap::new();
+        let mut books: BTreeMap<ElementKey, ElementBook> = BTreeMap::new();
         let mut region_states: BTreeMap<ElementId, RegionState> = BTreeMap::new();
-        let mut sums: BTreeMap<u64, HashMap<ElementId, ElementPartial>> = BTreeMap::new();
+        let mut sums: BTreeMap<u64, HashMap<ElementKey, ElementPartial>> = BTreeMap::new();
         let mut alert_diffs: BTreeMap<u64, Vec<MemberAlertDiff>> = BTreeMap::new();
         let mut topo_diffs: BTreeMap<u64, Vec<MemberCountDiff>> = BTreeMap::new();
         let mut fleet_means: BTreeMap<u64, Vec<Vec<f32>>> = BTreeMap::new();
@@ -379,8 +386,7 @@ pub fn incidents<'scope>(
                 next = Some(r.epoch + 1);
             }
             for (element, region, state) in r.elements {
-                let b = books.entry(element).or_default();
-                b.region = Some(region);
+                let b = books.entry((element, region)).or_default();
                 b.state = Some(state);
             }
             region_states.extend(r.regions);
@@ -390,10 +396,10 @@ pub fn incidents<'scope>(
                 let Some(&t) = cap.least() else { return };
                 let at = sums.entry(t).or_default();
                 for p in data.drain(..) {
-                    match at.get_mut(&p.element) {
+                    match at.get_mut(&(p.element, p.region)) {
                         Some(s) => s.add(&p),
                         None => {
-                            at.insert(p.element, p);
+                            at.insert((p.element, p.region), p);
                         }
                     }
                 }
@@ -427,19 +433,15 @@ pub fn incidents<'scope>(
                 }
                 let ready: Vec<u64> = topo_diffs.range(..=e).map(|(t, _)| *t).collect();
                 for t in ready {
-                    for ((element, region), _, d) in topo_diffs.remove(&t).unwrap_or_default() {
-                        let b = books.entry(element).or_default();
-                        b.members += d;
-                        if d > 0 {
-                            b.region = Some(region);
-                        }
+                    for (key, _, d) in topo_diffs.remove(&t).unwrap_or_default() {
+                        books.entry(key).or_default().members += d;
                     }
                 }
                 // The members' alert changes of this epoch (and any earlier ones not yet applied).
-                let mut now: Vec<(ElementId, CustomerId, u16)> = Vec::new();
+                let mut now: Vec<(ElementKey, CustomerId, u16)> = Vec::new();
                 let ready: Vec<u64> = alert_diffs.range(..=e).map(|(t, _)| *t).collect();
                 for t in ready {
-                    for (((el, _), (c, a)), _, d) in alert_diffs.remove(&t).unwrap_or_default() {
+                    for ((el, (c, a)), _, d) in alert_diffs.remove(&t).unwrap_or_default() {
                         let b = books.entry(el).or_default();
                         let n = b.open.entry((c, a)).or_insert(0);
                         *n += d;
@@ -457,14 +459,14 @@ pub fn incidents<'scope>(
                 let fleet: Vec<f32> = fleet_medians(fleet_means.remove(&e), features);
                 let mut changes = Vec::new();
                 let mut views: BTreeMap<ElementId, Vec<ElementView>> = BTreeMap::new();
-                for (el, b) in books.iter_mut() {
+                for (key, b) in books.iter_mut() {
                     if b.members <= 0 && b.state.is_none() {
                         continue;
                     }
-                    let region = b.region.unwrap_or(*el);
+                    let (el, region) = *key;
                     let mut x = at
-                        .remove(el)
-                        .unwrap_or_else(|| ElementPartial::new(*el, region, features));
+                        .remove(key)
+                        .unwrap_or_else(|| ElementPartial::new(el, region, features));
                     // Members from the topology itself (a worker that has run nothing yet has summed none).
                     x.members = b.members.max(0) as u32;
                     x.region = region;
@@ -489,17 +491,24 @@ pub fn incidents<'scope>(
                 // Annotations: the members' changes of this epoch under an incident open at it (or
                 // raised or cleared at it).
                 let mut notes: Vec<Annotation> = Vec::new();
-                for (el, c, f) in now {
+                for (key, c, f) in now {
                     let open = books
-                        .get(&el)
+                        .get(&key)
                         .is_some_and(|b| b.state.as_ref().is_some_and(|s| s.open.is_some()))
-                        || changes
-                            .iter()
-                            .any(|ch| ch.element == el && ch.status == Transition::Cleared);
+                        || changes.iter().any(|ch| {
+                            (ch.element, ch.region) == key && ch.status == Transition::Cleared
+                        });
                     if open {
-                        notes.push((c, f, el));
+                        notes.push((c, f, key.0));
                     }
                 }
+                // An element left without members, alerts or an open incident (its customers all moved
+                // elsewhere, or to the same element in another region) is done: its book goes.
+                books.retain(|_, b| {
+                    b.members > 0
+                        || !b.open.is_empty()
+                        || b.state.as_ref().is_some_and(|s| s.open.is_some())
+                });
                 if !changes.is_empty() {
                     out_changes
                         .activate()
@@ -586,18 +595,17 @@ mod tests {
             kind: crate::model::incident::IncidentKind::Congestion,
             severity: crate::model::header::Severity::Critical,
         });
-        let mut books: BTreeMap<ElementId, ElementBook> = BTreeMap::new();
+        let mut books: BTreeMap<ElementKey, ElementBook> = BTreeMap::new();
         books.insert(
-            id("elem-1"),
+            (id("elem-1"), id("region-1")),
             ElementBook {
-                region: Some(id("region-1")),
                 members: 12,
                 state: Some(state.clone()),
                 ..Default::default()
             },
         );
         // Not stepped yet: no state, not in the part.
-        books.insert(id("elem-2"), ElementBook::default());
+        books.insert((id("elem-2"), id("region-1")), ElementBook::default());
         let mut regions = BTreeMap::new();
         regions.insert(
             id("region-1"),

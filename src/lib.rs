@@ -67,5 +67,6 @@ pub mod state;
 pub mod stop;
 pub mod timefmt;
 pub mod topology;
+pub mod topology_feed;
 pub mod train;
 pub mod watch;

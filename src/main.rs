@@ -105,8 +105,16 @@ enum Command {
         /// once, or move together each a little; members' changes under an open incident name it.
         #[arg(long, value_name = "FILE")]
         topology: Option<PathBuf>,
-        /// With --topology: write an element's incident instead of the member alerts raised under it.
-        #[arg(long, requires = "topology")]
+        /// Changes to the topology while the run goes on, one JSON line (or Kafka message) each, in effect
+        /// from the epoch of its ts: {"ts":…,"customer":"…","element":"…","region":"…"} places or moves a
+        /// customer, {"ts":…,"customer":"…","remove":true} takes it out. A file (a replay), or
+        /// kafka://HOST:PORT/TOPIC (read from its beginning: a compacted changelog). With or without
+        /// --topology (where customers start).
+        #[arg(long, value_name = "FILE|kafka://HOST:PORT/TOPIC")]
+        topology_changes: Option<String>,
+        /// With --topology (or --topology-changes): write an element's incident instead of the member alerts
+        /// raised under it.
+        #[arg(long)]
         group_incidents: bool,
         /// A shadow variant: this spec's model (other parameters, other weights, the global model off) runs
         /// on the same records in the same dataflow (one read, one exchange) and writes its changes to
@@ -608,6 +616,7 @@ fn main() -> Result<()> {
             metrics,
             kafka_client,
             topology,
+            topology_changes,
             group_incidents,
             shadow,
             shadow_output,
@@ -650,6 +659,7 @@ fn main() -> Result<()> {
                 checkpoint_every,
                 signals: true,
                 topology,
+                topology_changes,
                 group_incidents,
                 watch: None,
                 serving: serving.into(),

@@ -1,6 +1,6 @@
 //! Network-element incidents (`run --topology`): outages and congestions of the generator found per element,
-//! the same output for any worker and process layout, the grouped mode, and bad topology rows dead-lettered
-//! while the rest flows on.
+//! the same output for any worker and process layout, the grouped mode, bad topology rows dead-lettered
+//! while the rest flows on, and a topology that changes while the run goes on (`--topology-changes`).
 
 mod common;
 
@@ -167,6 +167,218 @@ fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() 
     assert_eq!(g["found"], r["found"], "grouping changes no incident");
 }
 
+/// The fleet's customers per element, from topology.csv.
+fn members_of(fleet: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in std::fs::read_to_string(fleet.join("topology.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let f: Vec<&str> = l.split(',').collect();
+        by.entry(f[1].to_string())
+            .or_default()
+            .push(f[0].to_string());
+    }
+    by
+}
+
+/// A change line: `customer` placed on `element` in `region` from `ts` on.
+fn place(ts: u64, customer: &str, element: &str, region: &str) -> String {
+    format!(r#"{{"ts":{ts},"customer":"{customer}","element":"{element}","region":"{region}"}}"#)
+}
+
+#[test]
+fn topology_changes_move_members_at_their_epochs_for_any_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let input = element_fault_fleet(&fleet);
+    let topo = fleet.join("topology.csv");
+    // An outage well after the history: 100 epochs before it, every member of its element moves to a new
+    // element in another region (an element added, a customer moved, an element's region changed all at
+    // once); one member is taken out of the topology 50 epochs before it.
+    let labels = std::fs::read_to_string(fleet.join("element_labels.jsonl")).unwrap();
+    let first_ts = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]["ts"]
+                .as_u64()
+                .unwrap()
+        })
+        .unwrap();
+    let outage: serde_json::Value = labels
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "outage" && v["start"].as_u64().unwrap() > first_ts + 600 * 300)
+        .expect("an outage after the history");
+    let element = outage["element"].as_str().unwrap().to_string();
+    let region = outage["region"].as_str().unwrap();
+    let other_region = if region == "region-000" {
+        "region-001"
+    } else {
+        "region-000"
+    };
+    let start = outage["start"].as_u64().unwrap();
+    let members = members_of(&fleet)[&element].clone();
+    let mut lines: Vec<String> = members
+        .iter()
+        .map(|c| place(start - 100 * 300, c, "elem-added", other_region))
+        .collect();
+    lines.push(format!(
+        r#"{{"ts":{},"customer":"{}","remove":true}}"#,
+        start - 50 * 300,
+        members[0]
+    ));
+    // Refused, the rest flowing on: not JSON, a removal of a customer never placed, a misspelt field.
+    lines.push("not json".into());
+    lines.push(format!(
+        r#"{{"ts":{},"customer":"cust-9999999","remove":true}}"#,
+        start - 100 * 300
+    ));
+    lines.push(format!(
+        r#"{{"ts":{},"customer":"{}","elemnt":"x","region":"r"}}"#,
+        start, members[1]
+    ));
+    let changes = dir.path().join("changes.jsonl");
+    std::fs::write(&changes, lines.join("\n") + "\n").unwrap();
+    let ch = changes.to_str().unwrap();
+    let t = topo.to_str().unwrap();
+
+    let one = dir.path().join("w1.jsonl");
+    let dead = dir.path().join("dead.jsonl");
+    common::run(
+        &input,
+        &one,
+        &[
+            "--reproducible",
+            "--topology",
+            t,
+            "--topology-changes",
+            ch,
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+    );
+    // The outage is the new element's, with the members it has at that epoch; the old element has none.
+    let incidents: Vec<serde_json::Value> = std::fs::read_to_string(&one)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "incident" && v["status"] == "raised" && v["kind"] == "outage")
+        .collect();
+    let at_start = |v: &serde_json::Value| v["epoch"].as_u64().unwrap().abs_diff(start / 300) <= 2;
+    let moved: Vec<&serde_json::Value> = incidents
+        .iter()
+        .filter(|v| v["element"] == "elem-added" && at_start(v))
+        .collect();
+    assert_eq!(moved.len(), 1, "{incidents:?}");
+    assert_eq!(moved[0]["region"], other_region);
+    assert_eq!(
+        moved[0]["members"].as_u64().unwrap() as usize,
+        members.len() - 1
+    );
+    assert!(
+        !incidents
+            .iter()
+            .any(|v| v["element"] == element.as_str() && at_start(v)),
+        "the outage is raised on the element its members left: {incidents:?}"
+    );
+    let refused: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let details: Vec<&str> = refused
+        .iter()
+        .map(|d| d["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused.len(), 3, "{details:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|d| d["reason"] == "topology" && d["input"] == ch)
+    );
+    assert!(details[0].contains("JSON object"), "{details:?}");
+    assert!(
+        details[1].contains("cust-9999999 is not placed"),
+        "{details:?}"
+    );
+    assert!(details[2].contains("unknown field"), "{details:?}");
+
+    // The same bytes with 2 workers and with 2 processes (the changes are read once, by worker 0).
+    let reference = std::fs::read(&one).unwrap();
+    let two = dir.path().join("w2.jsonl");
+    common::run(
+        &input,
+        &two,
+        &[
+            "--reproducible",
+            "--topology",
+            t,
+            "--topology-changes",
+            ch,
+            "--workers",
+            "2",
+        ],
+    );
+    assert!(
+        std::fs::read(&two).unwrap() == reference,
+        "--workers 2 differs from --workers 1"
+    );
+    let cluster = common::two_process_cluster(dir.path());
+    let p2 = dir.path().join("p2.jsonl");
+    common::run_two_processes(
+        &cluster,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            p2.to_str().unwrap(),
+            "--reproducible",
+            "--topology",
+            t,
+            "--topology-changes",
+            ch,
+        ],
+    );
+    assert!(
+        std::fs::read(&p2).unwrap() == reference,
+        "2 processes differ from 1 worker"
+    );
+
+    // The whole topology as changes alone (no --topology): the same output.
+    let all = dir.path().join("all-changes.jsonl");
+    let mut text: String = std::fs::read_to_string(&topo)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            place(first_ts, f[0], f[1], f[2]) + "\n"
+        })
+        .collect();
+    text.push_str(&std::fs::read_to_string(&changes).unwrap());
+    std::fs::write(&all, text).unwrap();
+    let only = dir.path().join("only-changes.jsonl");
+    common::run(
+        &input,
+        &only,
+        &[
+            "--reproducible",
+            "--topology-changes",
+            all.to_str().unwrap(),
+            "--workers",
+            "2",
+        ],
+    );
+    assert!(
+        std::fs::read(&only).unwrap() == reference,
+        "the topology given as changes from the first epoch differs from the file and the same changes"
+    );
+}
+
 #[test]
 fn a_topology_without_usable_rows_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,16 +444,44 @@ fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, &full).unwrap();
     let topo = fleet.join("topology.csv");
+    // The topology changes all along the run, before and after every checkpoint a restore resumes from:
+    // every 150 epochs after the history, ten customers move to an element added for them (in the next
+    // region) and one is taken out; a refused line among them (its dead letter is written once).
+    let first_ts = line_epoch(full.split(|b| *b == b'\n').nth(1).unwrap()).unwrap() * 300;
+    let customers: Vec<String> = members_of(&fleet).into_values().flatten().collect();
+    let mut lines = Vec::new();
+    for (batch, at) in (450..1152u64).step_by(150).enumerate() {
+        let ts = first_ts + at * 300;
+        for k in 0..10 {
+            let c = &customers[(batch * 37 + k * 53) % customers.len()];
+            let region = format!("region-00{}", batch % 2);
+            lines.push(place(ts, c, &format!("added-{batch}"), &region));
+        }
+        let gone = &customers[(batch * 101 + 7) % customers.len()];
+        lines.push(format!(
+            r#"{{"ts":{ts},"customer":"{gone}","remove":true}}"#
+        ));
+        lines.push(format!(
+            r#"{{"ts":{ts},"customer":"{gone}","remove":"twice"}}"#
+        ));
+    }
+    let changes = dir.path().join("changes.jsonl");
+    std::fs::write(&changes, lines.join("\n") + "\n").unwrap();
     let run_args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let dead = out.with_extension("dead");
         let mut a: Vec<String> = [
             "run",
             "--input",
             input.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
+            "--dead-letter",
+            dead.to_str().unwrap(),
             "--reproducible",
             "--topology",
             topo.to_str().unwrap(),
+            "--topology-changes",
+            changes.to_str().unwrap(),
             "--group-incidents",
         ]
         .map(String::from)
@@ -325,6 +565,12 @@ fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
     assert!(
         got == want,
         "incidents after two restores under three layouts differ from an uninterrupted run"
+    );
+    let refused = std::fs::read_to_string(reference.with_extension("dead")).unwrap();
+    assert_eq!(refused.lines().count(), 5, "{refused}");
+    assert!(
+        std::fs::read_to_string(out.with_extension("dead")).unwrap() == refused,
+        "the refused changes after two restores differ from an uninterrupted run's"
     );
 
     // A checkpoint of a run without a topology cannot resume one with a topology (and the reverse): the

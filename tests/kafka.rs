@@ -1420,3 +1420,137 @@ fn a_broker_reached_over_tls_is_read_and_written_with_the_ssl_properties() {
     assert!(err.contains("cannot reach the brokers"), "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+#[test]
+fn topology_changes_from_a_topic_apply_as_the_same_changes_from_a_file() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let fleet = dir.path().join("fleet");
+    let input = common::generate(
+        &fleet,
+        200,
+        500,
+        31,
+        &[
+            "--partitions",
+            "2",
+            "--without-relationships",
+            "--outage-rate",
+            "1.0",
+            "--history-epochs",
+            "150",
+        ],
+    );
+    broker.produce(&input, "tele");
+    // Every member of an element with an outage after epoch 250 moves to an element added for them, 50
+    // epochs before it; one line is refused.
+    let first_ts = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]["ts"]
+                .as_u64()
+                .unwrap()
+        })
+        .unwrap();
+    let outage: serde_json::Value = std::fs::read_to_string(fleet.join("element_labels.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "outage" && v["start"].as_u64().unwrap() > first_ts + 250 * 300)
+        .expect("an outage after epoch 250");
+    let at = outage["start"].as_u64().unwrap() - 50 * 300;
+    let mut lines: Vec<String> = std::fs::read_to_string(fleet.join("topology.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(1) == outage["element"].as_str())
+        .map(|l| {
+            let c = l.split(',').next().unwrap();
+            format!(r#"{{"ts":{at},"customer":"{c}","element":"elem-added","region":"region-9"}}"#)
+        })
+        .collect();
+    assert!(lines.len() >= 10);
+    lines.push(format!(
+        r#"{{"ts":{at},"customer":"cust-9999999","remove":true}}"#
+    ));
+    let changes = dir.path().join("changes.jsonl");
+    std::fs::write(&changes, lines.join("\n") + "\n").unwrap();
+    fleetwatch::kafka::ensure_topic(
+        &fleetwatch::kafka::Brokers::plain(broker.brokers()),
+        "topo",
+        1,
+    )
+    .unwrap();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .unwrap();
+    for l in &lines {
+        producer
+            .send(BaseRecord::<(), str>::to("topo").payload(l.as_str()))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let topo = fleet.join("topology.csv");
+    let (reference, ref_dead) = file_run(
+        &input,
+        dir.path(),
+        "file",
+        &[
+            "--topology",
+            topo.to_str().unwrap(),
+            "--topology-changes",
+            changes.to_str().unwrap(),
+        ],
+    );
+    let live = dir.path().join("live.jsonl");
+    let live_dead = dir.path().join("live.dead.jsonl");
+    common::fleetwatch(&[
+        "run",
+        "--input",
+        &broker.address("tele"),
+        "--output",
+        live.to_str().unwrap(),
+        "--dead-letter",
+        live_dead.to_str().unwrap(),
+        "--topology",
+        topo.to_str().unwrap(),
+        "--topology-changes",
+        &broker.address("topo"),
+        "--workers",
+        "2",
+        "--reproducible",
+        "--until-idle",
+        "3",
+    ]);
+    let want = std::fs::read_to_string(&reference).unwrap();
+    assert!(
+        want.lines().any(|l| l.contains(r#""type":"incident""#)
+            && l.contains(r#""element":"elem-added""#)
+            && l.contains(r#""kind":"outage""#)),
+        "the moved members' outage is the added element's"
+    );
+    assert!(
+        std::fs::read_to_string(&live).unwrap() == want,
+        "topology changes from a topic differ from the same changes from a file"
+    );
+    // The refused change, from the topic: its partition and offset in the dead letter.
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&live_dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|d: &serde_json::Value| d["reason"] == "topology")
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["detail"].as_str().unwrap().contains("not placed"));
+    assert_eq!(dead[0]["offset"].as_u64(), Some(lines.len() as u64 - 1));
+    assert!(
+        std::fs::read_to_string(&ref_dead)
+            .unwrap()
+            .contains("cust-9999999")
+    );
+}
