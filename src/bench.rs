@@ -52,6 +52,8 @@ pub struct BenchOptions {
     pub checkpoint_every: u64,
     /// The fleet's topology (`run --topology`): measures the cost of network-element incidents.
     pub topology: Option<PathBuf>,
+    /// Topology changes (`run --topology-changes FILE`): the cost of the topology moving while it runs.
+    pub topology_changes: Option<PathBuf>,
     /// The live query API and the Parquet files of every prediction: their cost.
     pub serving: crate::commands::ServingOptions,
 }
@@ -224,12 +226,21 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, CommandError> {
         }),
         stop: Default::default(),
         connect_timeout: std::time::Duration::ZERO,
-        topology: match &opts.topology {
-            Some(p) => Some(Arc::new(
-                crate::topology::read_topology(p, 1)
-                    .map_err(|e| CommandError::Usage(format!("--topology: {e}")))?,
-            )),
-            None => None,
+        topology: {
+            let mut t = match &opts.topology {
+                Some(p) => Some(
+                    crate::topology::read_topology(p, 1)
+                        .map_err(|e| CommandError::Usage(format!("--topology: {e}")))?,
+                ),
+                None => None,
+            };
+            if let Some(p) = &opts.topology_changes {
+                let input = 1 + u32::from(t.is_some());
+                let feed = crate::topology::read_changes(p, input)
+                    .map_err(|e| CommandError::Usage(format!("--topology-changes: {e}")))?;
+                t.get_or_insert_with(Default::default).changes = Some(feed);
+            }
+            t.map(Arc::new)
         },
         group_incidents: false,
         watch: None,

@@ -684,6 +684,7 @@ fn build<'scope, const N: usize>(
             cfg.spec.epoch.length_seconds,
             src_counts.clone(),
             ck.resume.as_ref().map(|r| r.0),
+            Arc::clone(&cfg.stop),
             Arc::clone(&errors),
         );
         (f.placements, f.dead, f.members)
@@ -1136,7 +1137,8 @@ pub struct SinkState {
     /// Regions with an open incident; with grouping, the element incidents raised under one (held back
     /// with their later changes, like members' alerts under an element's).
     open_regions: std::collections::BTreeSet<crate::topology::ElementId>,
-    grouped_elements: std::collections::BTreeSet<crate::topology::ElementId>,
+    grouped_elements:
+        std::collections::BTreeSet<(crate::topology::ElementId, crate::topology::ElementId)>,
     /// `--serve`: the open alerts as of each closed epoch, for `GET /anomalies`.
     serving: Option<Arc<crate::serving::Serving>>,
     /// Report each epoch to the process's metrics (not a shadow's sink).
@@ -1409,13 +1411,13 @@ impl SinkState {
             let under = (self.open_regions.contains(&i.region) || cleared_now.contains(&i.region))
                 .then_some(i.region);
             if self.group_incidents {
-                let held_back = if self.grouped_elements.contains(&i.element) {
+                let held_back = if self.grouped_elements.contains(&(i.element, i.region)) {
                     if i.status == crate::model::alert::Transition::Cleared {
-                        self.grouped_elements.remove(&i.element);
+                        self.grouped_elements.remove(&(i.element, i.region));
                     }
                     true
                 } else if under.is_some() && i.status == crate::model::alert::Transition::Raised {
-                    self.grouped_elements.insert(i.element);
+                    self.grouped_elements.insert((i.element, i.region));
                     true
                 } else {
                     false

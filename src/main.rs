@@ -254,6 +254,9 @@ enum Command {
         /// The fleet's topology (as `generate` writes topology.csv): the cost of network-element incidents.
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// Topology changes (as `run --topology-changes` reads them, a file): the cost of a moving topology.
+        #[arg(long)]
+        topology_changes: Option<PathBuf>,
         #[command(flatten)]
         serving: ServingArgs,
     },
@@ -835,6 +838,7 @@ fn main() -> Result<()> {
             checkpoint_dir,
             checkpoint_every,
             topology,
+            topology_changes,
             serving,
         } => {
             let opts = fleetwatch::bench::BenchOptions {
@@ -854,6 +858,7 @@ fn main() -> Result<()> {
                 checkpoint_dir,
                 checkpoint_every,
                 topology,
+                topology_changes,
                 serving: serving.into(),
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;

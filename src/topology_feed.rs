@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
@@ -39,6 +39,8 @@ use timely::dataflow::{Scope, Stream};
 use crate::arrangement::TopologyDiff;
 use crate::incidents::MemberCountDiff;
 use crate::record::{DeadLetter, RejectCode, Rejection};
+use crate::sources::SourceCounts;
+use crate::stop::Stop;
 use crate::topology::{ChangeFeedSpec, ElementId, Placement, Placements, Topology, parse_change};
 
 /// What the feed gives the dataflow.
@@ -70,11 +72,11 @@ enum Feed {
 }
 
 impl Feed {
-    /// New changes (at most `budget`), and whether the feed can have more.
-    fn poll(&mut self, budget: usize, out: &mut Vec<RawChange>) -> Result<bool, String> {
+    /// New changes: a file's all at once (they are in memory already), at most `budget` of a topic's.
+    fn poll(&mut self, budget: usize, out: &mut Vec<RawChange>) -> Result<(), String> {
         match self {
             Feed::File { lines, next } => {
-                let end = (*next + budget).min(lines.len());
+                let end = lines.len();
                 for (line, bytes) in &lines[*next..end] {
                     out.push(RawChange {
                         line: *line,
@@ -84,10 +86,11 @@ impl Feed {
                     });
                 }
                 *next = end;
-                Ok(*next < lines.len())
+                let _ = budget;
+                Ok(())
             }
             #[cfg(feature = "kafka")]
-            Feed::Kafka(r) => r.poll(budget, out).map(|()| true),
+            Feed::Kafka(r) => r.poll(budget, out),
         }
     }
 
@@ -96,7 +99,7 @@ impl Feed {
     /// stands.
     fn caught_up(&self) -> bool {
         match self {
-            Feed::File { .. } => true,
+            Feed::File { lines, next } => *next >= lines.len(),
             #[cfg(feature = "kafka")]
             Feed::Kafka(r) => r.caught_up(),
         }
@@ -109,25 +112,34 @@ enum Pending {
     Refused(RawChange, String),
 }
 
-/// Changes read per activation.
+/// Kafka messages read per activation.
 const BUDGET: usize = 65_536;
 
-/// Builds the feed (see the module documentation). `progress` is any stream the sources emit at their
-/// epochs (their per-epoch counts): its frontier is the first epoch a source may still emit at.
-/// `resumed`: the checkpoint epoch a restored run resumes after.
-pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
+/// How long a run waits for a topology topic to be read up to where it ended at the start.
+#[cfg(feature = "kafka")]
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Builds the feed (see the module documentation). `progress` is the sources' per-epoch counts (every
+/// worker's, gathered here on worker 0): its frontier is the first epoch a source may still emit at, its
+/// times the epochs that had data. `resumed`: the checkpoint epoch a restored run resumes after; `stop`: a
+/// graceful stop's epoch (changes after it are the resumed run's).
+pub fn topology_feed<'scope>(
     scope: Scope<'scope, u64>,
     topology: Arc<Topology>,
     epoch_seconds: u64,
-    progress: Stream<'scope, u64, D>,
+    progress: Stream<'scope, u64, Vec<(Option<u64>, SourceCounts)>>,
     resumed: Option<u64>,
+    stop: Arc<Stop>,
     errors: Arc<std::sync::Mutex<Option<String>>>,
 ) -> TopologyStreams<'scope> {
     let worker = scope.index();
     let mut builder = OperatorBuilder::new("TopologyFeed".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(Rc::clone(&info.address));
-    let mut in_progress = builder.new_input(progress, Pipeline);
+    let mut in_progress = builder.new_input(
+        progress,
+        Exchange::new(|_: &(Option<u64>, SourceCounts)| 0u64),
+    );
     let (out_place, placements) = builder.new_output::<Vec<TopologyDiff>>();
     let (out_members, members) = builder.new_output::<Vec<MemberCountDiff>>();
     let (out_dead, dead) = builder.new_output::<Vec<DeadLetter>>();
@@ -142,11 +154,15 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
         let mut started = false;
         let mut placements = Placements::default();
         let mut feed: Option<Feed> = None;
-        let mut more = true;
         let mut pending: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
-        // The sources' first frontier above 0: no refusal is attributed to an epoch before it (the sink
-        // writes epochs from the first it holds anything for).
-        let mut first_epoch: Option<u64> = None;
+        // The first epoch a refusal may be written at: the sink writes epochs from the first it holds
+        // anything for, so a refusal of an earlier epoch (or of no epoch) goes to the first epoch with data
+        // — the sources' first frontier, or the epoch after the checkpoint a restored run resumes from.
+        let mut first_epoch: Option<u64> = resumed.map(|c| c + 1);
+        // The last epoch any source had data for (the sink writes no epoch after it).
+        let mut last_data: Option<u64> = None;
+        #[cfg(feature = "kafka")]
+        let mut catch_up_since = std::time::Instant::now();
         let input = match &topology.changes {
             Some(ChangeFeedSpec::File { input, .. }) => *input,
             #[cfg(feature = "kafka")]
@@ -154,24 +170,25 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
             None => 0,
         };
         move |frontiers| {
-            in_progress.for_each(|_cap, _data| {});
+            in_progress.for_each(|cap, _data| {
+                if let Some(&t) = cap.least() {
+                    last_data = Some(last_data.map_or(t, |l| l.max(t)));
+                }
+            });
             let Some(held) = caps.as_mut() else {
                 return;
             };
             if !started {
                 started = true;
-                // Where customers start: the topology file, at time 0.
-                let mut first: Vec<TopologyDiff> = topology
-                    .placements
-                    .iter()
-                    .map(|p| (*p, 0u64, 1isize))
-                    .collect();
+                // Where customers start: the topology file, at time 0 — item by item, so the stream carries
+                // it in small buffers (one container of 2 M placements would be cloned whole for each of
+                // the stream's two consumers: ~180 MB more at peak).
                 let mut counts = crate::incidents::member_counts(&topology.placements);
                 let mut refused = topology.dead.clone();
                 out_place
                     .activate()
                     .session(&held[0])
-                    .give_container(&mut first);
+                    .give_iterator(topology.placements.iter().map(|p| (*p, 0u64, 1isize)));
                 out_members
                     .activate()
                     .session(&held[1])
@@ -191,6 +208,7 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
                     }),
                     #[cfg(feature = "kafka")]
                     Some(ChangeFeedSpec::Kafka { address, .. }) => {
+                        catch_up_since = std::time::Instant::now();
                         match kafka::TopicReader::open(address) {
                             Ok(r) => Some(Feed::Kafka(r)),
                             Err(e) => {
@@ -201,19 +219,16 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
                         }
                     }
                 };
-                more = feed.is_some();
             }
             let now = *held[0].time();
-            // Read what the feed has: each change waits for the epoch of its ts (or the first still open).
+            // Read what the feed has (a file: all of it, at once): each change waits for the epoch of its
+            // ts, or the first one still open.
             if let Some(f) = feed.as_mut() {
                 let mut raw = Vec::new();
-                match f.poll(BUDGET, &mut raw) {
-                    Ok(m) => more = m,
-                    Err(e) => {
-                        crate::dataflow::record_error(&errors, e);
-                        caps = None;
-                        return;
-                    }
+                if let Err(e) = f.poll(BUDGET, &mut raw) {
+                    crate::dataflow::record_error(&errors, e);
+                    caps = None;
+                    return;
                 }
                 for r in raw {
                     let (epoch, item) = match parse_change(&r.bytes) {
@@ -225,23 +240,51 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
             }
             let bound = frontiers[0].frontier().first().copied();
             if bound.is_some() && feed.as_ref().is_some_and(|f| !f.caught_up()) {
+                #[cfg(feature = "kafka")]
+                if catch_up_since.elapsed() > CATCH_UP_LIMIT {
+                    crate::dataflow::record_error(
+                        &errors,
+                        format!(
+                            "--topology-changes {}: not read up to its end within {} s",
+                            topology
+                                .changes
+                                .as_ref()
+                                .map(|c| c.name())
+                                .unwrap_or_default(),
+                            CATCH_UP_LIMIT.as_secs()
+                        ),
+                    );
+                    caps = None;
+                    return;
+                }
                 activator.activate_after(Duration::from_millis(10));
                 return;
             }
             if first_epoch.is_none() {
                 first_epoch = bound.filter(|b| *b > 0);
             }
-            // Release every epoch the sources have closed (all of them once the sources are done).
+            // Release every epoch the sources have closed. Once they are done: up to a graceful stop's epoch
+            // (the rest is the resumed run's), or up to the last epoch with data — after it a change has
+            // nothing to apply to, and a refusal is written with the run's end (unattributed).
+            let end = match bound {
+                Some(_) => None,
+                None => Some(stop.epoch().or(last_data).unwrap_or(0)),
+            };
             while let Some(t) = pending.keys().next().copied() {
                 if bound.is_some_and(|b| t >= b) {
                     break;
                 }
                 let items = pending.remove(&t).unwrap_or_default();
+                let after_end = end.is_some_and(|e| t > e);
+                if after_end && stop.epoch().is_some() {
+                    continue;
+                }
                 let time = t.max(now);
                 let mut diffs: Vec<(Placement, isize)> = Vec::new();
                 let mut refused: Vec<DeadLetter> = Vec::new();
                 for item in items {
                     let (r, reason) = match item {
+                        Pending::Change(_, _) if after_end => continue,
                         Pending::Change(r, change) => match placements.apply(change, &mut diffs) {
                             Ok(()) => continue,
                             Err(reason) => (r, reason),
@@ -259,7 +302,11 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
                     );
                     d.partition = r.partition;
                     d.offset = r.offset;
-                    d.epoch = first_epoch.map(|f| time.max(f));
+                    d.epoch = if after_end {
+                        None
+                    } else {
+                        first_epoch.map(|f| time.max(f))
+                    };
                     refused.push(d);
                 }
                 if !diffs.is_empty() {
@@ -311,12 +358,9 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
                             c.downgrade(&b);
                         }
                     }
-                    if more {
-                        activator.activate_after(Duration::from_millis(if feed_is_file(&feed) {
-                            0
-                        } else {
-                            100
-                        }));
+                    // A topic gets new changes at any time: look again.
+                    if !matches!(feed, None | Some(Feed::File { .. })) {
+                        activator.activate_after(Duration::from_millis(100));
                     }
                 }
             }
@@ -329,10 +373,6 @@ pub fn topology_feed<'scope, D: timely::Container + Clone + 'static>(
     }
 }
 
-fn feed_is_file(feed: &Option<Feed>) -> bool {
-    matches!(feed, Some(Feed::File { .. }))
-}
-
 #[cfg(feature = "kafka")]
 mod kafka {
     //! A topology topic, read from its beginning on every partition, then as messages arrive.
@@ -340,6 +380,7 @@ mod kafka {
     use std::time::Duration;
 
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
     use rdkafka::{Message, Offset, TopicPartitionList};
 
     use super::RawChange;
@@ -367,7 +408,9 @@ mod kafka {
                 &[
                     ("group.id", "fleetwatch-topology"),
                     ("enable.auto.commit", "false"),
-                    ("enable.partition.eof", "false"),
+                    // The end of a partition is reported: a partition whose last offsets hold no message
+                    // for a consumer (transaction markers, compacted records) still counts as read.
+                    ("enable.partition.eof", "true"),
                     ("auto.offset.reset", "earliest"),
                 ],
             )
@@ -419,6 +462,14 @@ mod kafka {
                             offset: Some(m.offset().max(0) as u64),
                             bytes: m.payload().unwrap_or_default().to_vec(),
                         });
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        if let (Some(n), Some(e)) = (
+                            self.next.get_mut(p.max(0) as usize),
+                            self.end.get(p.max(0) as usize),
+                        ) {
+                            *n = (*n).max(*e);
+                        }
                     }
                     Some(Err(e)) => {
                         // A transient broker error: librdkafka retries; say so and go on.

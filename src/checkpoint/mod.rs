@@ -40,7 +40,8 @@ pub use part::PartInfo;
 
 /// The version of the state layout a checkpoint holds (slots, blocks, part formats). A checkpoint of
 /// another version is refused.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the sink's grouped element incidents are keyed by (element, region).
+pub const LAYOUT_VERSION: u32 = 3;
 /// The default checkpoint interval, in epochs (one hour of 5-minute epochs).
 pub const DEFAULT_EVERY: u64 = 12;
 /// Complete checkpoints kept (the newest; older ones are deleted once a newer one is complete).
@@ -203,8 +204,9 @@ pub struct SinkSnapshot {
     /// Regions with an open incident, and the element incidents held back under them (grouped).
     #[serde(default)]
     pub open_regions: Vec<crate::topology::ElementId>,
+    /// (element, region): an element is another one in another region (`incidents.rs`).
     #[serde(default)]
-    pub grouped_elements: Vec<crate::topology::ElementId>,
+    pub grouped_elements: Vec<(crate::topology::ElementId, crate::topology::ElementId)>,
 }
 
 /// Bytes of the output files once the checkpoint epoch was durable.
