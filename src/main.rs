@@ -523,6 +523,33 @@ impl KafkaClientArgs {
     }
 }
 
+/// Writes a line to standard output; a reader that closed the pipe (`fleetwatch eval … | head`) ends the
+/// program quietly with success, as Unix tools do, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_no_newline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 fn main() -> Result<()> {
     let refused = fleetwatch::memory::tune_system_allocator();
     tracing_subscriber::fmt()
@@ -552,12 +579,12 @@ fn main() -> Result<()> {
                 dir.display()
             );
             let r = commands::demo(&dir, customers, epochs, workers).context("demo failed")?;
-            println!("anomaly changes (first {show} of {}):", r.changes.len());
+            out!("anomaly changes (first {show} of {}):", r.changes.len());
             for line in r.changes.iter().take(show) {
-                println!("  {}", commands::pretty_change(line));
+                out!("  {}", commands::pretty_change(line));
             }
-            println!();
-            println!(
+            out!();
+            out!(
                 "{} epochs, {} logs, {} series scored, {} changes, {} dead-lettered, {:.1} s",
                 r.run.epochs,
                 r.run.records,
@@ -566,7 +593,7 @@ fn main() -> Result<()> {
                 r.run.dead_lettered,
                 r.run.wall_seconds
             );
-            println!(
+            out!(
                 "against the injected labels: precision {:.3}  recall {:.3}  F1 {:.3}  median delay {} epochs  {:.2} false alerts per 1,000 series-days",
                 r.eval.precision,
                 r.eval.recall,
@@ -579,7 +606,7 @@ fn main() -> Result<()> {
             );
             let c = &r.compare.total;
             let rel = r.compare.by_kind.get("relationship");
-            println!(
+            out!(
                 "the global model (on in this run) against the spec's default (off), run beside it as a \
                  shadow: {} alerts with the model, {} without, {} only with it ({} of kind relationship), \
                  {} only without; recall {:.3} vs {:.3}, {:.2} vs {:.2} false alerts per 1,000 series-days",
@@ -593,7 +620,7 @@ fn main() -> Result<()> {
                 r.eval.false_alerts_per_1000_series_days,
                 r.shadow_eval.false_alerts_per_1000_series_days
             );
-            println!(
+            out!(
                 "files: {0}/changes.jsonl, {0}/changes-without-global-model.jsonl, {0}/dead-letters.jsonl, \
                  {0}/labels.jsonl (fleetwatch compare {0}/changes.jsonl \
                  {0}/changes-without-global-model.jsonl --labels {0}/labels.jsonl --markdown)",
@@ -751,7 +778,7 @@ fn main() -> Result<()> {
                 std::fs::write(&p, format!("{text}\n"))
                     .with_context(|| format!("writing {}", p.display()))?;
             }
-            println!("{text}");
+            out!("{text}");
         }
         Command::Generate {
             customers,
@@ -862,7 +889,7 @@ fn main() -> Result<()> {
                 serving: serving.into(),
             };
             let r = fleetwatch::bench::bench(&opts).context("bench failed")?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            out!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Compare {
             a,
@@ -899,9 +926,9 @@ fn main() -> Result<()> {
                 r.eval_b = Some(one(&b)?);
             }
             if markdown {
-                print!("{}", fleetwatch::compare::markdown(&r));
+                out_no_newline!("{}", fleetwatch::compare::markdown(&r));
             } else {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             }
         }
         Command::Eval {
@@ -934,16 +961,16 @@ fn main() -> Result<()> {
                     &alerts,
                     &topo,
                 )?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             }
             (Some(nab), Some(out), _, _) => {
                 let given = results.as_deref().zip(detector.as_deref());
                 let (r, _) = commands::eval_nab(&nab, &out, dataflow.as_deref(), given)?;
-                println!("{}", serde_json::to_string(&r)?);
+                out!("{}", serde_json::to_string(&r)?);
             }
             (_, _, Some(labels), Some(alerts)) => {
                 let r = commands::eval(&labels, &alerts)?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             }
             (_, _, None, Some(alerts)) => {
                 let r = commands::eval_points(
@@ -952,7 +979,7 @@ fn main() -> Result<()> {
                     telemetry.as_deref(),
                     baseline_window,
                 )?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             }
             _ => anyhow::bail!("give --alerts (with --labels or --points), or --nab and --out"),
         },
@@ -966,7 +993,7 @@ fn main() -> Result<()> {
             let to = kafka_client.brokers_for(fleetwatch::kafka::KafkaAddress::parse(&to)?)?;
             let r = fleetwatch::kafka::produce(&from, &to, rate)
                 .with_context(|| format!("produce {} failed", from.display()))?;
-            println!("{}", serde_json::to_string(&r)?);
+            out!("{}", serde_json::to_string(&r)?);
         }
         #[cfg(feature = "kafka")]
         Command::Record {
@@ -979,12 +1006,12 @@ fn main() -> Result<()> {
             let idle = std::time::Duration::from_secs_f64(until_idle.max(0.1));
             let r = fleetwatch::kafka::record(&from, &out, idle)
                 .with_context(|| format!("record into {} failed", out.display()))?;
-            println!("{}", serde_json::to_string(&r)?);
+            out!("{}", serde_json::to_string(&r)?);
         }
         Command::Import { dataset, out } => {
             let r = commands::import(&dataset, &out)
                 .with_context(|| format!("import of {} failed", dataset.display()))?;
-            println!("{}", serde_json::to_string(&r)?);
+            out!("{}", serde_json::to_string(&r)?);
         }
         Command::Plot {
             input,
@@ -1033,7 +1060,7 @@ fn main() -> Result<()> {
             };
             let r = commands::plot(&opts)
                 .with_context(|| format!("plot of {} failed", opts.customer))?;
-            println!("{}", serde_json::to_string(&r)?);
+            out!("{}", serde_json::to_string(&r)?);
         }
         Command::Report {
             changes,
@@ -1061,7 +1088,7 @@ fn main() -> Result<()> {
             };
             let r = commands::report(&opts)
                 .with_context(|| format!("report of {} failed", opts.changes.display()))?;
-            println!("{}", serde_json::to_string(&r)?);
+            out!("{}", serde_json::to_string(&r)?);
         }
         Command::Launch {
             cluster,

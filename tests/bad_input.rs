@@ -299,3 +299,32 @@ fn csv_input_with_bad_rows() {
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("not a feature of the spec"));
 }
+
+/// A reader that closes the pipe early (`fleetwatch eval … | head`) ends the program quietly with success,
+/// not with a panic and a backtrace.
+#[test]
+fn a_closed_stdout_pipe_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let input = common::generate(&fleet, 20, 60, 3, &[]);
+    let out = dir.path().join("out.jsonl");
+    common::run(&input, &out, &["--reproducible"]);
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "eval",
+            "--labels",
+            fleet.join("labels.jsonl").to_str().unwrap(),
+            "--alerts",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command writes anything.
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{:?}: {err}", done.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
