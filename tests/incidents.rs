@@ -86,33 +86,11 @@ fn element_faults_are_found_identically_for_any_layout_and_grouped_on_request() 
     );
 
     // The same bytes with 2 workers and with 2 processes.
-    let two = dir.path().join("w2.jsonl");
-    common::run(
+    common::assert_same_under_other_layouts(
+        dir.path(),
         &input,
-        &two,
-        &["--reproducible", "--topology", topo, "--workers", "2"],
-    );
-    assert!(
-        std::fs::read(&two).unwrap() == reference,
-        "--workers 2 differs from --workers 1"
-    );
-    let cluster = common::two_process_cluster(dir.path());
-    let p2 = dir.path().join("p2.jsonl");
-    common::run_two_processes(
-        &cluster,
-        &[
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            p2.to_str().unwrap(),
-            "--reproducible",
-            "--topology",
-            topo,
-        ],
-    );
-    assert!(
-        std::fs::read(&p2).unwrap() == reference,
-        "2 processes differ from 1 worker"
+        &reference,
+        &["--reproducible", "--topology", topo],
     );
 
     // Found: every outage at once, most congestions within a couple of epochs, few false incidents.
@@ -197,22 +175,8 @@ fn topology_changes_move_members_at_their_epochs_for_any_layout() {
     // An outage well after the history: 100 epochs before it, every member of its element moves to a new
     // element in another region (an element added, a customer moved, an element's region changed all at
     // once); one member is taken out of the topology 50 epochs before it.
-    let labels = std::fs::read_to_string(fleet.join("element_labels.jsonl")).unwrap();
-    let first_ts = std::fs::read_to_string(&input)
-        .unwrap()
-        .lines()
-        .nth(1)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]["ts"]
-                .as_u64()
-                .unwrap()
-        })
-        .unwrap();
-    let outage: serde_json::Value = labels
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["kind"] == "outage" && v["start"].as_u64().unwrap() > first_ts + 600 * 300)
-        .expect("an outage after the history");
+    let first_ts = common::first_log_ts(&input);
+    let outage = common::element_fault_after(&fleet, "outage", first_ts + 600 * 300);
     let element = outage["element"].as_str().unwrap().to_string();
     let region = outage["region"].as_str().unwrap();
     let other_region = if region == "region-000" {
@@ -309,43 +273,11 @@ fn topology_changes_move_members_at_their_epochs_for_any_layout() {
 
     // The same bytes with 2 workers and with 2 processes (the changes are read once, by worker 0).
     let reference = std::fs::read(&one).unwrap();
-    let two = dir.path().join("w2.jsonl");
-    common::run(
+    common::assert_same_under_other_layouts(
+        dir.path(),
         &input,
-        &two,
-        &[
-            "--reproducible",
-            "--topology",
-            t,
-            "--topology-changes",
-            ch,
-            "--workers",
-            "2",
-        ],
-    );
-    assert!(
-        std::fs::read(&two).unwrap() == reference,
-        "--workers 2 differs from --workers 1"
-    );
-    let cluster = common::two_process_cluster(dir.path());
-    let p2 = dir.path().join("p2.jsonl");
-    common::run_two_processes(
-        &cluster,
-        &[
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            p2.to_str().unwrap(),
-            "--reproducible",
-            "--topology",
-            t,
-            "--topology-changes",
-            ch,
-        ],
-    );
-    assert!(
-        std::fs::read(&p2).unwrap() == reference,
-        "2 processes differ from 1 worker"
+        &reference,
+        &["--reproducible", "--topology", t, "--topology-changes", ch],
     );
 
     // The whole topology as changes alone (no --topology): the same output.
@@ -447,7 +379,7 @@ fn incidents_resume_from_checkpoints_under_other_layouts_byte_identically() {
     // The topology changes all along the run, before and after every checkpoint a restore resumes from:
     // every 150 epochs after the history, ten customers move to an element added for them (in the next
     // region) and one is taken out; a refused line among them (its dead letter is written once).
-    let first_ts = line_epoch(full.split(|b| *b == b'\n').nth(1).unwrap()).unwrap() * 300;
+    let first_ts = common::first_log_ts(&generated);
     let customers: Vec<String> = members_of(&fleet).into_values().flatten().collect();
     let mut lines = Vec::new();
     for (batch, at) in (450..1152u64).step_by(150).enumerate() {

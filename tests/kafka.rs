@@ -1445,22 +1445,8 @@ fn topology_changes_from_a_topic_apply_as_the_same_changes_from_a_file() {
     broker.produce(&input, "tele");
     // Every member of an element with an outage after epoch 250 moves to an element added for them, 50
     // epochs before it; one line is refused.
-    let first_ts = std::fs::read_to_string(&input)
-        .unwrap()
-        .lines()
-        .nth(1)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]["ts"]
-                .as_u64()
-                .unwrap()
-        })
-        .unwrap();
-    let outage: serde_json::Value = std::fs::read_to_string(fleet.join("element_labels.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["kind"] == "outage" && v["start"].as_u64().unwrap() > first_ts + 250 * 300)
-        .expect("an outage after epoch 250");
+    let first_ts = common::first_log_ts(&input);
+    let outage = common::element_fault_after(&fleet, "outage", first_ts + 250 * 300);
     let at = outage["start"].as_u64().unwrap() - 50 * 300;
     let mut lines: Vec<String> = std::fs::read_to_string(fleet.join("topology.csv"))
         .unwrap()

@@ -222,3 +222,48 @@ pub fn run_two_processes(cluster: &Path, args: &[&str]) {
         "two processes of run {args:?}: {s0:?}, {s1:?}"
     );
 }
+
+/// The event time of the first log of a recorded topic (its first line after the header).
+pub fn first_log_ts(topic: &Path) -> u64 {
+    let text = std::fs::read_to_string(topic).expect("a recorded topic");
+    let line = text.lines().nth(1).expect("a log after the header");
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log");
+    v["value"]["ts"].as_u64().expect("a ts")
+}
+
+/// The first element fault of `kind` in a generated fleet's element_labels.jsonl that starts after `ts`.
+pub fn element_fault_after(fleet: &Path, kind: &str, ts: u64) -> serde_json::Value {
+    std::fs::read_to_string(fleet.join("element_labels.jsonl"))
+        .expect("element labels")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON label"))
+        .find(|v| v["kind"] == kind && v["start"].as_u64().is_some_and(|s| s > ts))
+        .unwrap_or_else(|| panic!("no {kind} after {ts} in {}", fleet.display()))
+}
+
+/// `fleetwatch run --input <input> <args> --workers 2`, then the same as two processes: both must write
+/// `reference` byte for byte (`args` include `--reproducible`).
+pub fn assert_same_under_other_layouts(dir: &Path, input: &Path, reference: &[u8], args: &[&str]) {
+    let two = dir.join("layout-w2.jsonl");
+    let mut a = args.to_vec();
+    a.extend(["--workers", "2"]);
+    run(input, &two, &a);
+    assert!(
+        std::fs::read(&two).expect("output") == reference,
+        "--workers 2 differs from --workers 1 ({args:?})"
+    );
+    let cluster = two_process_cluster(dir);
+    let p2 = dir.join("layout-p2.jsonl");
+    let mut a = vec![
+        "--input",
+        input.to_str().expect("utf-8 path"),
+        "--output",
+        p2.to_str().expect("utf-8 path"),
+    ];
+    a.extend_from_slice(args);
+    run_two_processes(&cluster, &a);
+    assert!(
+        std::fs::read(&p2).expect("output") == reference,
+        "2 processes differ from 1 worker ({args:?})"
+    );
+}
