@@ -203,5 +203,56 @@ fn global_model(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(kernels, parse, model, routing, predictions, global_model);
+/// One network element's epoch (`model::incident`): 50 members, 20 features, warmed with a shared load
+/// factor on half the features (so its correlations are learned). The incident operator runs this once per
+/// element and epoch: 20,000 elements at 2 M customers.
+fn incidents(c: &mut Criterion) {
+    use fleetwatch::model::incident::{AlertCounts, ElementPartial, ElementState, IncidentParams};
+    let p = IncidentParams::default();
+    let id = |s: &str| CustomerId::parse(s.as_bytes(), b"").expect("a valid id");
+    let mut rng = fleetwatch::rng::Rng::new(3, 4);
+    let partials: Vec<ElementPartial> = (0..1024)
+        .map(|_| {
+            let mut x = ElementPartial::new(id("elem-1"), id("region-1"), 20);
+            (x.members, x.active, x.reporting) = (50, 50, 50);
+            for _ in 0..50 {
+                let load = rng.normal() as f32;
+                for f in 0..20 {
+                    let own = rng.normal() as f32;
+                    let z = if f < 10 { 0.8 * load + 0.6 * own } else { own };
+                    x.add_deviation(f, 0.5 * z);
+                }
+            }
+            x
+        })
+        .collect();
+    let fleet = vec![0.0f32; 20];
+    let none = AlertCounts::default();
+    let mut state = ElementState::new(20);
+    for (e, x) in partials.iter().enumerate() {
+        black_box(state.step(&p, e as u64, x, &none, &fleet));
+    }
+    let mut g = c.benchmark_group("incidents");
+    g.throughput(Throughput::Elements(partials.len() as u64));
+    g.bench_function("element_epoch_20_features", |b| {
+        let mut e = partials.len() as u64;
+        b.iter(|| {
+            for x in &partials {
+                black_box(state.step(&p, e, black_box(x), &none, &fleet));
+                e += 1;
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    kernels,
+    parse,
+    model,
+    routing,
+    predictions,
+    global_model,
+    incidents
+);
 criterion_main!(kernels);

@@ -714,6 +714,7 @@ fn build<'scope, const N: usize>(
     let mut dead = src_dead.clone().concat(model.dead);
     // Incidents: the members' open anomalies per element (an incremental join with the topology), and the
     // model's per-element sums, stepped per element.
+    let (incident_params, region_params) = cfg.spec.incidents.params();
     let incidents = topology.map(|(topo, topo_dead, member_counts)| {
         dead = dead.clone().concat(topo_dead);
         let by_customer = topo
@@ -729,8 +730,8 @@ fn build<'scope, const N: usize>(
             members.inner,
             member_counts,
             cfg.spec.features.len(),
-            crate::model::incident::IncidentParams::default(),
-            crate::model::incident::RegionParams::default(),
+            incident_params,
+            region_params,
             ck.incidents,
             ck.restored_incidents,
         )

@@ -166,6 +166,107 @@ impl Default for CheckpointSpec {
     }
 }
 
+/// Network-element and region incidents (`[incidents]`, used with `run --topology`; the equations and the
+/// meaning of each bar are in docs/model.md, "Network-element incidents"). Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentSpec {
+    /// Z: the bar of the count tests (members missing, members alerting), in standard deviations.
+    pub count_bar: f64,
+    /// D: the bar of the congestion evidence `J` (members moving a little together on several features).
+    pub congestion_bar: f64,
+    /// At least this many members missing (or alerting) for the count evidence to count.
+    pub min_members: u32,
+    /// A score at this multiple of 1 makes an incident critical.
+    pub critical_ratio: f64,
+    /// An incident clears after `clear_epochs` epochs in a row with its score below `clear_ratio`.
+    pub clear_ratio: f64,
+    pub clear_epochs: u8,
+    /// After a congestion, a move of its features the other way within this many epochs is its way back.
+    pub recovery_epochs: u64,
+    /// A region's element is affected when its incident is open or its score is at least this.
+    pub region_affected_at: f64,
+    /// At least this many elements affected for a region incident.
+    pub region_min_elements: u32,
+}
+
+impl Default for IncidentSpec {
+    fn default() -> Self {
+        let e = crate::model::incident::IncidentParams::default();
+        let r = crate::model::incident::RegionParams::default();
+        IncidentSpec {
+            count_bar: e.count_bar as f64,
+            congestion_bar: e.shift_bar as f64,
+            min_members: e.min_members,
+            critical_ratio: e.rules.critical_ratio as f64,
+            clear_ratio: e.rules.clear_ratio as f64,
+            clear_epochs: e.rules.clear_epochs,
+            recovery_epochs: e.recovery_epochs,
+            region_affected_at: r.affected_at as f64,
+            region_min_elements: r.min_elements,
+        }
+    }
+}
+
+impl IncidentSpec {
+    /// The element and region parameters this table sets (the rest at their defaults).
+    pub fn params(
+        &self,
+    ) -> (
+        crate::model::incident::IncidentParams,
+        crate::model::incident::RegionParams,
+    ) {
+        let mut e = crate::model::incident::IncidentParams {
+            count_bar: self.count_bar as f32,
+            shift_bar: self.congestion_bar as f32,
+            min_members: self.min_members,
+            recovery_epochs: self.recovery_epochs,
+            ..Default::default()
+        };
+        e.rules.critical_ratio = self.critical_ratio as f32;
+        e.rules.clear_ratio = self.clear_ratio as f32;
+        e.rules.clear_epochs = self.clear_epochs;
+        let r = crate::model::incident::RegionParams {
+            affected_at: self.region_affected_at as f32,
+            count_bar: e.count_bar,
+            min_elements: self.region_min_elements,
+            rules: e.rules,
+            recovery_epochs: e.recovery_epochs,
+            ..Default::default()
+        };
+        (e, r)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, v, lo, hi) in [
+            ("incidents.count_bar", self.count_bar, 1.0, 100.0),
+            ("incidents.congestion_bar", self.congestion_bar, 1.0, 100.0),
+            ("incidents.critical_ratio", self.critical_ratio, 1.0, 100.0),
+            ("incidents.clear_ratio", self.clear_ratio, 0.01, 1.0),
+            (
+                "incidents.region_affected_at",
+                self.region_affected_at,
+                0.01,
+                1.0,
+            ),
+        ] {
+            if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                return Err(format!("{name} = {v} must be in [{lo}, {hi}]"));
+            }
+        }
+        if self.min_members == 0 || self.region_min_elements == 0 || self.clear_epochs == 0 {
+            return Err(
+                "incidents.min_members, region_min_elements and clear_epochs must be at least 1"
+                    .into(),
+            );
+        }
+        if self.recovery_epochs > 100_000 {
+            return Err("incidents.recovery_epochs must be at most 100000".into());
+        }
+        Ok(())
+    }
+}
+
 /// How a run consumes and produces Kafka (used with `kafka://` inputs and outputs).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -445,6 +546,8 @@ pub struct Spec {
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
     #[serde(default)]
+    pub incidents: IncidentSpec,
+    #[serde(default)]
     pub global_model: Option<GlobalModelSpec>,
     pub features: Vec<FeatureSpec>,
     /// The global model's loaded weights (`[global_model]`, when enabled and loaded).
@@ -612,6 +715,7 @@ impl Spec {
         if self.checkpoint.every == 0 {
             return Err("checkpoint.every must be at least 1".into());
         }
+        self.incidents.validate()?;
         for (name, v) in [
             (
                 "kafka.idle_partition_seconds",
@@ -811,6 +915,46 @@ mod tests {
         input.input.customer_id_prefix.push_str("x-");
         assert!(s.check_shadow(&input).unwrap_err().contains("[input]"));
         assert!(s.check_shadow(&Spec::embedded_nab()).is_err());
+    }
+
+    #[test]
+    fn incident_bars_default_to_the_model_and_are_read_and_checked() {
+        let (e, r) = Spec::embedded().incidents.params();
+        assert_eq!(e, crate::model::incident::IncidentParams::default());
+        assert_eq!(r, crate::model::incident::RegionParams::default());
+        let text = "name='x'\n[incidents]\ncongestion_bar=8.5\ncount_bar=5\nclear_epochs=4\n\
+                    region_min_elements=2\n[[features]]\nname='a'\n";
+        let (e, r) = Spec::parse(text, "t").unwrap().incidents.params();
+        assert_eq!(
+            (e.shift_bar, e.count_bar, e.rules.clear_epochs),
+            (8.5, 5.0, 4)
+        );
+        assert_eq!(
+            (r.count_bar, r.min_elements, r.rules.clear_epochs),
+            (5.0, 2, 4)
+        );
+        assert_eq!(
+            e.min_scored, 5,
+            "fields the table does not name keep their defaults"
+        );
+        for bad in [
+            "congestion_bar=0.5",
+            "count_bar=nan",
+            "clear_ratio=1.5",
+            "min_members=0",
+            "region_affected_at=0",
+        ] {
+            let text = format!("name='x'\n[incidents]\n{bad}\n[[features]]\nname='a'\n");
+            assert!(
+                matches!(Spec::parse(&text, "t"), Err(SpecError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        let unknown = "name='x'\n[incidents]\ncongestion=8\n[[features]]\nname='a'\n";
+        assert!(matches!(
+            Spec::parse(unknown, "t"),
+            Err(SpecError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub use part::PartInfo;
 /// The version of the state layout a checkpoint holds (slots, blocks, part formats). A checkpoint of
 /// another version is refused.
 /// 3: the sink's grouped element incidents are keyed by (element, region).
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: an element's learned variance of its two-epoch congestion mean (`ElementState::var_pair`).
+pub const LAYOUT_VERSION: u32 = 4;
 /// The default checkpoint interval, in epochs (one hour of 5-minute epochs).
 pub const DEFAULT_EVERY: u64 = 12;
 /// Complete checkpoints kept (the newest; older ones are deleted once a newer one is complete).

@@ -95,6 +95,9 @@ pub struct IncidentParams {
     /// (1/72).
     pub mean_gain: f32,
     pub var_gain: f32,
+    /// The slowest gain of the features' covariances (1/72, as the variances': on the generator's fleets
+    /// 1/288 and 1/36 both gave more false incidents — a correlation moves with the hour's load).
+    pub cov_gain: f32,
     /// After a congestion incident clears, a move of its features the other way within this many epochs is
     /// its recovery, not a new incident.
     pub recovery_epochs: u64,
@@ -117,6 +120,7 @@ impl Default for IncidentParams {
             min_gain: 1.0 / 288.0,
             mean_gain: 1.0 / 36.0,
             var_gain: 1.0 / 72.0,
+            cov_gain: 1.0 / 72.0,
             recovery_epochs: 36,
             faint_at: 0.75,
             rules: Rules {
@@ -278,6 +282,13 @@ pub struct ElementState {
     pub mean: Vec<f32>,
     /// Learned variance of `T_f`; 0 until the feature is first seen with enough members.
     pub var: Vec<f32>,
+    /// Learned variance of the two-epoch mean of `T_f − μ_f` (`v₂`): `v_f/2` for independent epochs, more
+    /// for a feature whose members wander together; 0 until first learned.
+    pub var_pair: Vec<f32>,
+    /// Learned covariances of the two-epoch means of every pair of features (`C_ij`, `i < j`, at
+    /// [`pair_index`]): the members' features move together (more traffic loads the channel, the CPU and
+    /// the queue), so three features' evidence at once may be one move seen three times.
+    pub cov_pair: Vec<f32>,
     /// The previous epoch's `T_f − μ_f` (NaN when the feature was not scored then).
     pub last_dev: Vec<f32>,
     /// Epochs each feature has had enough members scored (its evidence counts from `warm_shift_epochs`).
@@ -288,6 +299,61 @@ pub struct ElementState {
     pub recovery: Option<Recovery>,
     pub open: Option<OpenIncident>,
     pub clear_run: u8,
+}
+
+impl ElementState {
+    /// The correlation of two features' two-epoch means, `C_ij/√(v₂_i·v₂_j)`, shrunk towards none:
+    /// `(1 − λ)·ρ` with λ = 0.1, so that the matrix [`ElementState::joint_evidence`] inverts stays well
+    /// conditioned while its estimate is noisy (0 while either variance is not learned).
+    pub fn correlation(&self, i: usize, j: usize) -> f32 {
+        if i == j {
+            return 1.0;
+        }
+        let (vi, vj) = (self.var_pair[i], self.var_pair[j]);
+        if vi <= 0.0 || vj <= 0.0 {
+            return 0.0;
+        }
+        let c = self.cov_pair[pair_index(i.min(j), i.max(j))];
+        0.9 * (c / (vi * vj).sqrt()).clamp(-1.0, 1.0)
+    }
+
+    /// The joint congestion evidence of (at most three) features' evidence `d`: the Mahalanobis length
+    /// `J = √(dᵀ R⁻¹ d)` with `R` their correlations ([`ElementState::correlation`]). Independent
+    /// features give `√(Σ d²)`; features that always move together count about once, and features that
+    /// usually move together but moved apart (throughput down while the queue grows) count more.
+    pub fn joint_evidence(&self, moved: &[Moved]) -> f32 {
+        let n = moved.len().min(3);
+        let d: Vec<f64> = moved[..n].iter().map(|m| m.evidence as f64).collect();
+        let r = |a: usize, b: usize| {
+            self.correlation(moved[a].feature as usize, moved[b].feature as usize) as f64
+        };
+        // Cholesky of R (n ≤ 3, positive definite: |ρ| ≤ 0.9), then J² = |L⁻¹ d|².
+        let mut l = [[0.0f64; 3]; 3];
+        for a in 0..n {
+            for b in 0..=a {
+                let s: f64 = (0..b).map(|k| l[a][k] * l[b][k]).sum();
+                if a == b {
+                    l[a][a] = (r(a, a) - s).max(1e-6).sqrt();
+                } else {
+                    l[a][b] = (r(a, b) - s) / l[b][b];
+                }
+            }
+        }
+        let mut y = [0.0f64; 3];
+        let mut j2 = 0.0;
+        for a in 0..n {
+            let s: f64 = (0..a).map(|k| l[a][k] * y[k]).sum();
+            y[a] = (d[a] - s) / l[a][a];
+            j2 += y[a] * y[a];
+        }
+        j2.sqrt() as f32
+    }
+}
+
+/// Where the pair `(i, j)`, `i < j`, of features sits in [`ElementState::cov_pair`].
+pub fn pair_index(i: usize, j: usize) -> usize {
+    debug_assert!(i < j);
+    j * (j - 1) / 2 + i
 }
 
 /// A congestion incident's recovery window.
@@ -314,6 +380,8 @@ impl ElementState {
             p_alerting: Self::P0,
             mean: vec![0.0; features],
             var: vec![0.0; features],
+            var_pair: vec![0.0; features],
+            cov_pair: vec![0.0; features * features.saturating_sub(1) / 2],
             last_dev: vec![f32::NAN; features],
             scored: vec![0; features],
             signature: Vec::new(),
@@ -360,6 +428,7 @@ impl ElementState {
         // against the element's own recent mean and its epoch-to-epoch variability.
         let mut moved: Vec<Moved> = Vec::new();
         let mut t = vec![f32::NAN; self.mean.len()];
+        let mut pair = vec![f32::NAN; self.mean.len()];
         let warm_shift = self.epochs >= p.warm_shift_epochs;
         for (f, slot) in t.iter_mut().enumerate() {
             let c = x.counts.get(f).copied().unwrap_or(0);
@@ -384,12 +453,16 @@ impl ElementState {
             let dev = tf - self.mean[f];
             let prev = self.last_dev[f];
             self.last_dev[f] = dev;
-            let (w, n) = if prev.is_finite() {
-                ((dev + prev) / 2.0, 2.0)
+            // Two epochs against the learned variance of their mean, never below what two independent
+            // epochs would have (`v/2`): the members of an element share slow wander on some features, and
+            // two epochs of it are not independent draws.
+            let (w, vw) = if prev.is_finite() {
+                ((dev + prev) / 2.0, self.var_pair[f].max(v / 2.0))
             } else {
-                (dev, 1.0)
+                (dev, v)
             };
-            let d = w / (v / n).sqrt();
+            pair[f] = if prev.is_finite() { w } else { f32::NAN };
+            let d = w / vw.sqrt();
             if warm_shift && self.scored[f] >= p.warm_shift_epochs && d.abs() >= 1.0 {
                 moved.push(Moved {
                     feature: f as u16,
@@ -400,11 +473,7 @@ impl ElementState {
         }
         moved.sort_by(|a, b| b.evidence.abs().total_cmp(&a.evidence.abs()));
         moved.truncate(3);
-        let joint = moved
-            .iter()
-            .map(|m| m.evidence * m.evidence)
-            .sum::<f32>()
-            .sqrt();
+        let joint = self.joint_evidence(&moved);
         moved.retain(|m| m.evidence.abs() >= 2.0);
         // The way back: after a congestion incident, the members' models have partly adapted to it, so its
         // end moves the same features the other way. That is the recovery, not a new incident.
@@ -485,6 +554,7 @@ impl ElementState {
             let first = 1.0 / (self.epochs as f32 + 1.0);
             let g = first.max(p.min_gain);
             let (g_mean, g_var) = (first.max(p.mean_gain), first.max(p.var_gain));
+            let g_cov = first.max(p.cov_gain);
             if x.active > 0 {
                 self.p_missing += g * (missing as f32 / x.active as f32 - self.p_missing);
             }
@@ -503,6 +573,28 @@ impl ElementState {
                 let dev = tf - self.mean[f];
                 self.mean[f] += g_mean * dev;
                 self.var[f] += g_var * ((dev * dev).min(16.0 * self.var[f]) - self.var[f]);
+                let w = pair[f];
+                if w.is_finite() {
+                    let v2 = if self.var_pair[f] > 0.0 {
+                        self.var_pair[f]
+                    } else {
+                        self.var[f] / 2.0
+                    };
+                    self.var_pair[f] = v2 + g_var * ((w * w).min(16.0 * v2) - v2);
+                }
+            }
+            for j in 1..pair.len() {
+                if !pair[j].is_finite() {
+                    continue;
+                }
+                for i in 0..j {
+                    if !pair[i].is_finite() {
+                        continue;
+                    }
+                    let bound = 16.0 * (self.var_pair[i] * self.var_pair[j]).sqrt();
+                    let c = &mut self.cov_pair[pair_index(i, j)];
+                    *c += g_cov * ((pair[i] * pair[j]).clamp(-bound, bound) - *c);
+                }
             }
         }
         self.epochs = self.epochs.saturating_add(1);
@@ -861,6 +953,100 @@ mod tests {
         assert!((s.mean[0] - 0.4).abs() < 1e-3);
         assert!((s.var[0] - 0.18).abs() < 1e-3);
         assert_eq!(s.epochs, 2);
+        assert_eq!(s.var_pair[0], 0.0, "epoch 1 has no scored epoch before it");
+        // Epoch 2: T = 0.3, g = 1/3: dev = 0.3 − 0.4 = −0.1 and the last dev 0.4 (against μ = 0.2): w = 0.15.
+        // μ = 0.4 − 0.1/3 = 0.36667; v = 0.18 + (0.01 − 0.18)/3 = 0.12333; v₂ starts at v/2 = 0.061667 and
+        // learns w² = 0.0225: 0.061667 + (0.0225 − 0.061667)/3 = 0.048611.
+        let x = epoch(10, 10, &[0.3; 5]);
+        assert!(s.step(&p, 2, &x, &none, &[]).is_none());
+        assert!((s.mean[0] - 0.36667).abs() < 1e-3);
+        assert!((s.var[0] - 0.12333).abs() < 1e-3);
+        assert!((s.var_pair[0] - 0.048611).abs() < 1e-3, "{}", s.var_pair[0]);
+    }
+
+    #[test]
+    fn joint_evidence_counts_features_that_move_together_once_by_hand() {
+        let mut s = ElementState::new(3);
+        s.var_pair = vec![1.0, 1.0, 4.0];
+        // C_01 = 0.5 (ρ 0.5, shrunk to 0.45); feature 2 independent of both.
+        s.cov_pair = vec![0.5, 0.0, 0.0];
+        assert_eq!(pair_index(0, 1), 0);
+        assert_eq!(pair_index(1, 2), 2);
+        assert!((s.correlation(1, 0) - 0.45).abs() < 1e-6);
+        let m = |f: u16, d: f32| Moved {
+            feature: f,
+            shift: 0.0,
+            evidence: d,
+        };
+        // Same direction: J² = (16 + 16 − 2·0.45·16)/(1 − 0.45²) = 17.6/0.7975 = 22.069, J = 4.698.
+        let j = s.joint_evidence(&[m(0, 4.0), m(1, 4.0)]);
+        assert!((j - 4.698).abs() < 1e-3, "{j}");
+        // Apart: (32 + 14.4)/0.7975 = 58.18, J = 7.628.
+        let j = s.joint_evidence(&[m(0, 4.0), m(1, -4.0)]);
+        assert!((j - 7.628).abs() < 1e-3, "{j}");
+        // With an independent third feature: J² adds its d² (22.069 + 9 = 31.069, J = 5.574).
+        let j = s.joint_evidence(&[m(0, 4.0), m(1, 4.0), m(2, 3.0)]);
+        assert!((j - 5.574).abs() < 1e-3, "{j}");
+        // Unlearned correlations: √(Σ d²).
+        let fresh = ElementState::new(3);
+        let j = fresh.joint_evidence(&[m(0, 4.0), m(1, 4.0), m(2, 3.0)]);
+        assert!((j - 41.0f32.sqrt()).abs() < 1e-4, "{j}");
+        assert_eq!(fresh.joint_evidence(&[]), 0.0);
+    }
+
+    #[test]
+    fn an_element_learns_which_features_move_together() {
+        let p = IncidentParams::default();
+        let none = AlertCounts::default();
+        let mut s = ElementState::new(3);
+        // Features 0 and 1 wander together, feature 2 alternates on its own.
+        for e in 0..400u64 {
+            let z = if (e / 8) % 2 == 0 { 0.1 } else { -0.1 };
+            let own = if e % 2 == 0 { 0.1 } else { -0.1 };
+            let mut x = ElementPartial::new(id("el"), id("r"), 3);
+            x.members = 50;
+            x.active = 50;
+            x.reporting = 50;
+            for _ in 0..50 {
+                x.add_deviation(0, z);
+                x.add_deviation(1, z);
+                x.add_deviation(2, own);
+            }
+            assert!(s.step(&p, e, &x, &none, &[]).is_none());
+        }
+        assert!(s.correlation(0, 1) > 0.85, "{}", s.correlation(0, 1));
+        assert!(s.correlation(0, 2).abs() < 0.1, "{}", s.correlation(0, 2));
+    }
+
+    #[test]
+    fn members_wandering_together_learn_a_wider_two_epoch_variance_and_need_a_larger_move() {
+        let p = IncidentParams::default();
+        let none = AlertCounts::default();
+        // T wanders: eight epochs at +0.1, eight at −0.1. v ≈ 0.01 as for the alternating element, but 14 of
+        // 16 two-epoch means are ±0.1 where independent epochs would give them a variance of v/2:
+        // v₂ ≈ 14/16 · 0.01 = 0.00875.
+        let mut s = ElementState::new(1);
+        for e in 0..400u64 {
+            let z = if (e / 8) % 2 == 0 { 0.1 } else { -0.1 };
+            assert!(
+                s.step(&p, e, &epoch(50, 50, &[z; 50]), &none, &[])
+                    .is_none()
+            );
+        }
+        assert!((s.var[0] - 0.01).abs() < 0.002, "{}", s.var[0]);
+        assert!(
+            (s.var_pair[0] - 0.00875).abs() < 0.0015,
+            "{}",
+            s.var_pair[0]
+        );
+        // Every member 0.6σ low for six epochs (after an epoch at −0.1, as at epoch 399): the alternating
+        // element (μ ≈ −0.017, v ≈ 0.0123: the mean lags the alternation) raises on it (|d| ≈ 0.58/√(v/2)
+        // ≈ 7.4 ≥ 7), the wandering one does not (≈ 0.6/√0.00875 ≈ 6.4).
+        let low = epoch(50, 50, &[-0.6; 50]);
+        assert!((400..406).all(|e| s.step(&p, e, &low, &none, &[]).is_none()));
+        let mut q = warmed(&p, 50, 400);
+        assert!(q.var_pair[0] < 0.001, "alternating: {}", q.var_pair[0]);
+        assert!((400..406).any(|e| q.step(&p, e, &low, &none, &[]).is_some()));
     }
 
     /// A quiet element for `n` epochs (everyone reports, deviations alternating ±0.1).
