@@ -472,21 +472,30 @@ impl ElementState {
             }
         }
         moved.sort_by(|a, b| b.evidence.abs().total_cmp(&a.evidence.abs()));
+        // The way back: after a congestion, the members' models have partly adapted to it, so its end moves
+        // the same features the other way. That is the recovery, not a new incident: within the recovery
+        // window the joint evidence is that of the three largest moves that are not the way back (a move of
+        // other features still raises).
+        let window = self.recovery.as_ref().filter(|r| e <= r.until);
+        let joint = match window {
+            Some(r) => {
+                let own: Vec<Moved> = moved
+                    .iter()
+                    .filter(|m| {
+                        !r.moved
+                            .iter()
+                            .any(|(f, sign)| *f == m.feature && *sign != (m.evidence > 0.0))
+                    })
+                    .take(3)
+                    .copied()
+                    .collect();
+                self.joint_evidence(&own)
+            }
+            None => self.joint_evidence(&moved[..moved.len().min(3)]),
+        };
         moved.truncate(3);
-        let joint = self.joint_evidence(&moved);
         moved.retain(|m| m.evidence.abs() >= 2.0);
-        // The way back: after a congestion incident, the members' models have partly adapted to it, so its
-        // end moves the same features the other way. That is the recovery, not a new incident.
-        let recovering = self.recovery.as_ref().is_some_and(|r| {
-            e <= r.until
-                && !moved.is_empty()
-                && moved.iter().all(|m| {
-                    r.moved
-                        .iter()
-                        .any(|(f, sign)| *f == m.feature && *sign != (m.evidence > 0.0))
-                })
-        });
-        let congestion = if recovering { 0.0 } else { joint / p.shift_bar };
+        let congestion = joint / p.shift_bar;
         // A faint congestion (no incident open, below the bar): its features and directions, kept for its
         // way back, for as long as it lasts and the recovery window after.
         if self.open.is_none() && congestion >= p.faint_at && congestion < 1.0 && !moved.is_empty()
@@ -962,6 +971,51 @@ mod tests {
         assert!((s.mean[0] - 0.36667).abs() < 1e-3);
         assert!((s.var[0] - 0.12333).abs() < 1e-3);
         assert!((s.var_pair[0] - 0.048611).abs() < 1e-3, "{}", s.var_pair[0]);
+    }
+
+    /// An element of `members` with two features: every member at `a` on feature 0 and `b` on feature 1.
+    fn epoch2(members: u32, a: f32, b: f32) -> ElementPartial {
+        let mut x = ElementPartial::new(id("el"), id("r"), 2);
+        (x.members, x.active, x.reporting) = (members, members, members);
+        for _ in 0..members {
+            x.add_deviation(0, a);
+            x.add_deviation(1, b);
+        }
+        x
+    }
+
+    #[test]
+    fn the_way_back_does_not_raise_with_a_small_move_beside_it_and_a_large_one_does() {
+        let p = IncidentParams::default();
+        let none = AlertCounts::default();
+        let quiet = |e: u64| if e % 2 == 0 { 0.1 } else { -0.1 };
+        let run = |extra: f32| {
+            let mut s = ElementState::new(2);
+            for e in 0..200u64 {
+                let z = quiet(e);
+                assert!(s.step(&p, e, &epoch2(50, z, -z), &none, &[]).is_none());
+            }
+            // A congestion on feature 0 (0.6σ low), raised and cleared.
+            let raised = (200..206).any(|e| {
+                s.step(&p, e, &epoch2(50, -0.6, quiet(e)), &none, &[])
+                    .is_some()
+            });
+            assert!(raised);
+            let cleared = (206..216).any(|e| {
+                s.step(&p, e, &epoch2(50, quiet(e), -quiet(e)), &none, &[])
+                    .is_some_and(|c| c.status == Transition::Cleared)
+            });
+            assert!(cleared);
+            // Its way back (feature 0 up) with feature 1 moving `extra` beside it.
+            (216..222).any(|e| s.step(&p, e, &epoch2(50, 0.6, extra), &none, &[]).is_some())
+        };
+        // Feature 1 at 0.25σ: d ≈ 3.5 on its own, below the bar (with the way back it made J ≈ 9 before).
+        assert!(!run(0.25), "the way back and a small move beside it");
+        // Feature 1 at 0.6σ: a move of its own, at the bar by itself.
+        assert!(
+            run(0.6),
+            "a congestion of another feature during the way back"
+        );
     }
 
     #[test]
