@@ -76,6 +76,22 @@ pub type MemberAlertDiff = (
 /// A member's change at an epoch while its element had an incident open: (customer, feature, element).
 pub type Annotation = (CustomerId, u16, ElementId);
 
+/// The members' alert changes of one epoch, each under the element the member is placed in at that epoch:
+/// `(customer, feature, element, diff)` from the join's differences. A member that moved in the epoch its
+/// alert changed has differences under both elements (its old alert leaves the old one, its new alert
+/// arrives at the new one): the element with an arriving alert is where it is now. Sorted by element.
+fn changed_members(
+    mut now: Vec<(CustomerId, u16, ElementKey, isize)>,
+) -> Vec<(ElementKey, CustomerId, u16)> {
+    // per (customer, feature): arrivals first, then by element (deterministic for any arrival order)
+    now.sort_unstable_by_key(|a| (a.0, a.1, a.3 <= 0, a.2));
+    now.dedup_by(|later, first| (later.0, later.1) == (first.0, first.1));
+    let mut out: Vec<(ElementKey, CustomerId, u16)> =
+        now.into_iter().map(|(c, f, el, _)| (el, c, f)).collect();
+    out.sort_unstable();
+    out
+}
+
 /// The worker of a region (and of its elements): `region_route % peers`.
 fn region_route(region: &ElementId) -> u64 {
     stable_hash(region.as_str().as_bytes())
@@ -438,7 +454,7 @@ pub fn incidents<'scope>(
                     }
                 }
                 // The members' alert changes of this epoch (and any earlier ones not yet applied).
-                let mut now: Vec<(ElementKey, CustomerId, u16)> = Vec::new();
+                let mut now: Vec<(CustomerId, u16, ElementKey, isize)> = Vec::new();
                 let ready: Vec<u64> = alert_diffs.range(..=e).map(|(t, _)| *t).collect();
                 for t in ready {
                     for ((el, (c, a)), _, d) in alert_diffs.remove(&t).unwrap_or_default() {
@@ -449,12 +465,11 @@ pub fn incidents<'scope>(
                             b.open.remove(&(c, a));
                         }
                         if t == e {
-                            now.push((el, c, a.feature));
+                            now.push((c, a.feature, el, d));
                         }
                     }
                 }
-                now.sort_unstable();
-                now.dedup();
+                let now = changed_members(now);
                 let mut at = sums.remove(&e).unwrap_or_default();
                 let fleet: Vec<f32> = fleet_medians(fleet_means.remove(&e), features);
                 let mut changes = Vec::new();
@@ -580,6 +595,28 @@ pub fn incidents<'scope>(
 mod tests {
     use super::*;
     use crate::checkpoint::IncidentSnapshot;
+
+    #[test]
+    fn a_member_that_moves_as_its_alert_changes_is_under_its_new_element_once() {
+        let (c1, c2) = (id("cust-1"), id("cust-2"));
+        let (old, new, r) = (id("elem-old"), id("elem-new"), id("region"));
+        let now = vec![
+            // c1 moved old → new as its alert was updated: the old alert leaves old, the new arrives at new
+            (c1, 3, (old, r), -1),
+            (c1, 3, (new, r), 1),
+            // c1's alert on feature 4 updated in place at new (the old record out, the new one in)
+            (c1, 4, (new, r), -1),
+            (c1, 4, (new, r), 1),
+            // c2's alert cleared as it moved: only its leaving the old element is left
+            (c2, 3, (old, r), -1),
+        ];
+        let mut reversed = now.clone();
+        reversed.reverse();
+        let mut want = vec![((new, r), c1, 3), ((new, r), c1, 4), ((old, r), c2, 3)];
+        want.sort_unstable();
+        assert_eq!(changed_members(now), want);
+        assert_eq!(changed_members(reversed), want);
+    }
 
     fn id(s: &str) -> ElementId {
         ElementId::parse(s.as_bytes(), b"").unwrap()
