@@ -523,31 +523,37 @@ impl KafkaClientArgs {
     }
 }
 
-/// Writes a line to standard output; a reader that closed the pipe (`fleetwatch eval … | head`) ends the
-/// program quietly with success, as Unix tools do, instead of a panic.
+/// Writes to standard output (with a newline after when `newline`); a reader that closed the pipe
+/// (`fleetwatch eval … | head`) ends the program quietly with success, as Unix tools do, instead of a panic.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let written = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = &written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+    written
+}
+
+/// A line to standard output through [`write_stdout`].
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            return Err(e.into());
-        }
-    }};
+    () => {
+        write_stdout(format_args!(""), true)?
+    };
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*), true)?
+    };
 }
 
 /// [`out!`] without the newline.
 macro_rules! out_no_newline {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            return Err(e.into());
-        }
-    }};
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*), false)?
+    };
 }
 
 fn main() -> Result<()> {

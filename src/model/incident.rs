@@ -491,7 +491,7 @@ impl ElementState {
                     .collect();
                 self.joint_evidence(&own)
             }
-            None => self.joint_evidence(&moved[..moved.len().min(3)]),
+            None => self.joint_evidence(&moved),
         };
         moved.truncate(3);
         moved.retain(|m| m.evidence.abs() >= 2.0);
@@ -973,15 +973,21 @@ mod tests {
         assert!((s.var_pair[0] - 0.048611).abs() < 1e-3, "{}", s.var_pair[0]);
     }
 
-    /// An element of `members` with two features: every member at `a` on feature 0 and `b` on feature 1.
-    fn epoch2(members: u32, a: f32, b: f32) -> ElementPartial {
-        let mut x = ElementPartial::new(id("el"), id("r"), 2);
+    /// An element of `members`, all reporting, every member at `at[f]` on feature `f`.
+    fn epoch_at(members: u32, at: &[f32]) -> ElementPartial {
+        let mut x = ElementPartial::new(id("el"), id("r"), at.len());
         (x.members, x.active, x.reporting) = (members, members, members);
         for _ in 0..members {
-            x.add_deviation(0, a);
-            x.add_deviation(1, b);
+            for (f, &z) in at.iter().enumerate() {
+                x.add_deviation(f, z);
+            }
         }
         x
+    }
+
+    /// [`epoch_at`] with two features.
+    fn epoch2(members: u32, a: f32, b: f32) -> ElementPartial {
+        epoch_at(members, &[a, b])
     }
 
     #[test]
@@ -1057,15 +1063,7 @@ mod tests {
         for e in 0..400u64 {
             let z = if (e / 8) % 2 == 0 { 0.1 } else { -0.1 };
             let own = if e % 2 == 0 { 0.1 } else { -0.1 };
-            let mut x = ElementPartial::new(id("el"), id("r"), 3);
-            x.members = 50;
-            x.active = 50;
-            x.reporting = 50;
-            for _ in 0..50 {
-                x.add_deviation(0, z);
-                x.add_deviation(1, z);
-                x.add_deviation(2, own);
-            }
+            let x = epoch_at(50, &[z, z, own]);
             assert!(s.step(&p, e, &x, &none, &[]).is_none());
         }
         assert!(s.correlation(0, 1) > 0.85, "{}", s.correlation(0, 1));
