@@ -1,6 +1,9 @@
 //! Replays one customer's logs from a recorded topic (JSON lines) or a CSV export through the model and
-//! prints, per epoch, what one feature's detector saw: observation, prediction, σ, surprise, the series' own
-//! threshold, and its alert. The spec is the embedded home-wifi one unless a fourth argument names one
+//! prints, per epoch, what one feature's detector saw: observation, prediction, σ, surprise, the sustained
+//! evidence and the bar it must reach to raise (`sus`/`bar`: the tail factor κ times the calibration's
+//! `max(1, score_margin·G)`; at `sus` = 3 the detector adopts the new level, so a shift on a series whose
+//! `bar` is above 3 is learned without being raised, marked `adopted`), the series' own thresholds, and its
+//! alert. The spec is the embedded home-wifi one unless a fourth argument names one
 //! (e.g. a spec written by `fleetwatch import`).
 //!
 //! ```text
@@ -14,12 +17,14 @@
 use std::io::BufRead;
 
 use fleetwatch::keys::CustomerId;
+use fleetwatch::model::alert::ScoreQuantile;
 use fleetwatch::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
 use fleetwatch::model::header::SeriesSlot;
-use fleetwatch::model::{FeaturePrior, Registry};
+use fleetwatch::model::{AnomalyKind, DETECTOR_BYTES, FeaturePrior, Registry};
 use fleetwatch::record::Log;
 use fleetwatch::sources::parse::LogParser;
 use fleetwatch::spec::Spec;
+use fleetwatch::state::le;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -57,6 +62,15 @@ fn main() -> anyhow::Result<()> {
         };
         // What the detector says about this observation (on a copy of the state, before the real step).
         let before = SeriesSlot::decode(&slots[f]);
+        // The bar the sustained evidence is held to at this epoch (quantiles and G before the step).
+        let sustained_bar = {
+            let g = if cfg.alert.score_margin > 0.0 {
+                ScoreQuantile(le::u16(&before.detector, DETECTOR_BYTES - 2))
+            } else {
+                ScoreQuantile(0)
+            };
+            cfg.alert.bar(before.q).tail * cfg.alert.score_divisor(g)
+        };
         let verdict = if log.values[f].is_nan() {
             None
         } else {
@@ -90,12 +104,21 @@ fn main() -> anyhow::Result<()> {
             log.values[f],
             verdict
                 .map(|a| format!(
-                    "p={:<9.3} σ={:<8.3} |z|={:<6.2} sus={:<5.2} {:<14}",
+                    "p={:<9.3} σ={:<8.3} |z|={:<6.2} sus={:<5.2} bar={:<5.2} {:<14}{}",
                     a.expected,
                     a.sigma,
                     a.surprise,
                     a.sustained,
-                    a.kind.as_str()
+                    sustained_bar,
+                    a.kind.as_str(),
+                    if a.kind == AnomalyKind::LevelShift
+                        && a.sustained >= 3.0
+                        && sustained_bar > a.sustained
+                    {
+                        " adopted"
+                    } else {
+                        ""
+                    }
                 ))
                 .unwrap_or_default(),
             q_up,
