@@ -17,14 +17,12 @@
 use std::io::BufRead;
 
 use fleetwatch::keys::CustomerId;
-use fleetwatch::model::alert::ScoreQuantile;
 use fleetwatch::model::customer::{ModelConfig, StepContext, StepOut, step_customer};
 use fleetwatch::model::header::SeriesSlot;
-use fleetwatch::model::{AnomalyKind, DETECTOR_BYTES, FeaturePrior, Registry};
+use fleetwatch::model::{AnomalyKind, FeaturePrior, Registry};
 use fleetwatch::record::Log;
 use fleetwatch::sources::parse::LogParser;
 use fleetwatch::spec::Spec;
-use fleetwatch::state::le;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -63,14 +61,10 @@ fn main() -> anyhow::Result<()> {
         // What the detector says about this observation (on a copy of the state, before the real step).
         let before = SeriesSlot::decode(&slots[f]);
         // The bar the sustained evidence is held to at this epoch (quantiles and G before the step).
-        let sustained_bar = {
-            let g = if cfg.alert.score_margin > 0.0 {
-                ScoreQuantile(le::u16(&before.detector, DETECTOR_BYTES - 2))
-            } else {
-                ScoreQuantile(0)
-            };
-            cfg.alert.bar(before.q).tail * cfg.alert.score_divisor(g)
-        };
+        let sustained_bar = cfg.alert.bar(before.q).tail
+            * cfg
+                .alert
+                .score_divisor(cfg.score_quantile(&before.detector));
         let verdict = if log.values[f].is_nan() {
             None
         } else {

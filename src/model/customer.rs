@@ -12,8 +12,8 @@ use super::cohort::CohortAccumulator;
 use super::global::Relationship;
 use super::header::{self, OpenAlert, SeriesSlot, Severity};
 use super::{
-    AnomalyKind, Assessment, AtBound, DETECTOR_BYTES, Detector, FeaturePrior, Observation,
-    Transform,
+    AnomalyKind, Assessment, AtBound, DETECTOR_BYTES, Detector, DetectorState, FeaturePrior,
+    Observation, Transform,
 };
 use crate::keys::CustomerId;
 #[cfg(test)]
@@ -121,6 +121,28 @@ impl ModelConfig {
             memory_codes_per_epoch,
             memory_codes_one_epoch: memory_codes_per_epoch.round() as u32,
         }
+    }
+
+    /// A series' score calibration G as its detector state holds it (0, not yet calibrated, when the spec
+    /// has the calibration off).
+    #[inline]
+    pub fn score_quantile(&self, detector: &DetectorState) -> ScoreQuantile {
+        ScoreQuantile(if self.alert.score_margin > 0.0 {
+            le::u16(detector, SCORE_QUANTILE_AT)
+        } else {
+            0
+        })
+    }
+
+    /// A series' memory M of its recent point evidence as its detector state holds it (0 when the spec has
+    /// the memory off).
+    #[inline]
+    pub fn memory(&self, detector: &DetectorState) -> Memory {
+        Memory(if self.alert.memory_margin > 0.0 {
+            le::u16(detector, MEMORY_AT)
+        } else {
+            0
+        })
     }
 
     /// The log-codes a memory decays by over `gap` epochs since its last update (at least 1; one epoch's
@@ -344,6 +366,12 @@ fn epoch_u32(e: u64) -> u32 {
     (e.min(u32::MAX as u64 - 1)) as u32
 }
 
+/// Where the framework keeps a series' score calibration G in its detector state: the last two bytes (the
+/// detector leaves them zero; the spec refuses the one detector rule that uses them together with it).
+pub const SCORE_QUANTILE_AT: usize = DETECTOR_BYTES - 2;
+/// Where it keeps the memory M: the two bytes before G (the fast shift statistic's, refused together).
+pub const MEMORY_AT: usize = DETECTOR_BYTES - 4;
+
 /// Everything `step_customer` needs besides the customer's own data.
 pub struct StepContext<'a> {
     pub config: &'a ModelConfig,
@@ -447,27 +475,18 @@ fn step_reported<const N: usize>(
                 transform: cfg.transforms[f],
                 at_bound: AtBound::of(v, cfg.bounds[f]),
             };
-            // The score calibration's G lives in the detector state's last two bytes (the detector leaves
-            // them zero; the spec refuses the one detector rule that uses them together with it).
-            // The memory M lives in the two before them (the fast shift statistic's, refused together).
+            // G and M live in the detector state's last four bytes (`SCORE_QUANTILE_AT`, `MEMORY_AT`): kept
+            // across the detector's step, which leaves them zero.
             let calibrated = cfg.alert.score_margin > 0.0;
             let remembers = cfg.alert.memory_margin > 0.0;
-            let g = ScoreQuantile(if calibrated {
-                le::u16(&s.detector, DETECTOR_BYTES - 2)
-            } else {
-                0
-            });
-            let m = Memory(if remembers {
-                le::u16(&s.detector, DETECTOR_BYTES - 4)
-            } else {
-                0
-            });
+            let g = cfg.score_quantile(&s.detector);
+            let m = cfg.memory(&s.detector);
             let a = ctx.detector.observe(&mut s.detector, &obs, &ctx.priors[f]);
             if calibrated {
-                le::set_u16(&mut s.detector, DETECTOR_BYTES - 2, g.0);
+                le::set_u16(&mut s.detector, SCORE_QUANTILE_AT, g.0);
             }
             if remembers {
-                le::set_u16(&mut s.detector, DETECTOR_BYTES - 4, m.0);
+                le::set_u16(&mut s.detector, MEMORY_AT, m.0);
             }
             // A series that starts on a cohort prior is as mature as its observations; one that starts
             // without counts the quarter days it sees after its 255th observation (it has not seen a
@@ -527,7 +546,7 @@ fn step_reported<const N: usize>(
                 if remembers && !a.censored && s.seen >= cfg.calibrate_after {
                     le::set_u16(
                         &mut s.detector,
-                        DETECTOR_BYTES - 4,
+                        MEMORY_AT,
                         m.update(point, cfg.memory_codes(gap as u64)).0,
                     );
                 }
@@ -535,7 +554,7 @@ fn step_reported<const N: usize>(
                     let tick = e % ScoreQuantile::DOWN_EVERY == 0;
                     le::set_u16(
                         &mut s.detector,
-                        DETECTOR_BYTES - 2,
+                        SCORE_QUANTILE_AT,
                         g.update(learned, tick).0,
                     );
                 }

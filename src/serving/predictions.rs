@@ -281,30 +281,25 @@ pub fn write_file(
             continue;
         }
         let mut g = w.next_row_group().map_err(pq)?;
-        let mut col = 0usize;
-        loop {
-            // The two string columns are encoded here (`DictionaryChunk`) and spliced in.
-            if col == 1 || col == 2 {
-                let (chunk, close) = if col == 1 {
-                    customer_chunk(&customer_column, &ids, &id_at, &picked)
-                } else {
-                    feature_chunk(&feature_column, &names, view.features, &picked)
-                }
+        // `time`: the epoch's start on every row.
+        if let Some(mut cw) = g.next_column().map_err(pq)? {
+            cw.typed::<Int64Type>()
+                .write_batch(&vec![time; picked.len()], None, None)
                 .map_err(pq)?;
-                g.append_column(&chunk, close).map_err(pq)?;
-                col += 1;
-                continue;
-            }
-            let Some(mut cw) = g.next_column().map_err(pq)? else {
-                break;
-            };
+            cw.close().map_err(pq)?;
+        }
+        // `customer` and `feature`: encoded here (`DictionaryChunk`) and spliced in.
+        for chunk in [
+            customer_chunk(&customer_column, &ids, &id_at, &picked),
+            feature_chunk(&feature_column, &names, view.features, &picked),
+        ] {
+            let (chunk, close) = chunk.map_err(pq)?;
+            g.append_column(&chunk, close).map_err(pq)?;
+        }
+        // The values, then `alert` and `severity`, by the column writers.
+        let mut col = 3usize;
+        while let Some(mut cw) = g.next_column().map_err(pq)? {
             match col {
-                0 => {
-                    let v = vec![time; picked.len()];
-                    cw.typed::<Int64Type>()
-                        .write_batch(&v, None, None)
-                        .map_err(pq)?;
-                }
                 3..=7 => {
                     let src = match col {
                         3 => &view.observed,
